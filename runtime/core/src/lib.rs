@@ -1,0 +1,18 @@
+//! Ember's `no_std` core: everything about a chat model that needs neither Linux nor an engine.
+//!
+//! - [`sampler`]: turns logits into the next token (greedy, temperature, top-k, top-p,
+//!   repetition penalty) with a seeded generator that gives the same tokens on every platform.
+//! - [`chat`]: renders a conversation with the model's chat template (ChatML).
+//! - [`utf8`]: assembles streamed token bytes into whole UTF-8 characters.
+//!
+//! Features: `alloc` adds conveniences that return owned strings; `std` implies `alloc`.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+pub mod chat;
+pub mod sampler;
+pub mod utf8;

@@ -1,0 +1,58 @@
+use ember_core::sampler::SamplingError;
+use ember_gguf::GgufError;
+use ember_tokenizer::TokenizerError;
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The model file is unreadable or malformed.
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    /// The tokenizer could not be built or refused the text.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    /// The model is not a Llama-family decoder.
+    #[error("unsupported architecture {0:?} (Ember runs \"llama\"-family models)")]
+    UnsupportedArchitecture(String),
+    /// The hyper-parameters are inconsistent.
+    #[error("invalid model configuration: {0}")]
+    BadConfig(String),
+    /// A weight tensor does not have the shape the configuration implies.
+    #[error("tensor {name:?} has shape {found:?}, expected {expected:?}")]
+    TensorShape {
+        /// The tensor.
+        name: String,
+        /// Shape implied by the configuration (fastest dimension first).
+        expected: Vec<usize>,
+        /// Shape in the file.
+        found: Vec<u64>,
+    },
+    /// A token id outside the vocabulary.
+    #[error("token id {token} is outside the vocabulary of {vocab}")]
+    TokenOutOfRange {
+        /// The id.
+        token: u32,
+        /// The vocabulary size.
+        vocab: usize,
+    },
+    /// The KV cache has no room for another position.
+    #[error("the context is full ({capacity} tokens)")]
+    ContextFull {
+        /// Positions the cache holds.
+        capacity: usize,
+    },
+    /// The prompt alone does not fit in the context.
+    #[error("the prompt has {prompt} tokens but the context holds {context}")]
+    PromptTooLong {
+        /// Prompt length in tokens.
+        prompt: usize,
+        /// Context length in tokens.
+        context: usize,
+    },
+    /// The prompt is empty.
+    #[error("the prompt is empty: give the model at least one token")]
+    EmptyPrompt,
+    /// A sampling setting is out of range.
+    #[error("sampling: {0}")]
+    Sampling(#[from] SamplingError),
+}

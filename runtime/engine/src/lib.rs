@@ -1,0 +1,17 @@
+//! Ember's model runner (std): loads a model, runs it, generates text.
+//!
+//! - [`ReferenceModel`]: the plain-`f32` forward pass over a dequantized GGUF model, the oracle
+//!   the quantized engines are checked against.
+//! - [`generate`]: prefill, sample, stream whole characters, stop; with timing [`Stats`].
+//! - [`memory`]: the process's anonymous and file-backed resident memory.
+
+mod config;
+mod error;
+mod generate;
+pub mod memory;
+mod reference;
+
+pub use config::ModelConfig;
+pub use error::EngineError;
+pub use generate::{FinishReason, GenerateOptions, Generation, LanguageModel, Stats, generate};
+pub use reference::{KvCache, ReferenceModel, ReferenceSession};

@@ -1,0 +1,430 @@
+//! The reference forward pass: a Llama-family decoder in plain `f32`, written to be read.
+//!
+//! Every weight is dequantized from the GGUF file once at load. One call of
+//! [`ReferenceModel::forward`] runs one token through the model:
+//!
+//! ```text
+//! x = embedding[token]
+//! for each block:
+//!     h = rmsnorm(x) · attn_norm
+//!     q, k, v = Wq·h, Wk·h, Wv·h          (k, v have n_head_kv heads: grouped-query attention)
+//!     rotate q and k by RoPE at this position, append k, v to the cache
+//!     each query head attends over the cached keys/values of its KV head (causal, softmax)
+//!     x += Wo · attention
+//!     h = rmsnorm(x) · ffn_norm
+//!     x += W_down · (silu(W_gate·h) ⊙ W_up·h)
+//! logits = embedding · (rmsnorm(x) · output_norm)      (the LM head is tied to the embedding)
+//! ```
+//!
+//! RoPE rotates adjacent pairs `(2i, 2i+1)`: llama.cpp's converter permutes the rows of Wq and Wk
+//! so that this "normal" rotation of GGUF weights equals Hugging Face's rotate-half rotation of the
+//! original weights.
+
+use crate::{EngineError, LanguageModel, ModelConfig};
+use ember_gguf::GgufFile;
+use rayon::prelude::*;
+
+/// A row-major matrix: `rows` rows of `cols` values (a GGUF 2-D tensor, `dims = [cols, rows]`).
+struct Matrix {
+    data: Vec<f32>,
+    rows: usize,
+    cols: usize,
+}
+
+impl Matrix {
+    /// out = self · x.
+    fn matvec(&self, x: &[f32], out: &mut [f32]) {
+        debug_assert_eq!(x.len(), self.cols);
+        debug_assert_eq!(out.len(), self.rows);
+        const ROWS_PER_TASK: usize = 32;
+        out.par_chunks_mut(ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(chunk, out)| {
+                let first = chunk * ROWS_PER_TASK;
+                for (i, y) in out.iter_mut().enumerate() {
+                    let row = &self.data[(first + i) * self.cols..][..self.cols];
+                    *y = dot(row, x);
+                }
+            });
+    }
+
+    fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.cols..][..self.cols]
+    }
+}
+
+/// Dot product with eight independent sums, so the compiler can vectorize it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut sums = [0.0f32; 8];
+    let chunks = a.len() / 8 * 8;
+    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
+        for k in 0..8 {
+            sums[k] += ca[k] * cb[k];
+        }
+    }
+    let tail: f32 = a[chunks..]
+        .iter()
+        .zip(&b[chunks..])
+        .map(|(x, y)| x * y)
+        .sum();
+    sums.iter().sum::<f32>() + tail
+}
+
+/// out = x / sqrt(mean(x²) + eps) · weight.
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let mean_square = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / (mean_square + eps).sqrt();
+    for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
+        *o = v * scale * w;
+    }
+}
+
+/// Rotates adjacent pairs of the first `rope_dim` values of one head by position-dependent angles.
+fn rope(head: &mut [f32], position: usize, rope_dim: usize, base: f32) {
+    for i in (0..rope_dim).step_by(2) {
+        let frequency = (base as f64).powf(-(i as f64) / rope_dim as f64);
+        let angle = position as f64 * frequency;
+        let (sin, cos) = (angle.sin() as f32, angle.cos() as f32);
+        let (a, b) = (head[i], head[i + 1]);
+        head[i] = a * cos - b * sin;
+        head[i + 1] = a * sin + b * cos;
+    }
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Softmax in place.
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// The weights of one transformer block.
+struct Block {
+    attn_norm: Vec<f32>,
+    wq: Matrix,
+    wk: Matrix,
+    wv: Matrix,
+    wo: Matrix,
+    ffn_norm: Vec<f32>,
+    w_gate: Matrix,
+    w_up: Matrix,
+    w_down: Matrix,
+}
+
+/// Keys and values of every position seen so far, for every block.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    /// Per block: `capacity × kv_dim` keys.
+    keys: Vec<Vec<f32>>,
+    /// Per block: `capacity × kv_dim` values.
+    values: Vec<Vec<f32>>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    /// Number of positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Most positions it can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets positions from `len` on (e.g. to start a new conversation).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+}
+
+/// A Llama-family model with all weights in `f32`.
+pub struct ReferenceModel {
+    config: ModelConfig,
+    embedding: Matrix,
+    /// The LM head; `None` when tied to the embedding.
+    output: Option<Matrix>,
+    output_norm: Vec<f32>,
+    blocks: Vec<Block>,
+}
+
+impl ReferenceModel {
+    /// Dequantizes every weight of a GGUF Llama model.
+    pub fn load(file: &GgufFile) -> Result<Self, EngineError> {
+        let config = ModelConfig::from_gguf(file.metadata())?;
+        let vector = |name: &str, len: usize| -> Result<Vec<f32>, EngineError> {
+            let values = file.dequantize(name)?;
+            if values.len() != len {
+                return Err(EngineError::TensorShape {
+                    name: name.into(),
+                    expected: vec![len],
+                    found: file.tensor(name)?.dims.clone(),
+                });
+            }
+            Ok(values)
+        };
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<Matrix, EngineError> {
+            let info = file.tensor(name)?;
+            if info.dims != [cols as u64, rows as u64] {
+                return Err(EngineError::TensorShape {
+                    name: name.into(),
+                    expected: vec![cols, rows],
+                    found: info.dims.clone(),
+                });
+            }
+            Ok(Matrix {
+                data: file.dequantize(name)?,
+                rows,
+                cols,
+            })
+        };
+        let c = &config;
+        let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.kv_dim());
+        let blocks = (0..c.n_layers)
+            .map(|i| {
+                let name = |part: &str| format!("blk.{i}.{part}.weight");
+                Ok(Block {
+                    attn_norm: vector(&name("attn_norm"), c.n_embd)?,
+                    wq: matrix(&name("attn_q"), q_dim, c.n_embd)?,
+                    wk: matrix(&name("attn_k"), kv_dim, c.n_embd)?,
+                    wv: matrix(&name("attn_v"), kv_dim, c.n_embd)?,
+                    wo: matrix(&name("attn_output"), c.n_embd, q_dim)?,
+                    ffn_norm: vector(&name("ffn_norm"), c.n_embd)?,
+                    w_gate: matrix(&name("ffn_gate"), c.n_ff, c.n_embd)?,
+                    w_up: matrix(&name("ffn_up"), c.n_ff, c.n_embd)?,
+                    w_down: matrix(&name("ffn_down"), c.n_embd, c.n_ff)?,
+                })
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        let output = match file.tensor("output.weight") {
+            Ok(_) => Some(matrix("output.weight", c.vocab_size, c.n_embd)?),
+            Err(_) => None,
+        };
+        Ok(ReferenceModel {
+            embedding: matrix("token_embd.weight", c.vocab_size, c.n_embd)?,
+            output,
+            output_norm: vector("output_norm.weight", c.n_embd)?,
+            blocks,
+            config,
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// An empty cache for up to `capacity` positions (at most the context length).
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        let capacity = capacity.min(self.config.context_length);
+        let size = capacity * self.config.kv_dim();
+        KvCache {
+            keys: vec![vec![0.0; size]; self.config.n_layers],
+            values: vec![vec![0.0; size]; self.config.n_layers],
+            len: 0,
+            capacity,
+        }
+    }
+
+    /// Runs `token` at the next position of `cache`, appends its keys and values, and returns
+    /// the logits of the next token (or `None` when `want_logits` is false, which skips the
+    /// LM head — the costliest matrix — for prompt tokens whose prediction is not needed).
+    pub fn forward(
+        &self,
+        token: u32,
+        cache: &mut KvCache,
+        want_logits: bool,
+    ) -> Result<Option<Vec<f32>>, EngineError> {
+        let c = &self.config;
+        if token as usize >= c.vocab_size {
+            return Err(EngineError::TokenOutOfRange {
+                token,
+                vocab: c.vocab_size,
+            });
+        }
+        if cache.len >= cache.capacity {
+            return Err(EngineError::ContextFull {
+                capacity: cache.capacity,
+            });
+        }
+        let position = cache.len;
+        let (hd, kv_dim) = (c.head_dim, c.kv_dim());
+        let group = c.n_head / c.n_head_kv;
+
+        let mut x = self.embedding.row(token as usize).to_vec();
+        let mut h = vec![0.0; c.n_embd];
+        let mut q = vec![0.0; c.n_head * hd];
+        let mut attention = vec![0.0; c.n_head * hd];
+        let mut projected = vec![0.0; c.n_embd];
+        let mut gate = vec![0.0; c.n_ff];
+        let mut up = vec![0.0; c.n_ff];
+        let mut scores = vec![0.0; position + 1];
+
+        for (layer, block) in self.blocks.iter().enumerate() {
+            // Attention.
+            rms_norm(&x, &block.attn_norm, c.rms_eps, &mut h);
+            block.wq.matvec(&h, &mut q);
+            let keys = &mut cache.keys[layer];
+            let values = &mut cache.values[layer];
+            let k = &mut keys[position * kv_dim..][..kv_dim];
+            block.wk.matvec(&h, k);
+            block
+                .wv
+                .matvec(&h, &mut values[position * kv_dim..][..kv_dim]);
+            for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
+                rope(head, position, c.rope_dim, c.rope_base);
+            }
+            let scale = 1.0 / (hd as f32).sqrt();
+            for head in 0..c.n_head {
+                let kv_head = head / group;
+                let q_head = &q[head * hd..][..hd];
+                for (t, score) in scores.iter_mut().enumerate() {
+                    *score = dot(q_head, &keys[t * kv_dim + kv_head * hd..][..hd]) * scale;
+                }
+                softmax(&mut scores);
+                let out = &mut attention[head * hd..][..hd];
+                out.fill(0.0);
+                for (t, &weight) in scores.iter().enumerate() {
+                    let v = &values[t * kv_dim + kv_head * hd..][..hd];
+                    for (o, v) in out.iter_mut().zip(v) {
+                        *o += weight * v;
+                    }
+                }
+            }
+            block.wo.matvec(&attention, &mut projected);
+            x.iter_mut().zip(&projected).for_each(|(x, p)| *x += p);
+
+            // Feed-forward (SwiGLU).
+            rms_norm(&x, &block.ffn_norm, c.rms_eps, &mut h);
+            block.w_gate.matvec(&h, &mut gate);
+            block.w_up.matvec(&h, &mut up);
+            gate.iter_mut()
+                .zip(&up)
+                .for_each(|(g, u)| *g = silu(*g) * u);
+            block.w_down.matvec(&gate, &mut projected);
+            x.iter_mut().zip(&projected).for_each(|(x, p)| *x += p);
+        }
+        cache.len += 1;
+
+        if !want_logits {
+            return Ok(None);
+        }
+        rms_norm(&x, &self.output_norm, c.rms_eps, &mut h);
+        let mut logits = vec![0.0; c.vocab_size];
+        self.output
+            .as_ref()
+            .unwrap_or(&self.embedding)
+            .matvec(&h, &mut logits);
+        Ok(Some(logits))
+    }
+}
+
+/// A conversation with a [`ReferenceModel`]: the model and its KV cache.
+pub struct ReferenceSession<'m> {
+    model: &'m ReferenceModel,
+    cache: KvCache,
+}
+
+impl<'m> ReferenceSession<'m> {
+    /// A session whose cache holds up to `capacity` positions (at most the context length).
+    pub fn new(model: &'m ReferenceModel, capacity: usize) -> Self {
+        ReferenceSession {
+            model,
+            cache: model.new_cache(capacity),
+        }
+    }
+
+    /// Runs `tokens` and returns the logits after each of them (for teacher-forced evaluation).
+    pub fn logits_at_each(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+        tokens
+            .iter()
+            .map(|&t| {
+                Ok(self
+                    .model
+                    .forward(t, &mut self.cache, true)?
+                    .unwrap_or_default())
+            })
+            .collect()
+    }
+}
+
+impl LanguageModel for ReferenceSession<'_> {
+    fn context_length(&self) -> usize {
+        self.cache.capacity()
+    }
+
+    fn position(&self) -> usize {
+        self.cache.len()
+    }
+
+    fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        let Some((&last, rest)) = tokens.split_last() else {
+            return Err(EngineError::EmptyPrompt);
+        };
+        if self.cache.len() + tokens.len() > self.cache.capacity() {
+            return Err(EngineError::PromptTooLong {
+                prompt: self.cache.len() + tokens.len(),
+                context: self.cache.capacity(),
+            });
+        }
+        for &token in rest {
+            self.model.forward(token, &mut self.cache, false)?;
+        }
+        Ok(self
+            .model
+            .forward(last, &mut self.cache, true)?
+            .unwrap_or_default())
+    }
+
+    fn reset(&mut self) {
+        self.cache.truncate(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_at_position_zero_is_the_identity_and_preserves_length() {
+        let original = [1.0f32, 2.0, 3.0, 4.0];
+        let mut head = original;
+        rope(&mut head, 0, 4, 10_000.0);
+        assert_eq!(head, original);
+        rope(&mut head, 17, 4, 10_000.0);
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>();
+        assert!((norm(&head) - norm(&original)).abs() < 1e-4);
+        // The first pair turns by exactly `position` radians (frequency 1).
+        let angle = (head[1]).atan2(head[0]) - 2.0f32.atan2(1.0);
+        let wrapped = (angle - 17.0).rem_euclid(std::f32::consts::TAU);
+        assert!(!(1e-3..=std::f32::consts::TAU - 1e-3).contains(&wrapped));
+    }
+
+    #[test]
+    fn dot_and_rms_norm_match_their_definitions() {
+        let a: Vec<f32> = (0..19).map(|i| i as f32 * 0.5).collect();
+        let b: Vec<f32> = (0..19).map(|i| 1.0 - i as f32 * 0.1).collect();
+        let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - naive).abs() < 1e-4);
+        let mut out = [0.0f32; 2];
+        rms_norm(&[3.0, 4.0], &[1.0, 2.0], 0.0, &mut out);
+        let rms = (12.5f32).sqrt();
+        assert!((out[0] - 3.0 / rms).abs() < 1e-6 && (out[1] - 8.0 / rms).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,284 @@
+//! The tokenizer of a GGUF model, built with Hugging Face's `tokenizers` crate from the vocabulary,
+//! merges and token types stored in the file.
+//!
+//! Supported: byte-level BPE (`tokenizer.ggml.model = gpt2`) with the `smollm` pre-tokenizer
+//! (each digit on its own, then GPT-2's split) or the plain GPT-2 one (`gpt2`, `default`).
+//! Control and user-defined tokens (`<|im_start|>` …) are recognised in the text as single tokens.
+//! [`StreamDecoder`] turns generated ids into text piece by piece, whole characters only.
+
+use ember_core::utf8::Utf8Stream;
+use ember_gguf::{GgufError, Metadata};
+use tokenizers::{
+    AddedToken, DecoderWrapper, PreTokenizerWrapper,
+    decoders::byte_level::ByteLevel as ByteLevelDecoder,
+    models::bpe::BPE,
+    pre_tokenizers::{byte_level::ByteLevel, digits::Digits, sequence::Sequence},
+};
+
+/// GGUF token type of a control token such as `<|im_end|>`.
+const TOKEN_TYPE_CONTROL: i64 = 3;
+/// GGUF token type of a token added by the model's authors, matched verbatim in text.
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// Why a tokenizer could not be built or could not encode.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    /// A metadata key is missing or has the wrong type.
+    #[error("tokenizer metadata: {0}")]
+    Metadata(#[from] GgufError),
+    /// The vocabulary is not byte-level BPE.
+    #[error("unsupported tokenizer model {0:?} (Ember supports byte-level BPE, \"gpt2\")")]
+    UnsupportedModel(String),
+    /// A pre-tokenizer Ember does not implement.
+    #[error(
+        "unsupported pre-tokenizer {0:?} (Ember supports \"smollm\", \"gpt2\" and \"default\")"
+    )]
+    UnsupportedPreTokenizer(String),
+    /// A merge rule that is not two tokens separated by one space.
+    #[error("malformed merge rule #{index}: {rule:?}")]
+    BadMerge {
+        /// Position in `tokenizer.ggml.merges`.
+        index: usize,
+        /// The rule.
+        rule: String,
+    },
+    /// Token list and type list disagree, or a special token id is out of range.
+    #[error("inconsistent vocabulary: {0}")]
+    Inconsistent(String),
+    /// The `tokenizers` library refused the vocabulary or the input.
+    #[error("tokenizer: {0}")]
+    Library(String),
+}
+
+/// A model's tokenizer and the facts about its special tokens.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Raw bytes of every token (special tokens: their text).
+    token_bytes: Vec<Vec<u8>>,
+    bos: Option<u32>,
+    eos: u32,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.token_bytes.len())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(metadata: &Metadata) -> Result<Self, TokenizerError> {
+        let model = metadata.get_str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(TokenizerError::UnsupportedModel(model.into()));
+        }
+        let pre = match metadata.get_str("tokenizer.ggml.pre") {
+            Ok(pre) => pre,
+            Err(GgufError::MissingKey(_)) => "default",
+            Err(e) => return Err(e.into()),
+        };
+        let tokens = metadata.get_str_array("tokenizer.ggml.tokens")?;
+        let types = match metadata.get_int_array("tokenizer.ggml.token_type") {
+            Ok(types) => types,
+            Err(GgufError::MissingKey(_)) => vec![1; tokens.len()],
+            Err(e) => return Err(e.into()),
+        };
+        if types.len() != tokens.len() {
+            return Err(TokenizerError::Inconsistent(format!(
+                "{} tokens but {} token types",
+                tokens.len(),
+                types.len()
+            )));
+        }
+        let merges = metadata
+            .get_str_array("tokenizer.ggml.merges")?
+            .into_iter()
+            .enumerate()
+            .map(|(index, rule)| match rule.split_once(' ') {
+                Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') => {
+                    Ok((a.to_string(), b.to_string()))
+                }
+                _ => Err(TokenizerError::BadMerge {
+                    index,
+                    rule: rule.into(),
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let vocab: ahash::AHashMap<String, u32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(id, token)| (token.to_string(), id as u32))
+            .collect();
+        if vocab.len() != tokens.len() {
+            return Err(TokenizerError::Inconsistent(
+                "the vocabulary holds the same token twice".into(),
+            ));
+        }
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| TokenizerError::Library(e.to_string()))?;
+
+        let byte_level = ByteLevel::new(false, true, true);
+        let pre_tokenizer: PreTokenizerWrapper = match pre {
+            "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+            "gpt2" | "default" => byte_level.into(),
+            other => return Err(TokenizerError::UnsupportedPreTokenizer(other.into())),
+        };
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(pre_tokenizer));
+        inner.with_decoder(Some(DecoderWrapper::from(ByteLevelDecoder::default())));
+
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, ty)| matches!(**ty, TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED))
+            .map(|(token, ty)| AddedToken::from(token.to_string(), *ty == TOKEN_TYPE_CONTROL))
+            .collect();
+        inner.add_special_tokens(&added);
+
+        let byte_of_char = byte_level_decoding_table();
+        let token_bytes = tokens
+            .iter()
+            .zip(&types)
+            .map(|(token, ty)| match *ty {
+                TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED => token.as_bytes().to_vec(),
+                _ => token
+                    .chars()
+                    .flat_map(|c| match byte_of_char(c) {
+                        Some(b) => vec![b],
+                        None => c.to_string().into_bytes(),
+                    })
+                    .collect(),
+            })
+            .collect();
+
+        let id_in_range = |key: &str| -> Result<Option<u32>, TokenizerError> {
+            match metadata.get_u32(key) {
+                Ok(id) if (id as usize) < tokens.len() => Ok(Some(id)),
+                Ok(id) => Err(TokenizerError::Inconsistent(format!(
+                    "{key} = {id} is outside the vocabulary of {}",
+                    tokens.len()
+                ))),
+                Err(GgufError::MissingKey(_)) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        };
+        let bos = id_in_range("tokenizer.ggml.bos_token_id")?;
+        let eos = id_in_range("tokenizer.ggml.eos_token_id")?.ok_or_else(|| {
+            TokenizerError::Inconsistent("tokenizer.ggml.eos_token_id is missing".into())
+        })?;
+        Ok(Tokenizer {
+            inner,
+            token_bytes,
+            bos,
+            eos,
+        })
+    }
+
+    /// Token ids of `text`; special tokens written in the text (`<|im_start|>`) become their ids.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Library(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The text of `ids` (special tokens included; invalid UTF-8 replaced by U+FFFD).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| self.token_bytes(id).iter().copied())
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// The raw bytes a token stands for (empty for an id outside the vocabulary).
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.token_bytes
+            .get(id as usize)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// The id of a token given by its vocabulary string (e.g. `<|im_end|>`).
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Number of tokens in the vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        self.token_bytes.len()
+    }
+
+    /// Beginning-of-sequence token, if the model has one.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// End-of-sequence token (for chat models, the end of a turn).
+    pub fn eos_id(&self) -> u32 {
+        self.eos
+    }
+
+    /// A decoder for streaming generated tokens as text.
+    pub fn stream_decoder(&self) -> StreamDecoder<'_> {
+        StreamDecoder {
+            tokenizer: self,
+            utf8: Utf8Stream::new(),
+        }
+    }
+}
+
+/// Decodes generated tokens one at a time into whole UTF-8 characters.
+#[derive(Debug)]
+pub struct StreamDecoder<'t> {
+    tokenizer: &'t Tokenizer,
+    utf8: Utf8Stream,
+}
+
+impl StreamDecoder<'_> {
+    /// The text completed by `id` (possibly empty while a character is unfinished).
+    pub fn push(&mut self, id: u32) -> String {
+        let mut out = String::new();
+        self.utf8
+            .push(self.tokenizer.token_bytes(id), &mut |s: &str| {
+                out.push_str(s)
+            });
+        out
+    }
+
+    /// Whatever is left at the end of the stream (an unfinished character becomes U+FFFD).
+    pub fn finish(&mut self) -> String {
+        let mut out = String::new();
+        self.utf8.finish(&mut |s: &str| out.push_str(s));
+        out
+    }
+}
+
+/// GPT-2's byte-level alphabet, reversed: the byte each printable stand-in character encodes.
+/// Printable Latin-1 bytes stand for themselves; the other 68 bytes map to U+0100 onwards.
+fn byte_level_decoding_table() -> impl Fn(char) -> Option<u8> {
+    let mut table = std::collections::HashMap::with_capacity(256);
+    let mut next_stand_in = 256u32;
+    for byte in 0u32..=255 {
+        let printable = (33..=126).contains(&byte)
+            || (161..=172).contains(&byte)
+            || (174..=255).contains(&byte);
+        let stand_in = if printable {
+            byte
+        } else {
+            next_stand_in += 1;
+            next_stand_in - 1
+        };
+        if let Some(c) = char::from_u32(stand_in) {
+            table.insert(c, byte as u8);
+        }
+    }
+    move |c| table.get(&c).copied()
+}

@@ -1,0 +1,248 @@
+//! `ember synth`: a tiny Llama-family GGUF with random weights, for tests that must run
+//! without downloading anything.
+//!
+//! The file is a function of the seed alone (integer arithmetic and exact f32 scaling, no
+//! platform maths), so every machine writes the same bytes. It has the shape of SmolLM2 in
+//! miniature: 2 blocks, width 64, 4 query heads sharing 2 KV heads, a SwiGLU FFN of 192,
+//! a tied Q8_0 embedding, a byte-level BPE vocabulary of 299 tokens (3 ChatML control tokens,
+//! 256 bytes, 40 English merges) and a ChatML template. Weights mix F32, F16, Q8_0, Q4_0 and
+//! Q4_1 so every reader path is exercised.
+
+use ember_core::sampler::SplitMix64;
+use ember_gguf::{GgufError, GgufWriter, TensorType, Value, ValueType, quantize};
+
+/// Width of the residual stream.
+pub const N_EMBD: usize = 64;
+/// Number of transformer blocks.
+pub const N_LAYERS: usize = 2;
+/// Query heads.
+pub const N_HEAD: usize = 4;
+/// Key/value heads.
+pub const N_HEAD_KV: usize = 2;
+/// FFN hidden width.
+pub const N_FF: usize = 192;
+/// Trained context length written to the file.
+pub const CONTEXT: usize = 512;
+
+/// Control tokens, ids 0–2, as in SmolLM2.
+const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+
+/// Merge rules over GPT-2's byte alphabet (`Ġ` is a space), in rank order.
+const MERGES: [(&str, &str); 40] = [
+    ("Ġ", "t"),
+    ("Ġ", "a"),
+    ("h", "e"),
+    ("i", "n"),
+    ("r", "e"),
+    ("o", "n"),
+    ("Ġt", "he"),
+    ("e", "r"),
+    ("Ġ", "s"),
+    ("a", "t"),
+    ("Ġ", "w"),
+    ("Ġ", "o"),
+    ("e", "n"),
+    ("Ġ", "c"),
+    ("i", "t"),
+    ("i", "s"),
+    ("a", "n"),
+    ("o", "r"),
+    ("e", "s"),
+    ("Ġ", "b"),
+    ("e", "d"),
+    ("Ġ", "f"),
+    ("in", "g"),
+    ("Ġ", "p"),
+    ("o", "u"),
+    ("Ġa", "n"),
+    ("a", "l"),
+    ("a", "r"),
+    ("Ġt", "o"),
+    ("Ġ", "m"),
+    ("Ġo", "f"),
+    ("Ġ", "in"),
+    ("Ġ", "d"),
+    ("Ġ", "h"),
+    ("Ġan", "d"),
+    ("i", "c"),
+    ("a", "s"),
+    ("l", "e"),
+    ("Ġt", "h"),
+    ("i", "on"),
+];
+
+/// The ChatML template, as SmolLM2 writes it, with the tiny model's default system prompt.
+const CHAT_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a tiny synthetic test model.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// GPT-2's printable stand-in for each byte.
+fn byte_token(byte: u8) -> char {
+    let b = byte as u32;
+    let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    if printable {
+        return char::from(byte);
+    }
+    let rank = (0..b)
+        .filter(|&x| {
+            !((33..=126).contains(&x) || (161..=172).contains(&x) || (174..=255).contains(&x))
+        })
+        .count() as u32;
+    char::from_u32(256 + rank).unwrap_or('?')
+}
+
+/// The vocabulary: control tokens, byte tokens, merged tokens.
+fn vocabulary() -> (Vec<String>, Vec<i32>) {
+    let mut tokens: Vec<String> = SPECIAL_TOKENS.iter().map(|s| s.to_string()).collect();
+    let mut types = vec![3; SPECIAL_TOKENS.len()];
+    for byte in 0..=255u8 {
+        tokens.push(byte_token(byte).to_string());
+        types.push(1);
+    }
+    for (a, b) in MERGES {
+        tokens.push(format!("{a}{b}"));
+        types.push(1);
+    }
+    (tokens, types)
+}
+
+/// Uniform values in `[-amplitude, amplitude)` with 24 random bits each.
+fn uniform(rng: &mut SplitMix64, count: usize, center: f32, amplitude: f32) -> Vec<f32> {
+    (0..count)
+        .map(|_| {
+            let unit = (rng.next_u64() >> 40) as f32 / (1u32 << 24) as f32;
+            center + (unit * 2.0 - 1.0) * amplitude
+        })
+        .collect()
+}
+
+/// Writes the tiny model for `seed` as GGUF bytes.
+pub fn tiny_model(seed: u64) -> Result<Vec<u8>, GgufError> {
+    let (tokens, types) = vocabulary();
+    let vocab = tokens.len();
+    let head_dim = N_EMBD / N_HEAD;
+    let kv_dim = N_HEAD_KV * head_dim;
+    let mut w = GgufWriter::new();
+    let s = |v: &str| Value::String(v.into());
+    let u = |v: usize| Value::U32(v as u32);
+    w.add_metadata("general.architecture", s("llama"))?
+        .add_metadata("general.name", s("ember-tiny"))?
+        .add_metadata("general.license", s("Apache-2.0"))?
+        .add_metadata("ember.synth_seed", Value::U64(seed))?
+        .add_metadata("llama.block_count", u(N_LAYERS))?
+        .add_metadata("llama.context_length", u(CONTEXT))?
+        .add_metadata("llama.embedding_length", u(N_EMBD))?
+        .add_metadata("llama.feed_forward_length", u(N_FF))?
+        .add_metadata("llama.attention.head_count", u(N_HEAD))?
+        .add_metadata("llama.attention.head_count_kv", u(N_HEAD_KV))?
+        .add_metadata("llama.rope.freq_base", Value::F32(10_000.0))?
+        .add_metadata("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5))?
+        .add_metadata("llama.rope.dimension_count", u(head_dim))?
+        .add_metadata("llama.vocab_size", u(vocab))?
+        .add_metadata("tokenizer.ggml.model", s("gpt2"))?
+        .add_metadata("tokenizer.ggml.pre", s("smollm"))?
+        .add_metadata(
+            "tokenizer.ggml.tokens",
+            Value::Array(
+                ValueType::String,
+                tokens.into_iter().map(Value::String).collect(),
+            ),
+        )?
+        .add_metadata(
+            "tokenizer.ggml.token_type",
+            Value::Array(ValueType::I32, types.into_iter().map(Value::I32).collect()),
+        )?
+        .add_metadata(
+            "tokenizer.ggml.merges",
+            Value::Array(
+                ValueType::String,
+                MERGES.iter().map(|(a, b)| s(&format!("{a} {b}"))).collect(),
+            ),
+        )?
+        .add_metadata("tokenizer.ggml.bos_token_id", u(1))?
+        .add_metadata("tokenizer.ggml.eos_token_id", u(2))?
+        .add_metadata("tokenizer.ggml.padding_token_id", u(2))?
+        .add_metadata("tokenizer.ggml.add_bos_token", Value::Bool(false))?
+        .add_metadata("tokenizer.ggml.add_space_prefix", Value::Bool(false))?
+        .add_metadata("tokenizer.chat_template", s(CHAT_TEMPLATE))?;
+
+    let mut rng = SplitMix64::new(seed);
+    let mut tensor = |w: &mut GgufWriter,
+                      name: &str,
+                      dims: &[usize],
+                      ty: TensorType,
+                      center: f32,
+                      amplitude: f32|
+     -> Result<(), GgufError> {
+        let count = dims.iter().product();
+        let values = uniform(&mut rng, count, center, amplitude);
+        let dims: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+        w.add_tensor(name, &dims, ty, quantize(ty, &values)?)?;
+        Ok(())
+    };
+    use TensorType::*;
+    tensor(
+        &mut w,
+        "token_embd.weight",
+        &[N_EMBD, vocab],
+        Q8_0,
+        0.0,
+        1.0,
+    )?;
+    for i in 0..N_LAYERS {
+        let n = |part: &str| format!("blk.{i}.{part}.weight");
+        tensor(&mut w, &n("attn_norm"), &[N_EMBD], F32, 1.0, 0.1)?;
+        tensor(&mut w, &n("attn_q"), &[N_EMBD, N_EMBD], Q4_1, 0.0, 0.25)?;
+        tensor(&mut w, &n("attn_k"), &[N_EMBD, kv_dim], Q4_1, 0.0, 0.25)?;
+        tensor(&mut w, &n("attn_v"), &[N_EMBD, kv_dim], F16, 0.0, 0.25)?;
+        tensor(
+            &mut w,
+            &n("attn_output"),
+            &[N_EMBD, N_EMBD],
+            Q8_0,
+            0.0,
+            0.25,
+        )?;
+        tensor(&mut w, &n("ffn_norm"), &[N_EMBD], F32, 1.0, 0.1)?;
+        tensor(&mut w, &n("ffn_gate"), &[N_EMBD, N_FF], Q4_1, 0.0, 0.25)?;
+        tensor(&mut w, &n("ffn_up"), &[N_EMBD, N_FF], Q4_0, 0.0, 0.25)?;
+        tensor(&mut w, &n("ffn_down"), &[N_FF, N_EMBD], Q4_1, 0.0, 0.15)?;
+    }
+    tensor(&mut w, "output_norm.weight", &[N_EMBD], F32, 1.0, 0.1)?;
+    Ok(w.to_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_tokens_are_gpt2s_alphabet() {
+        assert_eq!(byte_token(b' '), 'Ġ');
+        assert_eq!(byte_token(b'\n'), 'Ċ');
+        assert_eq!(byte_token(b'A'), 'A');
+        assert_eq!(byte_token(0), '\u{100}');
+        assert_eq!(byte_token(0xAD), '\u{143}');
+    }
+
+    #[test]
+    fn every_merge_joins_existing_tokens_into_a_new_one() {
+        let (tokens, _) = vocabulary();
+        let base = SPECIAL_TOKENS.len() + 256;
+        for (i, (a, b)) in MERGES.iter().enumerate() {
+            let known = &tokens[..base + i];
+            assert!(
+                known.iter().any(|t| t == a) && known.iter().any(|t| t == b),
+                "{a} {b}"
+            );
+            assert!(
+                !known.iter().any(|t| *t == format!("{a}{b}")),
+                "{a}{b} twice"
+            );
+        }
+    }
+
+    #[test]
+    fn the_same_seed_writes_the_same_bytes() {
+        assert_eq!(tiny_model(7).unwrap(), tiny_model(7).unwrap());
+        assert_ne!(tiny_model(7).unwrap(), tiny_model(8).unwrap());
+    }
+}
