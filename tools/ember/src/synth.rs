@@ -24,6 +24,14 @@ pub const N_FF: usize = 192;
 /// Trained context length written to the file.
 pub const CONTEXT: usize = 512;
 
+/// Weights are uniform in ±amplitude. A small embedding next to larger block weights makes the
+/// next token depend on the context rather than echo the current one, so greedy text varies.
+const EMBEDDING_AMPLITUDE: f32 = 0.3;
+/// Amplitude of the attention and gate/up projections.
+const WEIGHT_AMPLITUDE: f32 = 0.6;
+/// Amplitude of the down projection (a wider fan-in).
+const DOWN_AMPLITUDE: f32 = 0.36;
+
 /// Control tokens, ids 0–2, as in SmolLM2.
 const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 
@@ -185,26 +193,68 @@ pub fn tiny_model(seed: u64) -> Result<Vec<u8>, GgufError> {
         &[N_EMBD, vocab],
         Q8_0,
         0.0,
-        1.0,
+        EMBEDDING_AMPLITUDE,
     )?;
     for i in 0..N_LAYERS {
         let n = |part: &str| format!("blk.{i}.{part}.weight");
         tensor(&mut w, &n("attn_norm"), &[N_EMBD], F32, 1.0, 0.1)?;
-        tensor(&mut w, &n("attn_q"), &[N_EMBD, N_EMBD], Q4_1, 0.0, 0.25)?;
-        tensor(&mut w, &n("attn_k"), &[N_EMBD, kv_dim], Q4_1, 0.0, 0.25)?;
-        tensor(&mut w, &n("attn_v"), &[N_EMBD, kv_dim], F16, 0.0, 0.25)?;
+        tensor(
+            &mut w,
+            &n("attn_q"),
+            &[N_EMBD, N_EMBD],
+            Q4_1,
+            0.0,
+            WEIGHT_AMPLITUDE,
+        )?;
+        tensor(
+            &mut w,
+            &n("attn_k"),
+            &[N_EMBD, kv_dim],
+            Q4_1,
+            0.0,
+            WEIGHT_AMPLITUDE,
+        )?;
+        tensor(
+            &mut w,
+            &n("attn_v"),
+            &[N_EMBD, kv_dim],
+            F16,
+            0.0,
+            WEIGHT_AMPLITUDE,
+        )?;
         tensor(
             &mut w,
             &n("attn_output"),
             &[N_EMBD, N_EMBD],
             Q8_0,
             0.0,
-            0.25,
+            WEIGHT_AMPLITUDE,
         )?;
         tensor(&mut w, &n("ffn_norm"), &[N_EMBD], F32, 1.0, 0.1)?;
-        tensor(&mut w, &n("ffn_gate"), &[N_EMBD, N_FF], Q4_1, 0.0, 0.25)?;
-        tensor(&mut w, &n("ffn_up"), &[N_EMBD, N_FF], Q4_0, 0.0, 0.25)?;
-        tensor(&mut w, &n("ffn_down"), &[N_FF, N_EMBD], Q4_1, 0.0, 0.15)?;
+        tensor(
+            &mut w,
+            &n("ffn_gate"),
+            &[N_EMBD, N_FF],
+            Q4_1,
+            0.0,
+            WEIGHT_AMPLITUDE,
+        )?;
+        tensor(
+            &mut w,
+            &n("ffn_up"),
+            &[N_EMBD, N_FF],
+            Q4_0,
+            0.0,
+            WEIGHT_AMPLITUDE,
+        )?;
+        tensor(
+            &mut w,
+            &n("ffn_down"),
+            &[N_FF, N_EMBD],
+            Q4_1,
+            0.0,
+            DOWN_AMPLITUDE,
+        )?;
     }
     tensor(&mut w, "output_norm.weight", &[N_EMBD], F32, 1.0, 0.1)?;
     Ok(w.to_bytes())

@@ -1,0 +1,201 @@
+//! The tiny synthetic model through the `ember` binary: deterministic files, generation, and
+//! clear errors for bad input.
+
+use ember_e2e::{ember, last_json_line, stdout_of, tiny_model};
+
+#[test]
+fn synth_is_deterministic() {
+    let dir = std::env::temp_dir().join(format!("ember-synth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = dir.join("a.gguf");
+    let b = dir.join("b.gguf");
+    stdout_of(&ember(&[
+        "synth",
+        "-o",
+        a.to_str().unwrap(),
+        "--seed",
+        "42",
+    ]));
+    stdout_of(&ember(&[
+        "synth",
+        "-o",
+        b.to_str().unwrap(),
+        "--seed",
+        "42",
+    ]));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(tiny_model()).unwrap()
+    );
+}
+
+#[test]
+fn generate_reports_tokens_text_and_stats() {
+    let model = tiny_model();
+    let output = ember(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "the cat",
+        "-n",
+        "12",
+        "--json",
+    ]);
+    let stdout = stdout_of(&output);
+    let result = last_json_line(&stdout);
+    let tokens = result["tokens"].as_array().unwrap();
+    assert!(!tokens.is_empty() && tokens.len() <= 12);
+    let stats = &result["stats"];
+    for key in [
+        "prompt_tokens",
+        "generated_tokens",
+        "load_seconds",
+        "time_to_first_token_seconds",
+        "prefill_tokens_per_second",
+        "decode_tokens_per_second",
+        "rss_anon_bytes",
+        "rss_file_bytes",
+    ] {
+        assert!(stats[key].is_number(), "stats lack {key}: {stats}");
+    }
+    assert!(stats["rss_anon_bytes"].as_u64().unwrap() > 0);
+    // The streamed text precedes the JSON line and equals its "text".
+    let text = result["text"].as_str().unwrap();
+    assert!(stdout.starts_with(text), "{stdout:?}");
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let dir = std::env::temp_dir().join(format!("ember-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = std::fs::read(tiny_model()).unwrap();
+    let truncated = dir.join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let garbage = dir.join("garbage.gguf");
+    std::fs::write(&garbage, b"this is not a model at all").unwrap();
+    let model = tiny_model();
+    let long_prompt = "x ".repeat(600);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--model", truncated.to_str().unwrap(), "--prompt", "hi"],
+            "outside the file",
+        ),
+        (
+            vec!["--model", garbage.to_str().unwrap(), "--prompt", "hi"],
+            "not a GGUF file",
+        ),
+        (
+            vec!["--model", "/nonexistent.gguf", "--prompt", "hi"],
+            "cannot read",
+        ),
+        (
+            vec!["--model", model.to_str().unwrap(), "--prompt", &long_prompt],
+            "context holds 512",
+        ),
+        (
+            vec!["--model", model.to_str().unwrap(), "--prompt", ""],
+            "prompt is empty",
+        ),
+        (
+            vec![
+                "--model",
+                model.to_str().unwrap(),
+                "--prompt",
+                "hi",
+                "--top-p",
+                "0",
+            ],
+            "top-p must be in (0, 1]",
+        ),
+    ];
+    for (args, message) in cases {
+        let mut full = vec!["generate"];
+        full.extend(args);
+        let output = ember(&full);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{full:?}: {stderr}");
+        assert!(
+            stderr.contains(message),
+            "{full:?}: expected {message:?} in {stderr:?}"
+        );
+        assert!(!stderr.contains("panicked"), "{full:?} panicked: {stderr}");
+    }
+}
+
+fn golden() -> serde_json::Value {
+    let path = ember_e2e::repo_root().join("tests/fixtures/tiny/golden.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn ids(value: &serde_json::Value) -> Vec<u32> {
+    serde_json::from_value(value.clone()).unwrap()
+}
+
+#[test]
+fn golden_model_is_the_one_llama_cpp_ran() {
+    let sha = ember_tools::fetch::sha256_file(&tiny_model()).unwrap();
+    assert_eq!(
+        sha,
+        golden()["model_sha256"].as_str().unwrap(),
+        "`ember synth --seed 42` changed: regenerate tests/fixtures/tiny/golden.json (see its README)"
+    );
+}
+
+#[test]
+fn tiny_tokenizer_matches_llama_cpp() {
+    let file = ember_gguf::GgufFile::open(tiny_model()).unwrap();
+    let tokenizer = ember_tokenizer::Tokenizer::from_gguf(file.metadata()).unwrap();
+    for case in golden()["tokenizer"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            tokenizer.encode(text).unwrap(),
+            ids(&case["ids"]),
+            "{text:?}"
+        );
+    }
+}
+
+/// Greedy decoding at temperature 0 gives exactly llama.cpp's tokens computed with exact f32
+/// arithmetic on the same weights.
+#[test]
+fn greedy_generation_matches_llama_cpp_golden() {
+    let golden = golden();
+    let model = tiny_model();
+    let max_tokens = golden["max_tokens"].to_string();
+    for case in golden["cases"].as_array().unwrap() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let mut args = vec![
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            &max_tokens,
+            "--json",
+        ];
+        if case["chat"].as_bool().unwrap() {
+            args.push("--chat");
+        }
+        let result = last_json_line(&stdout_of(&ember(&args)));
+        assert_eq!(
+            result["stats"]["prompt_tokens"].as_u64().unwrap() as usize,
+            case["prompt_ids"].as_array().unwrap().len(),
+            "{prompt:?}"
+        );
+        let exact = &case["exact"];
+        assert_eq!(
+            ids(&result["tokens"]),
+            ids(&exact["reply_ids"]),
+            "{prompt:?}"
+        );
+        let finish = if exact["stop_type"] == "eos" {
+            "eos"
+        } else {
+            "length"
+        };
+        assert_eq!(result["finish"], finish, "{prompt:?}");
+    }
+}
