@@ -34,25 +34,48 @@ fn tokenizer_ids_match_llama_cpp() {
     }
 }
 
-#[test]
-fn greedy_chat_replies_match_llama_cpp() {
+/// Log-softmax of `logits` at `id`.
+fn logprob(logits: &[f32], id: u32) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    logits[id as usize] as f64 - max - sum.ln()
+}
+
+/// Ember's greedy `--chat` reply to each prompt, through the real binary.
+fn ember_replies(prompts: &[(String, usize)]) -> Vec<serde_json::Value> {
     let model = smollm2();
-    let reference = smollm2_reference("chat_replies.json");
-    let max_tokens = reference["max_tokens"].to_string();
-    for case in reference["cases"].as_array().unwrap() {
+    prompts
+        .iter()
+        .map(|(prompt, max_tokens)| {
+            let output = ember(&[
+                "generate",
+                "--model",
+                model.to_str().unwrap(),
+                "--chat",
+                "--prompt",
+                prompt,
+                "--max-tokens",
+                &max_tokens.to_string(),
+                "--json",
+            ]);
+            last_json_line(&stdout_of(&output))
+        })
+        .collect()
+}
+
+/// Exact agreement with llama.cpp computing in f32 on the same weights (a lossless F32 copy of
+/// the GGUF, F32 KV cache): the same arithmetic as Ember's reference engine.
+#[test]
+fn greedy_chat_replies_match_llama_cpp_exact() {
+    let reference = smollm2_reference("chat_replies_exact.json");
+    let cases = reference["cases"].as_array().unwrap();
+    let max_tokens = reference["max_tokens"].as_u64().unwrap() as usize;
+    let prompts: Vec<(String, usize)> = cases
+        .iter()
+        .map(|c| (c["prompt"].as_str().unwrap().to_string(), max_tokens))
+        .collect();
+    for (case, result) in cases.iter().zip(ember_replies(&prompts)) {
         let prompt = case["prompt"].as_str().unwrap();
-        let output = ember(&[
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--chat",
-            "--prompt",
-            prompt,
-            "--max-tokens",
-            &max_tokens,
-            "--json",
-        ]);
-        let result = last_json_line(&stdout_of(&output));
         assert_eq!(
             result["stats"]["prompt_tokens"].as_u64().unwrap() as usize,
             case["prompt_ids"].as_array().unwrap().len(),
@@ -69,26 +92,116 @@ fn greedy_chat_replies_match_llama_cpp() {
     }
 }
 
+/// llama.cpp run natively on the Q4_1 file rounds activations to 8 bits before each matrix
+/// product, which moves log-probabilities by ~0.1 (see the reference README), so greedy paths
+/// part where its top candidates are close. Where Ember's reply first differs, Ember's token
+/// must be among llama.cpp's top 5 and within 0.5 nats of its top-1.
 #[test]
-fn teacher_forced_top1_agrees_with_llama_cpp() {
+fn greedy_chat_replies_follow_llama_cpp_native_up_to_near_ties() {
+    let reference = smollm2_reference("chat_replies.json");
+    let cases = reference["cases"].as_array().unwrap();
+    let max_tokens = reference["max_tokens"].as_u64().unwrap() as usize;
+    let prompts: Vec<(String, usize)> = cases
+        .iter()
+        .map(|c| (c["prompt"].as_str().unwrap().to_string(), max_tokens))
+        .collect();
+    let mut identical = 0;
+    for (case, result) in cases.iter().zip(ember_replies(&prompts)) {
+        let prompt = case["prompt"].as_str().unwrap();
+        let ours = ids(&result["tokens"]);
+        let theirs = ids(&case["reply_ids"]);
+        let Some(step) = ours.iter().zip(&theirs).position(|(a, b)| a != b) else {
+            identical += 1;
+            continue;
+        };
+        let top5: Vec<(u32, f64)> = serde_json::from_value(case["top5"][step].clone()).unwrap();
+        let ember_choice = top5.iter().find(|(id, _)| *id == ours[step]);
+        let gap = ember_choice.map(|(_, lp)| top5[0].1 - lp);
+        eprintln!("{prompt:?}: first differs from llama.cpp (native) at step {step}, gap {gap:?}");
+        assert!(
+            gap.is_some_and(|g| g < 0.5),
+            "{prompt:?} step {step}: Ember chose {} but llama.cpp's top 5 were {top5:?}",
+            ours[step]
+        );
+    }
+    eprintln!(
+        "{identical}/{} replies identical to llama.cpp (native)",
+        cases.len()
+    );
+}
+
+/// Ember's logits after each token of the teacher-forced text (all references use the same ids,
+/// so they are computed once per test process).
+fn reference_logits(text_ids: &[u32]) -> Vec<Vec<f32>> {
+    static LOGITS: std::sync::Mutex<Option<(Vec<u32>, Vec<Vec<f32>>)>> =
+        std::sync::Mutex::new(None);
+    let mut cached = LOGITS.lock().unwrap();
+    if let Some((cached_ids, logits)) = cached.as_ref()
+        && cached_ids == text_ids
+    {
+        return logits.clone();
+    }
     let file = GgufFile::open(smollm2()).unwrap();
     let model = ReferenceModel::load(&file).unwrap();
-    let reference = smollm2_reference("teacher_forced.json");
+    let mut session = ReferenceSession::new(&model, text_ids.len());
+    let logits = session.logits_at_each(text_ids).unwrap();
+    *cached = Some((text_ids.to_vec(), logits.clone()));
+    logits
+}
+
+/// Teacher-forced comparison against a reference's top-1 and top-5 log-probabilities:
+/// (share of positions with the same top-1, largest log-probability difference).
+fn teacher_forced(reference_name: &str, reference: &serde_json::Value) -> (f64, f64) {
     let text_ids = ids(&reference["ids"]);
     let llama_top1 = ids(&reference["top1"]);
-    assert!(text_ids.len() >= 150);
-    let mut session = ReferenceSession::new(&model, text_ids.len());
-    let logits = session.logits_at_each(&text_ids).unwrap();
+    let llama_top5: Vec<Vec<(u32, f64)>> =
+        serde_json::from_value(reference["top5"].clone()).unwrap();
+    assert!(text_ids.len() >= 150 && llama_top1.len() == text_ids.len());
+    let logits = &reference_logits(&text_ids);
     let agree = logits
         .iter()
         .zip(&llama_top1)
         .filter(|(l, want)| argmax(l) == **want)
         .count();
+    let max_logprob_error = logits
+        .iter()
+        .zip(&llama_top5)
+        .flat_map(|(l, top)| top.iter().map(move |(id, lp)| (logprob(l, *id) - lp).abs()))
+        .fold(0.0, f64::max);
     let share = agree as f64 / llama_top1.len() as f64;
     eprintln!(
-        "teacher-forced top-1 agreement with llama.cpp: {agree}/{} = {:.1}%",
+        "{reference_name}: top-1 agreement {agree}/{} = {:.1}%, largest top-5 log-prob difference {max_logprob_error:.4}",
         llama_top1.len(),
         share * 100.0
     );
+    (share, max_logprob_error)
+}
+
+#[test]
+fn teacher_forced_top1_agrees_with_llama_cpp_exact() {
+    let name = "teacher_forced_exact.json";
+    let (share, error) = teacher_forced(name, &smollm2_reference(name));
     assert!(share >= 0.98, "agreement {share:.3} below 0.98");
+    // llama.cpp's own f32 path differs from float64 numpy by 0.018 at most on this text.
+    assert!(error < 0.05, "log-probabilities differ by {error}");
+}
+
+/// The float64 numpy forward pass (`numpy_forward.py`, an independent transcription) is the
+/// exact-math oracle: Ember's f32 log-probabilities must sit within 1e-3 of it.
+#[test]
+fn teacher_forced_logprobs_match_float64_numpy() {
+    let numpy = smollm2_reference("numpy_reference.json");
+    let (share, error) = teacher_forced("numpy_reference.json", &numpy["teacher_forced"]);
+    assert_eq!(share, 1.0, "top-1 differs from float64 numpy");
+    assert!(error < 1e-3, "log-probabilities differ by {error}");
+}
+
+#[test]
+fn teacher_forced_top1_mostly_agrees_with_llama_cpp_native() {
+    // llama.cpp's 8-bit activation rounding flips 4 of 182 predictions (float64 numpy, which
+    // does not round, disagrees with it at the same 4 positions).
+    let name = "teacher_forced.json";
+    let (share, error) = teacher_forced(name, &smollm2_reference(name));
+    assert!(share >= 0.95, "agreement {share:.3} below 0.95");
+    assert!(error < 0.7, "log-probabilities differ by {error}");
 }

@@ -68,7 +68,7 @@ TOKENIZER_CASES = [
 
 
 class Ref:
-    def __init__(self, gguf_path, threads):
+    def __init__(self, gguf_path, threads, f32_cache=False):
         p = xlc.CommonParams()
         p.model.path = gguf_path
         p.n_ctx = 2048
@@ -86,6 +86,9 @@ class Ref:
         p.sampling.penalty_present = 0.0
         p.sampling.dry_multiplier = 0.0
         p.warmup = True
+        if f32_cache:
+            p.cache_type_k = xlc.ggml_type.GGML_TYPE_F32
+            p.cache_type_v = xlc.ggml_type.GGML_TYPE_F32
         self.server = xlc.Server(p)
         self.base = self.server.listening_address
 
@@ -260,8 +263,19 @@ def main():
     ap.add_argument("--gguf", required=True)
     ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--exact", action="store_true",
+                    help="run llama.cpp on a lossless F32 copy of the GGUF (models/gguf_to_f32.py) "
+                         "with an F32 KV cache, i.e. without its 8-bit activation rounding; writes "
+                         "chat_replies_exact.json and teacher_forced_exact.json")
     a = ap.parse_args()
-    ref = Ref(a.gguf, a.threads)
+    gguf = a.gguf
+    if a.exact:
+        import subprocess, tempfile
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+        gguf = os.path.join(tempfile.mkdtemp(), "model-f32.gguf")
+        subprocess.run([sys.executable, os.path.join(root, "gguf_to_f32.py"), a.gguf, gguf],
+                       check=True)
+    ref = Ref(gguf, a.threads, f32_cache=a.exact)
 
     france = ref.render_chat(CHAT_PROMPTS[0])
     fids = ref.tokenize(france)
@@ -272,11 +286,22 @@ def main():
             json.dump(obj, f, indent=None, ensure_ascii=False, separators=(",", ":"))
             f.write("\n")
 
-    dump("tokenizer_ids.json", make_tokenizer(ref, france))
+    suffix = ""
+    if a.exact:
+        suffix = "_exact"
+    else:
+        dump("tokenizer_ids.json", make_tokenizer(ref, france))
     chat = make_chat(ref)
     assert chat["cases"][0]["reply_text"].startswith("The capital of France is Paris."), chat["cases"][0]["reply_text"]
-    dump("chat_replies.json", chat)
-    dump("teacher_forced.json", make_teacher_forced(ref))
+    forced = make_teacher_forced(ref)
+    if a.exact:
+        note = ("EXACT variant: the GGUF was converted losslessly to F32 (models/gguf_to_f32.py) and "
+                "run with an F32 KV cache, so llama.cpp computes in f32 without rounding activations "
+                "to 8 bits. ")
+        chat["source"] = note + chat["source"]
+        forced["source"] = note + forced["source"]
+    dump("chat_replies%s.json" % suffix, chat)
+    dump("teacher_forced%s.json" % suffix, forced)
 
 
 if __name__ == "__main__":
