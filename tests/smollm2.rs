@@ -133,8 +133,9 @@ fn greedy_chat_replies_follow_llama_cpp_native_up_to_near_ties() {
 /// Ember's logits after each token of the teacher-forced text (all references use the same ids,
 /// so they are computed once per test process).
 fn reference_logits(text_ids: &[u32]) -> Vec<Vec<f32>> {
-    static LOGITS: std::sync::Mutex<Option<(Vec<u32>, Vec<Vec<f32>>)>> =
-        std::sync::Mutex::new(None);
+    /// The ids of the text and the logits after each of them.
+    type Cached = Option<(Vec<u32>, Vec<Vec<f32>>)>;
+    static LOGITS: std::sync::Mutex<Cached> = std::sync::Mutex::new(None);
     let mut cached = LOGITS.lock().unwrap();
     if let Some((cached_ids, logits)) = cached.as_ref()
         && cached_ids == text_ids
