@@ -1,6 +1,8 @@
 //! Helpers shared by Ember's end-to-end tests: locating the built binaries, fetching SmolLM2,
 //! writing the tiny synthetic model, reading recorded references.
 
+#![warn(missing_docs)]
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},

@@ -5,6 +5,8 @@
 //! - [`generate`]: prefill, sample, stream whole characters, stop; with timing [`Stats`].
 //! - [`memory`]: the process's anonymous and file-backed resident memory.
 
+#![warn(missing_docs)]
+
 mod config;
 mod error;
 mod generate;

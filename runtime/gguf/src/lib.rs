@@ -9,6 +9,8 @@
 //! Every malformed input is a [`GgufError`]; the reader never panics and never allocates more
 //! than the input could describe.
 
+#![warn(missing_docs)]
+
 mod error;
 mod metadata;
 mod quant;

@@ -6,6 +6,8 @@
 //! Control and user-defined tokens (`<|im_start|>` …) are recognised in the text as single tokens.
 //! [`StreamDecoder`] turns generated ids into text piece by piece, whole characters only.
 
+#![warn(missing_docs)]
+
 use ember_core::utf8::Utf8Stream;
 use ember_gguf::{GgufError, Metadata};
 use tokenizers::{
