@@ -207,3 +207,38 @@ fn teacher_forced_top1_mostly_agrees_with_llama_cpp_native() {
     assert!(share >= 0.95, "agreement {share:.3} below 0.95");
     assert!(error < 0.7, "log-probabilities differ by {error}");
 }
+
+/// SmolLM2's Q4_1 and Q8_0 blocks map exactly onto the image's 8-bit blocks: the image decodes
+/// to the GGUF's values, so `ember quantize` reports a perfect match and chat through the image
+/// gives llama.cpp's exact reply.
+#[test]
+fn smollm2_image_is_lossless() {
+    let dir = std::env::temp_dir().join(format!("ember-smollm2-image-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = dir.join("smollm2.ember");
+    let image_text = image.to_str().unwrap();
+    let report = stdout_of(&ember(&[
+        "quantize",
+        smollm2().to_str().unwrap(),
+        "-o",
+        image_text,
+        "--quiet",
+    ]));
+    assert!(
+        report.contains("top-1 agreement 100.0%, mean KL 0.00e0 nats, max logit error 0.000e0"),
+        "{report}"
+    );
+    let reference = smollm2_reference("chat_replies_exact.json");
+    let france = &reference["cases"][0];
+    let result = last_json_line(&stdout_of(&ember(&[
+        "generate",
+        "--model",
+        image_text,
+        "--chat",
+        "--prompt",
+        france["prompt"].as_str().unwrap(),
+        "--json",
+    ])));
+    assert_eq!(ids(&result["tokens"]), ids(&france["reply_ids"]));
+    let _ = std::fs::remove_dir_all(&dir);
+}

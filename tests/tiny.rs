@@ -199,3 +199,72 @@ fn greedy_generation_matches_llama_cpp_golden() {
         assert_eq!(result["finish"], finish, "{prompt:?}");
     }
 }
+
+#[test]
+fn quantize_inspect_and_generate_from_an_image() {
+    let dir = std::env::temp_dir().join(format!("ember-image-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = dir.join("tiny.ember");
+    let image_text = image.to_str().unwrap();
+    let report = stdout_of(&ember(&[
+        "quantize",
+        tiny_model().to_str().unwrap(),
+        "-o",
+        image_text,
+        "--quiet",
+    ]));
+    assert!(report.contains("top-1 agreement"), "{report}");
+    let inspect = stdout_of(&ember(&["inspect", image_text]));
+    for expected in [
+        "ember-tiny",
+        "2 blocks, width 64",
+        "int8-block32",
+        "all sections match",
+    ] {
+        assert!(inspect.contains(expected), "{expected:?} not in {inspect}");
+    }
+    let result = last_json_line(&stdout_of(&ember(&[
+        "generate", "--model", image_text, "--prompt", "the cat", "-n", "8", "--json",
+    ])));
+    assert_eq!(result["tokens"].as_array().unwrap().len(), 8);
+
+    // A flipped weight byte fails the hash check; a cut file is named truncated.
+    let bytes = std::fs::read(&image).unwrap();
+    let corrupt = dir.join("corrupt.ember");
+    let mut damaged = bytes.clone();
+    let at = damaged.len() - 100;
+    damaged[at] ^= 0x10;
+    std::fs::write(&corrupt, &damaged).unwrap();
+    let truncated = dir.join("truncated.ember");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    for (args, message) in [
+        (
+            vec!["inspect", corrupt.to_str().unwrap()],
+            "does not match its SHA-256",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                truncated.to_str().unwrap(),
+                "--prompt",
+                "hi",
+            ],
+            "truncated Ember image",
+        ),
+        (
+            vec!["quantize", "/nonexistent.gguf", "-o", image_text],
+            "cannot read /nonexistent.gguf",
+        ),
+    ] {
+        let output = ember(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(message),
+            "{args:?}: expected {message:?} in {stderr}"
+        );
+    }
+    // The failed quantize left the earlier image intact.
+    assert_eq!(std::fs::read(&image).unwrap(), bytes);
+}

@@ -4,6 +4,7 @@
 //!   repetition penalty) with a seeded generator that gives the same tokens on every platform.
 //! - [`chat`]: renders a conversation with the model's chat template (ChatML).
 //! - [`utf8`]: assembles streamed token bytes into whole UTF-8 characters.
+//! - [`image`]: the Ember image header (and, with `alloc`, its manifest).
 //!
 //! Features: `alloc` adds conveniences that return owned strings; `std` implies `alloc`.
 #![cfg_attr(not(feature = "std"), no_std)]
@@ -14,5 +15,6 @@
 extern crate alloc;
 
 pub mod chat;
+pub mod image;
 pub mod sampler;
 pub mod utf8;

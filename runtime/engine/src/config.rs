@@ -78,7 +78,7 @@ impl ModelConfig {
         Ok(config)
     }
 
-    fn check(&self) -> Result<(), EngineError> {
+    pub(crate) fn check(&self) -> Result<(), EngineError> {
         let bad = |why: &str| Err(EngineError::BadConfig(why.into()));
         if [
             self.n_layers,

@@ -8,6 +8,9 @@ pub enum EngineError {
     /// The model file is unreadable or malformed.
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    /// The Ember image is unreadable or malformed.
+    #[error(transparent)]
+    Image(#[from] ember_image::ImageFileError),
     /// The tokenizer could not be built or refused the text.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),

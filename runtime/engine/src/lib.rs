@@ -12,8 +12,10 @@ mod error;
 mod generate;
 pub mod memory;
 mod reference;
+mod source;
 
 pub use config::ModelConfig;
 pub use error::EngineError;
 pub use generate::{FinishReason, GenerateOptions, Generation, LanguageModel, Stats, generate};
 pub use reference::{KvCache, ReferenceModel, ReferenceSession};
+pub use source::{ModelFile, WeightSource};

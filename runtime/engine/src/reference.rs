@@ -20,8 +20,9 @@
 //! so that this "normal" rotation of GGUF weights equals Hugging Face's rotate-half rotation of the
 //! original weights.
 
+use crate::WeightSource;
 use crate::{EngineError, LanguageModel, ModelConfig};
-use ember_gguf::GgufFile;
+use ember_gguf::GgufError;
 use rayon::prelude::*;
 
 /// A row-major matrix: `rows` rows of `cols` values (a GGUF 2-D tensor, `dims = [cols, rows]`).
@@ -165,31 +166,35 @@ pub struct ReferenceModel {
 }
 
 impl ReferenceModel {
-    /// Dequantizes every weight of a GGUF Llama model.
-    pub fn load(file: &GgufFile) -> Result<Self, EngineError> {
-        let config = ModelConfig::from_gguf(file.metadata())?;
+    /// Decodes every weight of a Llama model (GGUF file or Ember image) to `f32`.
+    pub fn load(file: &dyn WeightSource) -> Result<Self, EngineError> {
+        let config = file.config()?;
+        let dims = |name: &str| {
+            file.dims(name)
+                .ok_or_else(|| EngineError::Gguf(GgufError::MissingTensor(name.into())))
+        };
         let vector = |name: &str, len: usize| -> Result<Vec<f32>, EngineError> {
-            let values = file.dequantize(name)?;
-            if values.len() != len {
+            let found = dims(name)?;
+            if found != [len as u64] {
                 return Err(EngineError::TensorShape {
                     name: name.into(),
                     expected: vec![len],
-                    found: file.tensor(name)?.dims.clone(),
+                    found,
                 });
             }
-            Ok(values)
+            file.values(name)
         };
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<Matrix, EngineError> {
-            let info = file.tensor(name)?;
-            if info.dims != [cols as u64, rows as u64] {
+            let found = dims(name)?;
+            if found != [cols as u64, rows as u64] {
                 return Err(EngineError::TensorShape {
                     name: name.into(),
                     expected: vec![cols, rows],
-                    found: info.dims.clone(),
+                    found,
                 });
             }
             Ok(Matrix {
-                data: file.dequantize(name)?,
+                data: file.values(name)?,
                 rows,
                 cols,
             })
@@ -212,9 +217,9 @@ impl ReferenceModel {
                 })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
-        let output = match file.tensor("output.weight") {
-            Ok(_) => Some(matrix("output.weight", c.vocab_size, c.n_embd)?),
-            Err(_) => None,
+        let output = match file.dims("output.weight") {
+            Some(_) => Some(matrix("output.weight", c.vocab_size, c.n_embd)?),
+            None => None,
         };
         Ok(ReferenceModel {
             embedding: matrix("token_embd.weight", c.vocab_size, c.n_embd)?,

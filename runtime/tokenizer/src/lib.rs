@@ -8,7 +8,10 @@
 
 #![warn(missing_docs)]
 
-use ember_core::utf8::Utf8Stream;
+use ember_core::{
+    image::{TokenizerData, TokenizerSpec},
+    utf8::Utf8Stream,
+};
 use ember_gguf::{GgufError, Metadata};
 use tokenizers::{
     AddedToken, DecoderWrapper, PreTokenizerWrapper,
@@ -52,6 +55,25 @@ pub enum TokenizerError {
     Library(String),
 }
 
+/// What a tokenizer is built from (as stored in a GGUF file or an Ember image).
+#[derive(Debug, Clone)]
+pub struct Vocabulary<'a> {
+    /// Tokenizer model; only `gpt2` (byte-level BPE) is supported.
+    pub model: &'a str,
+    /// Pre-tokenizer name.
+    pub pre: &'a str,
+    /// Token strings by id.
+    pub tokens: Vec<&'a str>,
+    /// GGUF token types by id (1 normal, 3 control, 4 user-defined, …).
+    pub token_types: Vec<i64>,
+    /// Merge rules `"a b"` by rank.
+    pub merges: Vec<&'a str>,
+    /// Beginning-of-sequence token.
+    pub bos: Option<u32>,
+    /// End-of-sequence token (required).
+    pub eos: Option<u32>,
+}
+
 /// A model's tokenizer and the facts about its special tokens.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -75,20 +97,62 @@ impl Tokenizer {
     /// Builds the tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata.
     pub fn from_gguf(metadata: &Metadata) -> Result<Self, TokenizerError> {
         let model = metadata.get_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(TokenizerError::UnsupportedModel(model.into()));
-        }
         let pre = match metadata.get_str("tokenizer.ggml.pre") {
             Ok(pre) => pre,
             Err(GgufError::MissingKey(_)) => "default",
             Err(e) => return Err(e.into()),
         };
         let tokens = metadata.get_str_array("tokenizer.ggml.tokens")?;
-        let types = match metadata.get_int_array("tokenizer.ggml.token_type") {
+        let token_types = match metadata.get_int_array("tokenizer.ggml.token_type") {
             Ok(types) => types,
             Err(GgufError::MissingKey(_)) => vec![1; tokens.len()],
             Err(e) => return Err(e.into()),
         };
+        let special = |key: &str| -> Result<Option<u32>, TokenizerError> {
+            match metadata.get_u32(key) {
+                Ok(id) => Ok(Some(id)),
+                Err(GgufError::MissingKey(_)) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        };
+        Self::from_vocabulary(Vocabulary {
+            model,
+            pre,
+            tokens,
+            token_types,
+            merges: metadata.get_str_array("tokenizer.ggml.merges")?,
+            bos: special("tokenizer.ggml.bos_token_id")?,
+            eos: special("tokenizer.ggml.eos_token_id")?,
+        })
+    }
+
+    /// Builds the tokenizer stored in an Ember image.
+    pub fn from_image(spec: &TokenizerSpec, data: &TokenizerData) -> Result<Self, TokenizerError> {
+        Self::from_vocabulary(Vocabulary {
+            model: &spec.model,
+            pre: &spec.pre,
+            tokens: data.tokens.iter().map(String::as_str).collect(),
+            token_types: data.token_types.iter().map(|&t| t as i64).collect(),
+            merges: data.merges.iter().map(String::as_str).collect(),
+            bos: spec.bos,
+            eos: Some(spec.eos),
+        })
+    }
+
+    /// Builds a tokenizer from its parts.
+    pub fn from_vocabulary(vocabulary: Vocabulary<'_>) -> Result<Self, TokenizerError> {
+        let Vocabulary {
+            model,
+            pre,
+            tokens,
+            token_types: types,
+            merges,
+            bos,
+            eos,
+        } = vocabulary;
+        if model != "gpt2" {
+            return Err(TokenizerError::UnsupportedModel(model.into()));
+        }
         if types.len() != tokens.len() {
             return Err(TokenizerError::Inconsistent(format!(
                 "{} tokens but {} token types",
@@ -96,8 +160,7 @@ impl Tokenizer {
                 types.len()
             )));
         }
-        let merges = metadata
-            .get_str_array("tokenizer.ggml.merges")?
+        let merges = merges
             .into_iter()
             .enumerate()
             .map(|(index, rule)| match rule.split_once(' ') {
@@ -159,20 +222,16 @@ impl Tokenizer {
             })
             .collect();
 
-        let id_in_range = |key: &str| -> Result<Option<u32>, TokenizerError> {
-            match metadata.get_u32(key) {
-                Ok(id) if (id as usize) < tokens.len() => Ok(Some(id)),
-                Ok(id) => Err(TokenizerError::Inconsistent(format!(
-                    "{key} = {id} is outside the vocabulary of {}",
-                    tokens.len()
-                ))),
-                Err(GgufError::MissingKey(_)) => Ok(None),
-                Err(e) => Err(e.into()),
-            }
+        let in_range = |what: &str, id: Option<u32>| match id {
+            Some(id) if id as usize >= tokens.len() => Err(TokenizerError::Inconsistent(format!(
+                "{what} token {id} is outside the vocabulary of {}",
+                tokens.len()
+            ))),
+            other => Ok(other),
         };
-        let bos = id_in_range("tokenizer.ggml.bos_token_id")?;
-        let eos = id_in_range("tokenizer.ggml.eos_token_id")?.ok_or_else(|| {
-            TokenizerError::Inconsistent("tokenizer.ggml.eos_token_id is missing".into())
+        let bos = in_range("beginning-of-sequence", bos)?;
+        let eos = in_range("end-of-sequence", eos)?.ok_or_else(|| {
+            TokenizerError::Inconsistent("the end-of-sequence token is missing".into())
         })?;
         Ok(Tokenizer {
             inner,

@@ -1,6 +1,8 @@
-//! The library behind the host tool `ember`: model recipes and fetching, synthetic test models.
+//! The library behind the host tool `ember`: model recipes and fetching, quantizing models into
+//! Ember images, synthetic test models.
 
 #![warn(missing_docs)]
 
 pub mod fetch;
+pub mod quantize;
 pub mod synth;

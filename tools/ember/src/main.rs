@@ -6,10 +6,10 @@ use ember_core::{
     chat::{ChatTemplate, Message, Role},
     sampler::SamplingConfig,
 };
-use ember_engine::{GenerateOptions, ReferenceModel, ReferenceSession, generate};
+use ember_engine::{GenerateOptions, ModelFile, ReferenceModel, ReferenceSession, generate};
 use ember_gguf::GgufFile;
-use ember_tokenizer::Tokenizer;
-use ember_tools::{fetch, synth};
+use ember_image::Image;
+use ember_tools::{fetch, quantize, synth};
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Instant};
 
 /// Ember: a chat language model on a small board, driven over a serial line.
@@ -51,13 +51,37 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
-    /// Generate text with the f32 reference engine, streaming it to stdout.
+    /// Turn a GGUF model into an Ember image (8-bit weights in blocks of 32) and report its quality.
+    ///
+    /// Q8_0, Q4_0 and Q4_1 weights are stored exactly; other matrices are quantized to int8.
+    /// The report compares the f32 reference engine on the GGUF and on the image, teacher-forced
+    /// over a built-in text: top-1 agreement, mean KL divergence, largest logit error.
+    Quantize {
+        /// The GGUF model.
+        model: PathBuf,
+        /// The image to write (written to a `.part` file, renamed when complete).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Skip the quality report.
+        #[arg(long)]
+        no_report: bool,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Print an Ember image's manifest and check every section's SHA-256.
+    Inspect {
+        /// The image.
+        image: PathBuf,
+    },
+    /// Generate text with the f32 reference engine (from a GGUF file or an Ember image),
+    /// streaming it to stdout.
     Generate(GenerateArgs),
 }
 
 #[derive(Args)]
 struct GenerateArgs {
-    /// Model file (GGUF).
+    /// Model file: GGUF or Ember image.
     #[arg(short, long)]
     model: PathBuf,
     /// The prompt: raw text, or the user's message with --chat.
@@ -123,6 +147,13 @@ fn main() -> ExitCode {
             quiet,
         } => run_fetch(model, recipe, quiet),
         Command::Synth { output, seed } => run_synth(&output, seed),
+        Command::Quantize {
+            model,
+            output,
+            no_report,
+            quiet,
+        } => run_quantize(&model, &output, no_report, quiet),
+        Command::Inspect { image } => run_inspect(&image),
         Command::Generate(args) => run_generate(&args),
     };
     match result {
@@ -159,6 +190,95 @@ fn run_synth(output: &std::path::Path, seed: u64) -> Result<()> {
     Ok(())
 }
 
+fn run_quantize(
+    model: &std::path::Path,
+    output: &std::path::Path,
+    no_report: bool,
+    quiet: bool,
+) -> Result<()> {
+    let start = Instant::now();
+    let size = quantize::quantize(model, output, !quiet)?;
+    let image = Image::open(output)?;
+    image.verify()?;
+    println!(
+        "wrote {} ({size} bytes, {} tensors, {}) in {:.1}s",
+        output.display(),
+        image.manifest().tensors.len(),
+        quantize::SCHEME,
+        start.elapsed().as_secs_f64()
+    );
+    if !no_report {
+        let gguf = GgufFile::open(model)?;
+        let q = quantize::measure_quality(&gguf, &image)?;
+        println!(
+            "quality vs the f32 reference on the GGUF ({} teacher-forced positions): top-1 agreement {:.1}%, mean KL {:.2e} nats, max logit error {:.3e}",
+            q.positions,
+            q.top1_agreement * 100.0,
+            q.mean_kl,
+            q.max_logit_error
+        );
+    }
+    Ok(())
+}
+
+fn run_inspect(path: &std::path::Path) -> Result<()> {
+    let image = Image::open(path)?;
+    let m = image.manifest();
+    let a = &m.architecture;
+    println!(
+        "image         {} ({} bytes)",
+        path.display(),
+        image.file_size()
+    );
+    println!("model         {}", m.model_name);
+    println!(
+        "architecture  llama: {} blocks, width {}, FFN {}, {} heads / {} KV heads, RoPE dim {} base {}, eps {:e}, context {}, vocab {}",
+        a.n_layers,
+        a.n_embd,
+        a.n_ff,
+        a.n_head,
+        a.n_head_kv,
+        a.rope_dim,
+        a.rope_base,
+        a.rms_eps,
+        a.context_length,
+        a.vocab_size
+    );
+    let t = &m.tokenizer;
+    println!(
+        "tokenizer     {} / {}, bos {:?}, eos {}, add bos {}",
+        t.model, t.pre, t.bos, t.eos, t.add_bos
+    );
+    println!(
+        "chat template {}",
+        m.chat_template
+            .as_ref()
+            .map_or("none".to_string(), |c| format!("{} chars", c.len()))
+    );
+    let s = &m.default_sampling;
+    println!(
+        "sampling      temperature {}, top-k {}, top-p {}, repetition penalty {}",
+        s.temperature, s.top_k, s.top_p, s.repetition_penalty
+    );
+    println!(
+        "quantization  {} ({} tensors)",
+        m.quantization,
+        m.tensors.len()
+    );
+    for section in &m.sections {
+        println!(
+            "section       {:<10} offset {:>10} length {:>10} sha256 {}",
+            section.name,
+            section.offset,
+            section.length,
+            quantize::section_digest(&section.sha256)
+        );
+    }
+    image.verify()?;
+    println!("hashes        all sections match");
+    Ok(())
+}
+
 fn run_generate(args: &GenerateArgs) -> Result<()> {
     let sampling = args.sampling.config();
     sampling.validate().context("invalid sampling settings")?;
@@ -170,16 +290,15 @@ fn run_generate(args: &GenerateArgs) -> Result<()> {
     }
 
     let load_start = Instant::now();
-    let file = GgufFile::open(&args.model)
+    let file = ModelFile::open(&args.model)
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
-    let tokenizer = Tokenizer::from_gguf(file.metadata())?;
-    let model = ReferenceModel::load(&file)?;
+    let tokenizer = file.tokenizer()?;
+    let model = ReferenceModel::load(file.weights())?;
     let load_seconds = load_start.elapsed().as_secs_f64();
 
     let prompt_text = if args.chat {
         let source = file
-            .metadata()
-            .get_str("tokenizer.chat_template")
+            .chat_template()
             .context("--chat needs a chat template in the model")?;
         let template = ChatTemplate::from_jinja(source)?;
         let mut messages = Vec::new();
@@ -194,10 +313,7 @@ fn run_generate(args: &GenerateArgs) -> Result<()> {
         args.prompt.clone()
     };
     let mut prompt = Vec::new();
-    if file
-        .metadata()
-        .get_bool("tokenizer.ggml.add_bos_token")
-        .unwrap_or(false)
+    if file.add_bos()
         && let Some(bos) = tokenizer.bos_id()
     {
         prompt.push(bos);

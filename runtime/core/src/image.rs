@@ -1,0 +1,387 @@
+//! The Ember image: one file holding everything the device needs to run a model.
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  magic "EMBERIMG"
+//!      8     2  format version (little-endian u16), currently 1
+//!     10     2  reserved, zero
+//!     12     4  manifest length in bytes (u32)
+//!     16    32  SHA-256 of the manifest bytes
+//!     48     8  total file length (u64)
+//!     56     8  reserved, zero
+//!     64     …  manifest (postcard), then the sections, each starting on a 64-byte boundary
+//! ```
+//!
+//! The header is read without allocation; the [`Manifest`] (with `alloc`) describes the model and
+//! lists every section with its offset, length and SHA-256.
+
+use core::fmt;
+
+/// The eight bytes every Ember image starts with.
+pub const IMAGE_MAGIC: [u8; 8] = *b"EMBERIMG";
+/// The image format version this code reads and writes.
+pub const IMAGE_VERSION: u16 = 1;
+/// Size of the fixed header.
+pub const HEADER_LEN: usize = 64;
+/// Sections start on multiples of this (cache lines; 4-byte scales stay aligned for mmap).
+pub const SECTION_ALIGN: u64 = 64;
+/// Largest manifest accepted (guards allocation on corrupt input).
+pub const MAX_MANIFEST_LEN: u32 = 64 << 20;
+
+/// What is wrong with an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageError {
+    /// Fewer bytes than the header or the length it declares.
+    Truncated {
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes present.
+        found: u64,
+    },
+    /// The file does not start with `EMBERIMG`.
+    BadMagic,
+    /// An image format version this build does not read.
+    UnsupportedVersion(u16),
+    /// Reserved header bytes are not zero, or the manifest length is implausible.
+    CorruptHeader,
+    /// The file is longer than its header says (something was appended or overwritten).
+    TrailingBytes {
+        /// Length in the header.
+        expected: u64,
+        /// Length of the file.
+        found: u64,
+    },
+    /// The manifest's SHA-256 is not the one in the header.
+    ManifestHashMismatch,
+    /// The manifest does not decode.
+    BadManifest,
+    /// A section lies outside the file, overlaps the header, or is misaligned.
+    BadSection,
+    /// A section's SHA-256 differs from the manifest's.
+    SectionHashMismatch,
+}
+
+impl fmt::Display for ImageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageError::Truncated { needed, found } => write!(
+                f,
+                "truncated Ember image: {found} bytes, needs {needed} (an interrupted copy?)"
+            ),
+            ImageError::BadMagic => f.write_str("not an Ember image (no EMBERIMG magic)"),
+            ImageError::UnsupportedVersion(v) => write!(
+                f,
+                "Ember image format version {v} is not supported (this build reads version {IMAGE_VERSION})"
+            ),
+            ImageError::CorruptHeader => f.write_str("corrupt Ember image header"),
+            ImageError::TrailingBytes { expected, found } => write!(
+                f,
+                "Ember image is {found} bytes but its header says {expected}"
+            ),
+            ImageError::ManifestHashMismatch => {
+                f.write_str("Ember image manifest does not match its SHA-256 (corrupt image)")
+            }
+            ImageError::BadManifest => f.write_str("Ember image manifest does not decode"),
+            ImageError::BadSection => {
+                f.write_str("Ember image section lies outside the file or is misaligned")
+            }
+            ImageError::SectionHashMismatch => {
+                f.write_str("Ember image section does not match its SHA-256 (corrupt image)")
+            }
+        }
+    }
+}
+
+impl core::error::Error for ImageError {}
+
+/// The fixed 64-byte header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageHeader {
+    /// Format version.
+    pub version: u16,
+    /// Length of the manifest that follows the header.
+    pub manifest_len: u32,
+    /// SHA-256 of the manifest.
+    pub manifest_sha256: [u8; 32],
+    /// Length of the whole file.
+    pub file_len: u64,
+}
+
+impl ImageHeader {
+    /// Reads and checks the header at the start of `bytes` (the whole file or its first 64 bytes:
+    /// only the header's own fields are checked here).
+    pub fn parse(bytes: &[u8]) -> Result<Self, ImageError> {
+        if bytes.len() < HEADER_LEN {
+            if bytes.len() >= 8 && bytes[..8] != IMAGE_MAGIC {
+                return Err(ImageError::BadMagic);
+            }
+            return Err(ImageError::Truncated {
+                needed: HEADER_LEN as u64,
+                found: bytes.len() as u64,
+            });
+        }
+        if bytes[..8] != IMAGE_MAGIC {
+            return Err(ImageError::BadMagic);
+        }
+        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+        if version != IMAGE_VERSION {
+            return Err(ImageError::UnsupportedVersion(version));
+        }
+        let manifest_len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+        let mut manifest_sha256 = [0u8; 32];
+        manifest_sha256.copy_from_slice(&bytes[16..48]);
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&bytes[48..56]);
+        let file_len = u64::from_le_bytes(len);
+        let reserved_zero = bytes[10..12].iter().chain(&bytes[56..64]).all(|&b| b == 0);
+        if !reserved_zero
+            || manifest_len > MAX_MANIFEST_LEN
+            || file_len < HEADER_LEN as u64 + manifest_len as u64
+        {
+            return Err(ImageError::CorruptHeader);
+        }
+        Ok(ImageHeader {
+            version,
+            manifest_len,
+            manifest_sha256,
+            file_len,
+        })
+    }
+
+    /// The 64 header bytes.
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[..8].copy_from_slice(&IMAGE_MAGIC);
+        out[8..10].copy_from_slice(&self.version.to_le_bytes());
+        out[12..16].copy_from_slice(&self.manifest_len.to_le_bytes());
+        out[16..48].copy_from_slice(&self.manifest_sha256);
+        out[48..56].copy_from_slice(&self.file_len.to_le_bytes());
+        out
+    }
+
+    /// Byte range of the manifest in the file.
+    pub fn manifest_range(&self) -> core::ops::Range<usize> {
+        HEADER_LEN..HEADER_LEN + self.manifest_len as usize
+    }
+}
+
+#[cfg(feature = "alloc")]
+pub use manifest::*;
+
+#[cfg(feature = "alloc")]
+mod manifest {
+    use super::{ImageError, SECTION_ALIGN};
+    use alloc::{string::String, vec::Vec};
+    use serde::{Deserialize, Serialize};
+
+    /// Everything about the model except the bulk data, which lives in sections.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Manifest {
+        /// Human-readable model name.
+        pub model_name: String,
+        /// Architecture and hyper-parameters.
+        pub architecture: Architecture,
+        /// How to build the tokenizer (its vocabulary is the section named here).
+        pub tokenizer: TokenizerSpec,
+        /// The model's chat template (Jinja source), if it has one.
+        pub chat_template: Option<String>,
+        /// Sampling settings the device uses unless told otherwise.
+        pub default_sampling: SamplingDefaults,
+        /// Name of the weight quantization scheme, e.g. `int8-block32`.
+        pub quantization: String,
+        /// Every tensor: where it is and how it is encoded.
+        pub tensors: Vec<TensorEntry>,
+        /// Every section of the file.
+        pub sections: Vec<SectionEntry>,
+    }
+
+    /// A Llama-family decoder's shape.
+    #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+    #[allow(missing_docs)] // the fields are the GGUF `llama.*` keys of the same names
+    pub struct Architecture {
+        pub n_layers: u32,
+        pub n_embd: u32,
+        pub n_ff: u32,
+        pub n_head: u32,
+        pub n_head_kv: u32,
+        pub rope_dim: u32,
+        pub rope_base: f32,
+        pub rms_eps: f32,
+        pub context_length: u32,
+        pub vocab_size: u32,
+    }
+
+    /// The tokenizer's kind and special tokens; its vocabulary is a [`TokenizerData`] section.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct TokenizerSpec {
+        /// Tokenizer model (`gpt2`: byte-level BPE).
+        pub model: String,
+        /// Pre-tokenizer name (`smollm`, `gpt2`, …).
+        pub pre: String,
+        /// Beginning-of-sequence token.
+        pub bos: Option<u32>,
+        /// End-of-sequence (end of turn) token.
+        pub eos: u32,
+        /// Whether prompts start with `bos`.
+        pub add_bos: bool,
+        /// Name of the section holding the [`TokenizerData`].
+        pub section: String,
+    }
+
+    /// The tokenizer's vocabulary (postcard-encoded in its own section).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct TokenizerData {
+        /// Token strings, by id.
+        pub tokens: Vec<String>,
+        /// GGUF token types, by id.
+        pub token_types: Vec<i32>,
+        /// BPE merge rules, `"a b"`, by rank.
+        pub merges: Vec<String>,
+    }
+
+    /// Default sampling settings.
+    #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+    #[allow(missing_docs)] // as in `sampler::SamplingConfig`
+    pub struct SamplingDefaults {
+        pub temperature: f32,
+        pub top_k: u32,
+        pub top_p: f32,
+        pub repetition_penalty: f32,
+    }
+
+    /// A byte range of the file with its digest.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct SectionEntry {
+        /// Its name (`tokenizer`, `weights`, …).
+        pub name: String,
+        /// Absolute offset, a multiple of 64.
+        pub offset: u64,
+        /// Length in bytes.
+        pub length: u64,
+        /// SHA-256 of its bytes.
+        pub sha256: [u8; 32],
+    }
+
+    /// How a tensor's values are stored.
+    ///
+    /// For the block encodings a tensor of `rows × cols` (`cols` a multiple of 32) is stored as
+    /// three arrays, each starting on a 64-byte boundary: the `rows × cols` quantized bytes, then
+    /// `rows × cols / 32` little-endian f32 scales, then (affine only) as many f32 minimums.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum TensorEncoding {
+        /// Little-endian f32 values.
+        F32,
+        /// Symmetric: value = scale · q, q an i8.
+        Int8Block32,
+        /// Affine: value = scale · q + min, q a u8 (Q4_1 and Q4_0 weights are stored exactly).
+        Uint8Block32Affine,
+    }
+
+    /// Where one tensor lives.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct TensorEntry {
+        /// GGUF name, e.g. `blk.0.attn_q.weight`.
+        pub name: String,
+        /// Dimensions, fastest first (`dims[0]` is the row length).
+        pub dims: Vec<u64>,
+        /// Storage encoding.
+        pub encoding: TensorEncoding,
+        /// Index into [`Manifest::sections`].
+        pub section: u32,
+        /// Offset within that section (a multiple of 64).
+        pub offset: u64,
+        /// Bytes it occupies (padding included).
+        pub length: u64,
+    }
+
+    /// Rounds `n` up to the section alignment.
+    pub fn align_up(n: u64) -> u64 {
+        n.div_ceil(SECTION_ALIGN) * SECTION_ALIGN
+    }
+
+    impl TensorEntry {
+        /// Values in a row and number of rows.
+        pub fn rows(&self) -> (u64, u64) {
+            let cols = self.dims.first().copied().unwrap_or(0);
+            (cols, self.dims.iter().skip(1).product())
+        }
+
+        /// Offsets (relative to the tensor) and lengths of its quants, scales and minimums arrays.
+        pub fn layout(encoding: TensorEncoding, cols: u64, rows: u64) -> BlockLayout {
+            let count = cols * rows;
+            match encoding {
+                TensorEncoding::F32 => BlockLayout {
+                    quants: (0, count * 4),
+                    scales: (align_up(count * 4), 0),
+                    mins: (align_up(count * 4), 0),
+                },
+                _ => {
+                    let blocks = count / 32;
+                    let scales = align_up(count);
+                    let mins = scales + align_up(blocks * 4);
+                    let min_len = match encoding {
+                        TensorEncoding::Uint8Block32Affine => blocks * 4,
+                        _ => 0,
+                    };
+                    BlockLayout {
+                        quants: (0, count),
+                        scales: (scales, blocks * 4),
+                        mins: (mins, min_len),
+                    }
+                }
+            }
+        }
+    }
+
+    /// (offset, length) of a tensor's three arrays; unused arrays have length 0.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[allow(missing_docs)]
+    pub struct BlockLayout {
+        pub quants: (u64, u64),
+        pub scales: (u64, u64),
+        pub mins: (u64, u64),
+    }
+
+    impl BlockLayout {
+        /// Bytes the tensor occupies, padded.
+        pub fn total(&self) -> u64 {
+            align_up(self.mins.0 + self.mins.1).max(align_up(self.quants.1))
+        }
+    }
+
+    impl TokenizerData {
+        /// Encodes the vocabulary (postcard).
+        pub fn encode(&self) -> Vec<u8> {
+            // Serializing plain data into a Vec cannot fail.
+            postcard::to_allocvec(self).unwrap_or_default()
+        }
+
+        /// Decodes a vocabulary.
+        pub fn decode(bytes: &[u8]) -> Result<Self, ImageError> {
+            postcard::from_bytes(bytes).map_err(|_| ImageError::BadManifest)
+        }
+    }
+
+    impl Manifest {
+        /// Encodes the manifest (postcard).
+        pub fn to_bytes(&self) -> Vec<u8> {
+            // Serializing plain data into a Vec cannot fail.
+            postcard::to_allocvec(self).unwrap_or_default()
+        }
+
+        /// Decodes a manifest.
+        pub fn from_bytes(bytes: &[u8]) -> Result<Self, ImageError> {
+            postcard::from_bytes(bytes).map_err(|_| ImageError::BadManifest)
+        }
+
+        /// The section called `name`.
+        pub fn section(&self, name: &str) -> Option<&SectionEntry> {
+            self.sections.iter().find(|s| s.name == name)
+        }
+
+        /// The tensor called `name`.
+        pub fn tensor(&self, name: &str) -> Option<&TensorEntry> {
+            self.tensors.iter().find(|t| t.name == name)
+        }
+    }
+}

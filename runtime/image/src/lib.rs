@@ -1,0 +1,402 @@
+//! Ember images on a file system: [`Image`] maps one and checks its structure (and, on request,
+//! every hash); [`ImageWriter`] lays one out and writes it atomically.
+//!
+//! The format is defined in [`ember_core::image`].
+
+#![warn(missing_docs)]
+
+use ember_core::image::{
+    HEADER_LEN, IMAGE_VERSION, ImageError, ImageHeader, Manifest, SECTION_ALIGN, SectionEntry,
+    TensorEncoding, TensorEntry, TokenizerData, align_up,
+};
+use sha2::{Digest, Sha256};
+use std::{
+    fs::File,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+/// Why an image could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageFileError {
+    /// The file is not a valid image.
+    #[error("{path}: {source}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        source: ImageError,
+    },
+    /// A tensor or section the caller needs is absent or malformed.
+    #[error("{path}: {message}")]
+    Content {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The file system refused.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The system's error.
+        source: std::io::Error,
+    },
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Checks an image held in memory: header, length, manifest hash, section bounds and alignment,
+/// tensor bounds. With `verify_sections` also every section's SHA-256.
+pub fn parse(bytes: &[u8], verify_sections: bool) -> Result<Manifest, ImageError> {
+    let header = ImageHeader::parse(bytes)?;
+    let found = bytes.len() as u64;
+    if found < header.file_len {
+        return Err(ImageError::Truncated {
+            needed: header.file_len,
+            found,
+        });
+    }
+    if found > header.file_len {
+        return Err(ImageError::TrailingBytes {
+            expected: header.file_len,
+            found,
+        });
+    }
+    let manifest_bytes = &bytes[header.manifest_range()];
+    if sha256(manifest_bytes) != header.manifest_sha256 {
+        return Err(ImageError::ManifestHashMismatch);
+    }
+    let manifest = Manifest::from_bytes(manifest_bytes)?;
+    let data_start = HEADER_LEN as u64 + header.manifest_len as u64;
+    for section in &manifest.sections {
+        let end = section.offset.checked_add(section.length);
+        if section.offset < data_start
+            || section.offset % SECTION_ALIGN != 0
+            || end.is_none_or(|end| end > found)
+        {
+            return Err(ImageError::BadSection);
+        }
+        if verify_sections {
+            let range = section.offset as usize..(section.offset + section.length) as usize;
+            if sha256(&bytes[range]) != section.sha256 {
+                return Err(ImageError::SectionHashMismatch);
+            }
+        }
+    }
+    for tensor in &manifest.tensors {
+        // Bound the element count before any layout arithmetic (a crafted manifest can carry
+        // a matching hash and absurd dimensions).
+        let count = tensor
+            .dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d));
+        if tensor.dims.is_empty() || tensor.dims.len() > 4 || count.is_none_or(|n| n > 1 << 40) {
+            return Err(ImageError::BadSection);
+        }
+        let (cols, rows) = tensor.rows();
+        let layout = TensorEntry::layout(tensor.encoding, cols, rows);
+        let fits = manifest
+            .sections
+            .get(tensor.section as usize)
+            .is_some_and(|s| {
+                tensor.offset % SECTION_ALIGN == 0
+                    && tensor.length >= layout.total()
+                    && tensor
+                        .offset
+                        .checked_add(tensor.length)
+                        .is_some_and(|end| end <= s.length)
+            });
+        let blocks_ok = tensor.encoding == TensorEncoding::F32 || cols % 32 == 0;
+        if !fits || !blocks_ok {
+            return Err(ImageError::BadSection);
+        }
+    }
+    Ok(manifest)
+}
+
+/// An Ember image mapped into memory.
+#[derive(Debug)]
+pub struct Image {
+    path: PathBuf,
+    map: memmap2::Mmap,
+    manifest: Manifest,
+}
+
+impl Image {
+    /// Maps the image at `path` and checks its structure and manifest hash (not the section
+    /// hashes: see [`Image::verify`]). The file must not change while it is open.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, ImageFileError> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|source| ImageFileError::Io {
+            action: "cannot open",
+            path: path.clone(),
+            source,
+        })?;
+        // SAFETY: read-only mapping kept alive by `self`; images are written to a new name and
+        // renamed into place, never modified while in use.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ImageFileError::Io {
+            action: "cannot map",
+            path: path.clone(),
+            source,
+        })?;
+        let manifest = parse(&map, false).map_err(|source| ImageFileError::Invalid {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Image {
+            path,
+            map,
+            manifest,
+        })
+    }
+
+    /// Checks the SHA-256 of every section.
+    pub fn verify(&self) -> Result<(), ImageFileError> {
+        parse(&self.map, true)
+            .map(|_| ())
+            .map_err(|source| self.invalid(source))
+    }
+
+    fn invalid(&self, source: ImageError) -> ImageFileError {
+        ImageFileError::Invalid {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    fn content(&self, message: String) -> ImageFileError {
+        ImageFileError::Content {
+            path: self.path.display().to_string(),
+            message,
+        }
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Size of the file in bytes.
+    pub fn file_size(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// The bytes of a section (checked to be in bounds at open).
+    pub fn section_bytes(&self, section: &SectionEntry) -> &[u8] {
+        &self.map[section.offset as usize..(section.offset + section.length) as usize]
+    }
+
+    /// The tokenizer's vocabulary.
+    pub fn tokenizer_data(&self) -> Result<TokenizerData, ImageFileError> {
+        let name = &self.manifest.tokenizer.section;
+        let section = self
+            .manifest
+            .section(name)
+            .ok_or_else(|| self.content(format!("no section {name:?}")))?;
+        TokenizerData::decode(self.section_bytes(section)).map_err(|e| self.invalid(e))
+    }
+
+    /// The tensor called `name`, decoded to `f32` in row order.
+    pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>, ImageFileError> {
+        let entry = self
+            .manifest
+            .tensor(name)
+            .ok_or_else(|| self.content(format!("no tensor {name:?}")))?;
+        let section = &self.manifest.sections[entry.section as usize];
+        let data = &self.section_bytes(section)[entry.offset as usize..][..entry.length as usize];
+        Ok(decode_tensor(entry, data))
+    }
+}
+
+fn f32s(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Decodes a tensor's bytes (as laid out by [`TensorEntry::layout`]) to `f32`.
+pub fn decode_tensor(entry: &TensorEntry, data: &[u8]) -> Vec<f32> {
+    let (cols, rows) = entry.rows();
+    let layout = TensorEntry::layout(entry.encoding, cols, rows);
+    let slice = |(offset, len): (u64, u64)| &data[offset as usize..(offset + len) as usize];
+    let quants = slice(layout.quants);
+    match entry.encoding {
+        TensorEncoding::F32 => f32s(quants).collect(),
+        TensorEncoding::Int8Block32 => quants
+            .chunks_exact(32)
+            .zip(f32s(slice(layout.scales)))
+            .flat_map(|(q, d)| q.iter().map(move |&q| d * (q as i8) as f32))
+            .collect(),
+        TensorEncoding::Uint8Block32Affine => quants
+            .chunks_exact(32)
+            .zip(f32s(slice(layout.scales)).zip(f32s(slice(layout.mins))))
+            .flat_map(|(q, (d, m))| q.iter().map(move |&q| d * q as f32 + m))
+            .collect(),
+    }
+}
+
+/// One tensor's encoded data, ready to be placed in a section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedTensor {
+    /// Name.
+    pub name: String,
+    /// Dimensions, fastest first.
+    pub dims: Vec<u64>,
+    /// Encoding of `bytes`.
+    pub encoding: TensorEncoding,
+    /// The quants, scales and minimums as laid out by [`TensorEntry::layout`].
+    pub bytes: Vec<u8>,
+}
+
+impl EncodedTensor {
+    /// Lays out `quants`, `scales` and `mins` (empty when unused) for a `dims` tensor.
+    pub fn new(
+        name: &str,
+        dims: &[u64],
+        encoding: TensorEncoding,
+        quants: &[u8],
+        scales: &[f32],
+        mins: &[f32],
+    ) -> Self {
+        let cols = dims.first().copied().unwrap_or(0);
+        let rows = dims.iter().skip(1).product();
+        let layout = TensorEntry::layout(encoding, cols, rows);
+        let mut bytes = vec![0u8; layout.total() as usize];
+        bytes[..quants.len()].copy_from_slice(quants);
+        for (at, values) in [(layout.scales.0, scales), (layout.mins.0, mins)] {
+            for (i, v) in values.iter().enumerate() {
+                let start = at as usize + 4 * i;
+                bytes[start..start + 4].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        EncodedTensor {
+            name: name.into(),
+            dims: dims.to_vec(),
+            encoding,
+            bytes,
+        }
+    }
+}
+
+/// Lays out and writes an image: the manifest's `tensors` and `sections` are filled in here.
+#[derive(Debug)]
+pub struct ImageWriter {
+    manifest: Manifest,
+    tokenizer: TokenizerData,
+    tensors: Vec<EncodedTensor>,
+}
+
+impl ImageWriter {
+    /// An image for `manifest` (its `tensors`/`sections` are replaced) and `tokenizer`.
+    pub fn new(manifest: Manifest, tokenizer: TokenizerData) -> Self {
+        ImageWriter {
+            manifest,
+            tokenizer,
+            tensors: Vec::new(),
+        }
+    }
+
+    /// Adds a tensor to the weights section.
+    pub fn add_tensor(&mut self, tensor: EncodedTensor) {
+        self.tensors.push(tensor);
+    }
+
+    /// The whole image.
+    pub fn to_bytes(mut self) -> Vec<u8> {
+        let tokenizer = self.tokenizer.encode();
+        let mut weights = Vec::new();
+        self.manifest.tensors = self
+            .tensors
+            .iter()
+            .map(|t| {
+                let offset = weights.len() as u64;
+                weights.extend_from_slice(&t.bytes);
+                weights.resize(align_up(weights.len() as u64) as usize, 0);
+                TensorEntry {
+                    name: t.name.clone(),
+                    dims: t.dims.clone(),
+                    encoding: t.encoding,
+                    section: 1,
+                    offset,
+                    length: weights.len() as u64 - offset,
+                }
+            })
+            .collect();
+        self.manifest.tokenizer.section = "tokenizer".into();
+        let bodies = [("tokenizer", tokenizer), ("weights", weights)];
+        // The manifest's length depends on the offsets it holds: lay out with placeholder
+        // offsets, then again with the real ones until the length is stable.
+        let mut manifest_len = 0u64;
+        loop {
+            let mut offset = align_up(HEADER_LEN as u64 + manifest_len);
+            self.manifest.sections = bodies
+                .iter()
+                .map(|(name, body)| {
+                    let entry = SectionEntry {
+                        name: (*name).into(),
+                        offset,
+                        length: body.len() as u64,
+                        sha256: sha256(body),
+                    };
+                    offset = align_up(offset + body.len() as u64);
+                    entry
+                })
+                .collect();
+            let encoded = self.manifest.to_bytes().len() as u64;
+            if encoded == manifest_len {
+                break;
+            }
+            manifest_len = encoded;
+        }
+        let manifest = self.manifest.to_bytes();
+        let last = self
+            .manifest
+            .sections
+            .last()
+            .map_or(0, |s| s.offset + s.length);
+        let header = ImageHeader {
+            version: IMAGE_VERSION,
+            manifest_len: manifest.len() as u32,
+            manifest_sha256: sha256(&manifest),
+            file_len: last,
+        };
+        let mut out = Vec::with_capacity(last as usize);
+        out.extend_from_slice(&header.to_bytes());
+        out.extend_from_slice(&manifest);
+        for ((_, body), section) in bodies.iter().zip(&self.manifest.sections) {
+            out.resize(section.offset as usize, 0);
+            out.extend_from_slice(body);
+        }
+        out
+    }
+
+    /// Writes the image to `path` through a `.part` file renamed into place, so an interrupted
+    /// write never leaves a damaged image under the final name.
+    pub fn write(self, path: &Path) -> Result<u64, ImageFileError> {
+        let bytes = self.to_bytes();
+        let part = path.with_extension("ember.part");
+        let io = |action, source| ImageFileError::Io {
+            action,
+            path: part.clone(),
+            source,
+        };
+        let mut file = File::create(&part).map_err(|e| io("cannot create", e))?;
+        let written = file
+            .write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| io("cannot write", e));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&part);
+            return Err(e);
+        }
+        std::fs::rename(&part, path).map_err(|e| io("cannot rename", e))?;
+        Ok(bytes.len() as u64)
+    }
+}

@@ -1,0 +1,241 @@
+//! `ember quantize`: a GGUF model → an Ember image with 8-bit weights in blocks of 32.
+//!
+//! Each 2-D weight becomes 8-bit blocks of 32 values with an f32 scale (and, for affine
+//! blocks, an f32 minimum). Q8_0, Q4_0 and Q4_1 source blocks map onto these exactly, so an image
+//! of a model shipped in those formats (SmolLM2) decodes to the very same `f32` values as the
+//! GGUF; other types (F32/F16/BF16 matrices) are quantized symmetrically to int8, which is where
+//! loss can come from. 1-D tensors (norms) stay `f32`.
+
+use crate::fetch::hex;
+use anyhow::{Context, Result, bail};
+use ember_core::image::{Manifest, SamplingDefaults, TensorEncoding, TokenizerData, TokenizerSpec};
+use ember_engine::{ModelConfig, ReferenceModel, ReferenceSession, WeightSource};
+use ember_gguf::{GgufError, GgufFile, TensorInfo, TensorType, dequantize};
+use ember_image::{EncodedTensor, Image, ImageWriter};
+use half::f16;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::Path;
+
+/// Name recorded in the manifest for this scheme.
+pub const SCHEME: &str = "int8-block32";
+
+/// The text the quality report is measured on (teacher-forced).
+const QUALITY_TEXT: &str = "The old lighthouse stood at the edge of the cliff, its white tower \
+weathered by a century of storms. Every evening the keeper climbed the spiral stairs, trimmed the \
+wick and polished the great glass lens until it shone. Ships passing in the night counted the \
+flashes and knew exactly where they were. When electricity finally reached the village, the lamp \
+was replaced by a bulb and a clockwork motor, and the keeper's cottage became a small museum.";
+
+fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+/// Encodes one GGUF tensor for the image.
+pub fn encode_tensor(info: &TensorInfo, data: &[u8]) -> Result<EncodedTensor, GgufError> {
+    let name = info.name.as_str();
+    let dims = info.dims.as_slice();
+    let f32_bytes = |values: Vec<f32>| {
+        values
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>()
+    };
+    if dims.len() == 1 || !dims[0].is_multiple_of(32) {
+        let values = dequantize(info, data)?;
+        return Ok(EncodedTensor::new(
+            name,
+            dims,
+            TensorEncoding::F32,
+            &f32_bytes(values),
+            &[],
+            &[],
+        ));
+    }
+    let (mut quants, mut scales, mut mins) = (Vec::new(), Vec::new(), Vec::new());
+    let encoding = match info.ty {
+        TensorType::Q8_0 => {
+            for block in data.chunks_exact(34) {
+                scales.push(f16_at(block, 0));
+                quants.extend_from_slice(&block[2..]);
+            }
+            TensorEncoding::Int8Block32
+        }
+        TensorType::Q4_1 | TensorType::Q4_0 => {
+            let header = if info.ty == TensorType::Q4_1 { 4 } else { 2 };
+            for block in data.chunks(header + 16) {
+                let d = f16_at(block, 0);
+                scales.push(d);
+                mins.push(if info.ty == TensorType::Q4_1 {
+                    f16_at(block, 2)
+                } else {
+                    -8.0 * d
+                });
+                let nibbles = &block[header..];
+                quants.extend(nibbles.iter().map(|q| q & 0x0F));
+                quants.extend(nibbles.iter().map(|q| q >> 4));
+            }
+            TensorEncoding::Uint8Block32Affine
+        }
+        _ => {
+            for block in dequantize(info, data)?.chunks_exact(32) {
+                let amax = block.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                let d = amax / 127.0;
+                let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
+                scales.push(d);
+                quants.extend(
+                    block
+                        .iter()
+                        .map(|v| (v * inverse).round().clamp(-127.0, 127.0) as i8 as u8),
+                );
+            }
+            TensorEncoding::Int8Block32
+        }
+    };
+    Ok(EncodedTensor::new(
+        name, dims, encoding, &quants, &scales, &mins,
+    ))
+}
+
+/// Builds the manifest skeleton (tensors and sections are filled in by the writer).
+fn manifest_and_vocabulary(file: &GgufFile) -> Result<(Manifest, TokenizerData)> {
+    let m = file.metadata();
+    let config = ModelConfig::from_gguf(m)?;
+    let optional_u32 = |key: &str| match m.get_u32(key) {
+        Ok(v) => Ok(Some(v)),
+        Err(GgufError::MissingKey(_)) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let tokens = m.get_str_array("tokenizer.ggml.tokens")?;
+    let token_types = match m.get_int_array("tokenizer.ggml.token_type") {
+        Ok(types) => types.into_iter().map(|t| t as i32).collect(),
+        Err(GgufError::MissingKey(_)) => vec![1; tokens.len()],
+        Err(e) => return Err(e.into()),
+    };
+    let data = TokenizerData {
+        tokens: tokens.iter().map(|s| s.to_string()).collect(),
+        token_types,
+        merges: m
+            .get_str_array("tokenizer.ggml.merges")?
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    let Some(eos) = optional_u32("tokenizer.ggml.eos_token_id")? else {
+        bail!("the model has no end-of-sequence token (tokenizer.ggml.eos_token_id)");
+    };
+    let manifest = Manifest {
+        model_name: m.get_str("general.name").unwrap_or("unnamed").to_string(),
+        architecture: config.to_architecture(),
+        tokenizer: TokenizerSpec {
+            model: m.get_str("tokenizer.ggml.model")?.to_string(),
+            pre: m
+                .get_str("tokenizer.ggml.pre")
+                .unwrap_or("default")
+                .to_string(),
+            bos: optional_u32("tokenizer.ggml.bos_token_id")?,
+            eos,
+            add_bos: m.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(false),
+            section: "tokenizer".into(),
+        },
+        chat_template: m
+            .get_str("tokenizer.chat_template")
+            .ok()
+            .map(str::to_string),
+        default_sampling: SamplingDefaults {
+            temperature: 0.0,
+            top_k: 40,
+            top_p: 0.95,
+            repetition_penalty: 1.0,
+        },
+        quantization: SCHEME.into(),
+        tensors: Vec::new(),
+        sections: Vec::new(),
+    };
+    Ok((manifest, data))
+}
+
+/// How closely the image's weights reproduce the GGUF's, measured with the f32 reference
+/// engine, teacher-forced over a fixed text.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Quality {
+    /// Positions measured.
+    pub positions: usize,
+    /// Share of positions whose most likely next token is the same.
+    pub top1_agreement: f64,
+    /// Mean KL divergence (nats) of the image's next-token distribution from the GGUF's.
+    pub mean_kl: f64,
+    /// Largest difference of any logit.
+    pub max_logit_error: f32,
+}
+
+fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let log_sum = logits
+        .iter()
+        .map(|&l| (l as f64 - max).exp())
+        .sum::<f64>()
+        .ln();
+    logits.iter().map(|&l| l as f64 - max - log_sum).collect()
+}
+
+/// Compares the reference engine on `gguf` and on `image` over [`QUALITY_TEXT`].
+pub fn measure_quality(gguf: &GgufFile, image: &Image) -> Result<Quality> {
+    let tokenizer = ember_tokenizer::Tokenizer::from_gguf(gguf.metadata())?;
+    let ids = tokenizer.encode(QUALITY_TEXT)?;
+    let run = |source: &dyn WeightSource| -> Result<Vec<Vec<f32>>> {
+        let model = ReferenceModel::load(source)?;
+        Ok(ReferenceSession::new(&model, ids.len()).logits_at_each(&ids)?)
+    };
+    let (reference, quantized) = (run(gguf)?, run(image)?);
+    let (mut agree, mut kl, mut max_error) = (0, 0.0, 0.0f32);
+    for (r, q) in reference.iter().zip(&quantized) {
+        agree += usize::from(ember_core::sampler::argmax(r) == ember_core::sampler::argmax(q));
+        let (lr, lq) = (log_softmax(r), log_softmax(q));
+        kl += lr
+            .iter()
+            .zip(&lq)
+            .map(|(a, b)| a.exp() * (a - b))
+            .sum::<f64>();
+        max_error = r
+            .iter()
+            .zip(q)
+            .fold(max_error, |m, (a, b)| m.max((a - b).abs()));
+    }
+    Ok(Quality {
+        positions: ids.len(),
+        top1_agreement: agree as f64 / ids.len() as f64,
+        mean_kl: kl / ids.len() as f64,
+        max_logit_error: max_error,
+    })
+}
+
+/// Writes the image of `gguf_path` to `output` and returns its size.
+pub fn quantize(gguf_path: &Path, output: &Path, progress: bool) -> Result<u64> {
+    let file = GgufFile::open(gguf_path)
+        .with_context(|| format!("cannot load model {}", gguf_path.display()))?;
+    let (manifest, vocabulary) = manifest_and_vocabulary(&file)?;
+    // The tokenizer must build before anything is written.
+    ember_tokenizer::Tokenizer::from_gguf(file.metadata())?;
+    let mut writer = ImageWriter::new(manifest, vocabulary);
+    let bar = if progress {
+        ProgressBar::new(file.tensors().len() as u64).with_style(
+            ProgressStyle::with_template("quantizing {pos}/{len} tensors {wide_bar} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )
+    } else {
+        ProgressBar::hidden()
+    };
+    for info in file.tensors() {
+        bar.set_message(info.name.clone());
+        writer.add_tensor(encode_tensor(info, file.tensor_data(info))?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let size = writer.write(output)?;
+    Ok(size)
+}
+
+/// Hex SHA-256 of a section, for display.
+pub fn section_digest(sha256: &[u8; 32]) -> String {
+    hex(sha256)
+}
