@@ -268,3 +268,47 @@ fn quantize_inspect_and_generate_from_an_image() {
     // The failed quantize left the earlier image intact.
     assert_eq!(std::fs::read(&image).unwrap(), bytes);
 }
+
+/// `ember bench --json` measures both contexts; with `EMBER_REQUIRE_PEER=1` (set by CI, which
+/// installs the `xllamacpp` wheel) llama.cpp must have run on the same prompts too.
+#[test]
+fn bench_reports_both_contexts_and_the_peer() {
+    let model = tiny_model();
+    let report: serde_json::Value = serde_json::from_str(
+        stdout_of(&ember(&[
+            "bench",
+            "--model",
+            model.to_str().unwrap(),
+            "--decode-tokens",
+            "8",
+            "--json",
+        ]))
+        .trim(),
+    )
+    .unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{report}");
+    assert_eq!(runs[1]["prompt_tokens"], 400);
+    for run in runs {
+        for key in [
+            "time_to_first_token_seconds",
+            "prefill_tokens_per_second",
+            "decode_tokens_per_second",
+        ] {
+            assert!(run[key].as_f64().unwrap() > 0.0, "{key} in {run}");
+        }
+    }
+    assert!(report["rss_anon_bytes"].as_u64().unwrap() > 0);
+    if std::env::var("EMBER_REQUIRE_PEER").as_deref() == Ok("1") {
+        let peer = &report["peer"];
+        assert_eq!(peer["runs"].as_array().map(Vec::len), Some(2), "{report}");
+        assert!(
+            peer["runs"][1]["decode_tokens_per_second"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+    } else {
+        assert!(report["peer"].is_object() || report["peer_skipped"].is_string());
+    }
+}

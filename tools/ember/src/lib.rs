@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod fetch;
 pub mod quantize;
 pub mod synth;

@@ -74,6 +74,26 @@ enum Command {
         /// The image.
         image: PathBuf,
     },
+    /// Measure load time, time to first token, prefill and decode speed (short and ~400-token
+    /// context) and memory; with the `xllamacpp` wheel installed, llama.cpp on the same GGUF in
+    /// the same run, and the ratios.
+    Bench {
+        /// Model file: GGUF or Ember image.
+        #[arg(short, long)]
+        model: PathBuf,
+        /// GGUF for llama.cpp (default: the model itself when it is a GGUF).
+        #[arg(long)]
+        gguf: Option<PathBuf>,
+        /// Tokens generated per measurement.
+        #[arg(long, default_value_t = 32)]
+        decode_tokens: usize,
+        /// Worker threads for both engines (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate text with the f32 reference engine (from a GGUF file or an Ember image),
     /// streaming it to stdout.
     Generate(GenerateArgs),
@@ -154,6 +174,13 @@ fn main() -> ExitCode {
             quiet,
         } => run_quantize(&model, &output, no_report, quiet),
         Command::Inspect { image } => run_inspect(&image),
+        Command::Bench {
+            model,
+            gguf,
+            decode_tokens,
+            threads,
+            json,
+        } => run_bench(&model, gguf.as_deref(), decode_tokens, threads, json),
         Command::Generate(args) => run_generate(&args),
     };
     match result {
@@ -221,6 +248,34 @@ fn run_quantize(
     Ok(())
 }
 
+fn use_threads(threads: Option<usize>) -> Result<usize> {
+    let count = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(count.max(1))
+        .build_global()
+        .context("cannot start worker threads")?;
+    Ok(count.max(1))
+}
+
+fn run_bench(
+    model: &std::path::Path,
+    gguf: Option<&std::path::Path>,
+    decode_tokens: usize,
+    threads: Option<usize>,
+    json: bool,
+) -> Result<()> {
+    let threads = use_threads(threads)?;
+    let report = ember_tools::bench::bench(model, gguf, threads, decode_tokens)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", ember_tools::bench::table(&report));
+    }
+    Ok(())
+}
+
 fn run_inspect(path: &std::path::Path) -> Result<()> {
     let image = Image::open(path)?;
     let m = image.manifest();
@@ -282,12 +337,7 @@ fn run_inspect(path: &std::path::Path) -> Result<()> {
 fn run_generate(args: &GenerateArgs) -> Result<()> {
     let sampling = args.sampling.config();
     sampling.validate().context("invalid sampling settings")?;
-    if let Some(threads) = args.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .build_global()
-            .context("cannot start worker threads")?;
-    }
+    use_threads(args.threads)?;
 
     let load_start = Instant::now();
     let file = ModelFile::open(&args.model)

@@ -20,7 +20,7 @@ use std::path::Path;
 pub const SCHEME: &str = "int8-block32";
 
 /// The text the quality report is measured on (teacher-forced).
-const QUALITY_TEXT: &str = "The old lighthouse stood at the edge of the cliff, its white tower \
+pub const QUALITY_TEXT: &str = "The old lighthouse stood at the edge of the cliff, its white tower \
 weathered by a century of storms. Every evening the keeper climbed the spiral stairs, trimmed the \
 wick and polished the great glass lens until it shone. Ships passing in the night counted the \
 flashes and knew exactly where they were. When electricity finally reached the village, the lamp \

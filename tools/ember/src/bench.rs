@@ -1,0 +1,258 @@
+//! `ember bench`: load time, time to first token, prefill and decode speed at a short and a
+//! ~400-token context, resident memory — and, when the `xllamacpp` wheel is installed, the same
+//! measurements of llama.cpp on the same GGUF in the same run, with Ember/llama.cpp ratios.
+
+use anyhow::{Context, Result, bail};
+use ember_core::{
+    chat::{ChatTemplate, Message, Role},
+    sampler::argmax,
+};
+use ember_engine::{LanguageModel, ModelFile, ReferenceModel, ReferenceSession, memory};
+use serde::Serialize;
+use std::{path::Path, process::Command, time::Instant};
+
+/// The llama.cpp side, run with `python3 -c`.
+const PEER_SCRIPT: &str = include_str!("peer_llama_cpp.py");
+
+/// The short-context prompt (rendered with the model's chat template when it has one).
+const SHORT_PROMPT: &str =
+    "What is the capital of France? Answer in one sentence, then give one fun fact about it.";
+
+/// Tokens of the long-context prompt.
+pub const LONG_PROMPT_TOKENS: usize = 400;
+
+/// One measured prompt.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct BenchRun {
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Seconds from the start of prefill to the first token.
+    pub time_to_first_token_seconds: f64,
+    /// Prompt tokens per second.
+    pub prefill_tokens_per_second: f64,
+    /// Generated tokens per second after the first.
+    pub decode_tokens_per_second: f64,
+}
+
+/// llama.cpp's numbers on the same prompts.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PeerReport {
+    /// Engine and version.
+    pub engine: String,
+    /// Seconds to load the GGUF.
+    pub load_seconds: f64,
+    /// One entry per prompt, in the same order as Ember's.
+    pub runs: Vec<BenchRun>,
+}
+
+/// Everything `ember bench` measures.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Which engine produced Ember's numbers.
+    pub engine: String,
+    /// Worker threads.
+    pub threads: usize,
+    /// Seconds to open the model and build the engine.
+    pub load_seconds: f64,
+    /// Short context, then long context.
+    pub runs: Vec<BenchRun>,
+    /// Anonymous resident memory after the runs.
+    pub rss_anon_bytes: u64,
+    /// File-backed resident memory after the runs.
+    pub rss_file_bytes: u64,
+    /// llama.cpp on the same GGUF, when it could run.
+    pub peer: Option<PeerReport>,
+    /// Why llama.cpp did not run, when it did not.
+    pub peer_skipped: Option<String>,
+}
+
+fn measure(model: &ReferenceModel, prompt: &[u32], decode_tokens: usize) -> Result<BenchRun> {
+    let mut session = ReferenceSession::new(model, prompt.len() + decode_tokens);
+    let start = Instant::now();
+    let logits = session.feed(prompt)?;
+    let prefill = start.elapsed().as_secs_f64();
+    let mut token = argmax(&logits);
+    let first = start.elapsed().as_secs_f64();
+    let decode_start = Instant::now();
+    for _ in 1..decode_tokens {
+        token = argmax(&session.feed(&[token])?);
+    }
+    let decode = decode_start.elapsed().as_secs_f64();
+    Ok(BenchRun {
+        prompt_tokens: prompt.len(),
+        time_to_first_token_seconds: first,
+        prefill_tokens_per_second: prompt.len() as f64 / prefill,
+        decode_tokens_per_second: decode_tokens.saturating_sub(1) as f64 / decode.max(1e-9),
+    })
+}
+
+/// The two benchmark prompts as token ids: the chat-rendered short prompt and
+/// [`LONG_PROMPT_TOKENS`] tokens of running text.
+fn prompts(file: &ModelFile) -> Result<Vec<Vec<u32>>> {
+    let tokenizer = file.tokenizer()?;
+    let short_text = match file.chat_template() {
+        Some(source) => {
+            let mut text = String::new();
+            ChatTemplate::from_jinja(source)?.render(
+                &[Message::new(Role::User, SHORT_PROMPT)],
+                true,
+                &mut text,
+            )?;
+            text
+        }
+        None => SHORT_PROMPT.to_string(),
+    };
+    let short = tokenizer.encode(&short_text)?;
+    let mut long = Vec::new();
+    while long.len() < LONG_PROMPT_TOKENS {
+        long.extend(tokenizer.encode(crate::quantize::QUALITY_TEXT)?);
+    }
+    long.truncate(LONG_PROMPT_TOKENS);
+    Ok(vec![short, long])
+}
+
+fn run_peer(
+    gguf: &Path,
+    threads: usize,
+    decode_tokens: usize,
+    prompts: &[Vec<u32>],
+) -> Result<PeerReport> {
+    let python = std::env::var("EMBER_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut command = Command::new(&python);
+    command
+        .args(["-c", PEER_SCRIPT])
+        .arg(gguf)
+        .arg(threads.to_string())
+        .arg(decode_tokens.to_string());
+    for ids in prompts {
+        command.arg(serde_json::to_string(ids)?);
+    }
+    let output = command
+        .output()
+        .with_context(|| format!("cannot run {python}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last = stderr.lines().last().unwrap_or("").trim().to_string();
+        bail!("llama.cpp peer failed ({}): {last}", output.status);
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or("");
+    serde_json::from_str(line).with_context(|| format!("unexpected peer output {line:?}"))
+}
+
+/// Benchmarks the model at `path` (GGUF or image); `peer_gguf` (or the model itself, when it is
+/// a GGUF) is run through llama.cpp for comparison.
+pub fn bench(
+    path: &Path,
+    peer_gguf: Option<&Path>,
+    threads: usize,
+    decode_tokens: usize,
+) -> Result<BenchReport> {
+    if decode_tokens < 2 {
+        bail!("--decode-tokens must be at least 2");
+    }
+    let start = Instant::now();
+    let file =
+        ModelFile::open(path).with_context(|| format!("cannot load model {}", path.display()))?;
+    let model = ReferenceModel::load(file.weights())?;
+    let load_seconds = start.elapsed().as_secs_f64();
+    let prompts = prompts(&file)?;
+    let context = model.config().context_length;
+    let runs = prompts
+        .iter()
+        .filter(|p| p.len() + decode_tokens <= context)
+        .map(|p| measure(&model, p, decode_tokens))
+        .collect::<Result<Vec<_>>>()?;
+    let resident = memory::resident();
+    let measured: Vec<Vec<u32>> = prompts
+        .into_iter()
+        .filter(|p| p.len() + decode_tokens <= context)
+        .collect();
+    let peer_path = peer_gguf.or(match file {
+        ModelFile::Gguf(_) => Some(path),
+        ModelFile::Image(_) => None,
+    });
+    let (peer, peer_skipped) = match peer_path {
+        None => (
+            None,
+            Some("no GGUF for llama.cpp (pass --gguf)".to_string()),
+        ),
+        Some(gguf) => match run_peer(gguf, threads, decode_tokens, &measured) {
+            Ok(report) => (Some(report), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        },
+    };
+    Ok(BenchReport {
+        engine: "ember f32 reference".into(),
+        threads,
+        load_seconds,
+        runs,
+        rss_anon_bytes: resident.anon_bytes,
+        rss_file_bytes: resident.file_bytes,
+        peer,
+        peer_skipped,
+    })
+}
+
+/// The report as a table for people.
+pub fn table(report: &BenchReport) -> String {
+    let mut out = String::new();
+    let peer = report.peer.as_ref();
+    let row = |out: &mut String, label: &str, ours: f64, theirs: Option<f64>, digits: usize| {
+        let theirs_text = theirs.map_or("—".to_string(), |t| format!("{t:.digits$}"));
+        let ratio = theirs.map_or("—".to_string(), |t| format!("{:.2}×", ours / t));
+        out.push_str(&format!(
+            "{label:<28} {ours:>12.digits$} {theirs_text:>12} {ratio:>10}\n"
+        ));
+    };
+    out.push_str(&format!(
+        "{:<28} {:>12} {:>12} {:>10}\n",
+        format!("{} threads", report.threads),
+        "ember",
+        "llama.cpp",
+        "ember/l.cpp"
+    ));
+    row(
+        &mut out,
+        "load (s)",
+        report.load_seconds,
+        peer.map(|p| p.load_seconds),
+        3,
+    );
+    for (i, run) in report.runs.iter().enumerate() {
+        let theirs = peer.and_then(|p| p.runs.get(i));
+        out.push_str(&format!("prompt of {} tokens\n", run.prompt_tokens));
+        row(
+            &mut out,
+            "  time to first token (s)",
+            run.time_to_first_token_seconds,
+            theirs.map(|t| t.time_to_first_token_seconds),
+            3,
+        );
+        row(
+            &mut out,
+            "  prefill (tok/s)",
+            run.prefill_tokens_per_second,
+            theirs.map(|t| t.prefill_tokens_per_second),
+            1,
+        );
+        row(
+            &mut out,
+            "  decode (tok/s)",
+            run.decode_tokens_per_second,
+            theirs.map(|t| t.decode_tokens_per_second),
+            1,
+        );
+    }
+    out.push_str(&format!(
+        "RssAnon {:.1} MB, RssFile {:.1} MB (ember)\n",
+        report.rss_anon_bytes as f64 / 1e6,
+        report.rss_file_bytes as f64 / 1e6
+    ));
+    match (peer, &report.peer_skipped) {
+        (Some(p), _) => out.push_str(&format!("peer: {}; ratios are Ember ÷ llama.cpp (speeds: higher is better for Ember; times: lower)\n", p.engine)),
+        (None, Some(why)) => out.push_str(&format!("llama.cpp peer skipped: {why}\n")),
+        (None, None) => {}
+    }
+    out
+}
