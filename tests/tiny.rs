@@ -312,3 +312,95 @@ fn bench_reports_both_contexts_and_the_peer() {
         assert!(report["peer"].is_object() || report["peer_skipped"].is_string());
     }
 }
+
+/// Runs `ember chat --json` on the tiny model with `lines` as stdin; returns one JSON per reply.
+fn chat(lines: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    use std::io::Write;
+    let model = tiny_model();
+    let mut child = std::process::Command::new(ember_e2e::binary("ember"))
+        .args(["chat", "--model", model.to_str().unwrap(), "--json"])
+        .args(extra)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    stdout_of(&output)
+        .lines()
+        .filter(|l| l.starts_with("{\"tokens\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The second turn prefills only its own tokens, and continuing the cached conversation gives
+/// the same reply as a fresh cache fed the whole conversation.
+#[test]
+fn chat_keeps_the_cache_across_turns() {
+    use ember_core::chat::{ChatTemplate, Message, Role};
+    use ember_engine::{GenerateOptions, ReferenceModel, ReferenceSession, generate};
+    let replies = chat("Hi there!\nWhat is the weather like?\n", &["-n", "12"]);
+    assert_eq!(replies.len(), 2);
+
+    let file = ember_gguf::GgufFile::open(tiny_model()).unwrap();
+    let tokenizer = ember_tokenizer::Tokenizer::from_gguf(file.metadata()).unwrap();
+    let template =
+        ChatTemplate::from_jinja(file.metadata().get_str("tokenizer.chat_template").unwrap())
+            .unwrap();
+    let mut first = String::new();
+    template
+        .render(&[Message::new(Role::User, "Hi there!")], true, &mut first)
+        .unwrap();
+    let mut next = String::new();
+    template
+        .render_next_turn("What is the weather like?", &mut next)
+        .unwrap();
+    let next_ids = tokenizer.encode(&next).unwrap();
+    // A reply cut by the length limit leaves its last token to be run with the next turn.
+    let unfed = usize::from(replies[0]["finish"] == "length");
+    assert_eq!(
+        replies[1]["stats"]["prompt_tokens"].as_u64().unwrap() as usize,
+        next_ids.len() + unfed,
+        "the second turn prefills only its own tokens"
+    );
+
+    let mut whole = tokenizer.encode(&first).unwrap();
+    whole.extend(ids(&replies[0]["tokens"]));
+    whole.extend(&next_ids);
+    let model = ReferenceModel::load(&file).unwrap();
+    let mut fresh = ReferenceSession::new(&model, 512);
+    let options = GenerateOptions {
+        max_tokens: 12,
+        sampling: Default::default(),
+    };
+    let again = generate(&mut fresh, &tokenizer, &whole, &options, &mut |_| {}).unwrap();
+    assert_eq!(again.tokens, ids(&replies[1]["tokens"]));
+}
+
+/// A long chat in a small context never fails: old turns are dropped and the cache rebuilt.
+#[test]
+fn a_long_chat_outlives_the_context() {
+    let lines: String = (0..12)
+        .map(|i| format!("message number {i}, tell me more\n"))
+        .collect();
+    let replies = chat(&lines, &["-n", "8", "--context", "256"]);
+    assert_eq!(replies.len(), 12);
+    let prompt_tokens: Vec<u64> = replies
+        .iter()
+        .map(|r| r["stats"]["prompt_tokens"].as_u64().unwrap())
+        .collect();
+    // Turns continue the cache (short prefills) until it is full; then it is rebuilt from the
+    // system prompt and the recent turns (a long prefill), and the chat goes on.
+    let short = prompt_tokens[1];
+    assert!(short < prompt_tokens[0], "{prompt_tokens:?}");
+    assert!(
+        prompt_tokens[2..].iter().any(|&n| n > short + 20),
+        "the cache was never rebuilt: {prompt_tokens:?}"
+    );
+}

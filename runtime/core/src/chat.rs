@@ -123,6 +123,15 @@ impl<'t> ChatTemplate<'t> {
         }
         Ok(())
     }
+
+    /// The text that follows an assistant reply whose end marker was not written (generation
+    /// stops on it): it closes the reply and opens the next user turn and the next reply.
+    /// A conversation rendered turn by turn this way equals [`ChatTemplate::render`] of it whole.
+    pub fn render_next_turn<W: fmt::Write>(&self, user: &str, out: &mut W) -> fmt::Result {
+        writeln!(out, "{IM_END}")?;
+        write_message(out, Role::User, user)?;
+        writeln!(out, "{IM_START}{}", Role::Assistant.as_str())
+    }
 }
 
 fn write_message<W: fmt::Write>(out: &mut W, role: Role, content: &str) -> fmt::Result {
@@ -175,6 +184,24 @@ mod tests {
             render(&template, &messages, false),
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n"
         );
+    }
+
+    #[test]
+    fn turn_by_turn_rendering_equals_the_whole_conversation() {
+        let template = ChatTemplate::from_jinja(SMOLLM2_TEMPLATE).unwrap();
+        let mut incremental = render(&template, &[Message::new(Role::User, "Hi")], true);
+        incremental.push_str("Hello!");
+        template.render_next_turn("Bye", &mut incremental).unwrap();
+        let whole = render(
+            &template,
+            &[
+                Message::new(Role::User, "Hi"),
+                Message::new(Role::Assistant, "Hello!"),
+                Message::new(Role::User, "Bye"),
+            ],
+            true,
+        );
+        assert_eq!(incremental, whole);
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! - [`ReferenceModel`]: the plain-`f32` forward pass over a dequantized GGUF model, the oracle
 //!   the quantized engines are checked against.
 //! - [`generate`]: prefill, sample, stream whole characters, stop; with timing [`Stats`].
+//! - [`ChatSession`]: a multi-turn conversation over one KV cache.
 //! - [`memory`]: the process's anonymous and file-backed resident memory.
 
 #![warn(missing_docs)]
 
+mod chat;
 mod config;
 mod error;
 mod generate;
@@ -14,6 +16,7 @@ pub mod memory;
 mod reference;
 mod source;
 
+pub use chat::ChatSession;
 pub use config::ModelConfig;
 pub use error::EngineError;
 pub use generate::{FinishReason, GenerateOptions, Generation, LanguageModel, Stats, generate};

@@ -6,7 +6,9 @@ use ember_core::{
     chat::{ChatTemplate, Message, Role},
     sampler::SamplingConfig,
 };
-use ember_engine::{GenerateOptions, ModelFile, ReferenceModel, ReferenceSession, generate};
+use ember_engine::{
+    ChatSession, GenerateOptions, ModelFile, ReferenceModel, ReferenceSession, generate,
+};
 use ember_gguf::GgufFile;
 use ember_image::Image;
 use ember_tools::{fetch, quantize, synth};
@@ -94,6 +96,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Chat with a model in the terminal: one line per message, the reply streams back.
+    ///
+    /// The KV cache is kept across turns, so each turn prefills only its own tokens; when the
+    /// context is full the oldest turns are dropped. Type /reset to start over, /quit (or
+    /// Ctrl-D) to leave.
+    Chat(ChatArgs),
     /// Generate text with the f32 reference engine (from a GGUF file or an Ember image),
     /// streaming it to stdout.
     Generate(GenerateArgs),
@@ -122,6 +130,30 @@ struct GenerateArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// After the text, print one JSON object with tokens, text, finish reason and stats.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    /// Model file: GGUF or Ember image.
+    #[arg(short, long)]
+    model: PathBuf,
+    /// System prompt (default: the template's own).
+    #[arg(long)]
+    system: Option<String>,
+    /// Longest reply, in tokens.
+    #[arg(short = 'n', long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Context window in tokens (default: the model's).
+    #[arg(long)]
+    context: Option<usize>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// After each reply, print one JSON line with its tokens, finish reason and stats.
     #[arg(long)]
     json: bool,
 }
@@ -181,6 +213,7 @@ fn main() -> ExitCode {
             threads,
             json,
         } => run_bench(&model, gguf.as_deref(), decode_tokens, threads, json),
+        Command::Chat(args) => run_chat(&args),
         Command::Generate(args) => run_generate(&args),
     };
     match result {
@@ -331,6 +364,74 @@ fn run_inspect(path: &std::path::Path) -> Result<()> {
     }
     image.verify()?;
     println!("hashes        all sections match");
+    Ok(())
+}
+
+fn run_chat(args: &ChatArgs) -> Result<()> {
+    use std::io::{BufRead, IsTerminal};
+    let sampling = args.sampling.config();
+    sampling.validate().context("invalid sampling settings")?;
+    use_threads(args.threads)?;
+    let file = ModelFile::open(&args.model)
+        .with_context(|| format!("cannot load model {}", args.model.display()))?;
+    let tokenizer = file.tokenizer()?;
+    let model = ReferenceModel::load(file.weights())?;
+    let source = file
+        .chat_template()
+        .context("ember chat needs a model with a chat template")?;
+    let template = ChatTemplate::from_jinja(source)?;
+    let context = args
+        .context
+        .unwrap_or(model.config().context_length)
+        .min(model.config().context_length);
+    let mut session = ReferenceSession::new(&model, context);
+    let mut chat = ChatSession::new(&mut session, &tokenizer, template, args.system.clone());
+    let options = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampling,
+    };
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!("ember chat: type a message; /reset starts over, /quit or Ctrl-D leaves.");
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("you> ");
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.context("cannot read stdin")?;
+        match line.trim() {
+            "" => continue,
+            "/quit" | "/exit" => break,
+            "/reset" => {
+                chat.reset();
+                eprintln!("(conversation reset)");
+                continue;
+            }
+            "/help" => {
+                eprintln!("/reset starts a new conversation, /quit leaves");
+                continue;
+            }
+            _ => {}
+        }
+        let mut stdout = std::io::stdout().lock();
+        let result = chat.say(&line, &options, &mut |text| {
+            let _ = stdout.write_all(text.as_bytes());
+            let _ = stdout.flush();
+        })?;
+        writeln!(stdout)?;
+        if args.json {
+            writeln!(stdout, "{}", serde_json::to_string(&result)?)?;
+        } else if interactive {
+            let s = &result.stats;
+            eprintln!(
+                "[{} new prompt tokens, {} generated, {:.1} tok/s]",
+                s.prompt_tokens, s.generated_tokens, s.decode_tokens_per_second
+            );
+        }
+    }
     Ok(())
 }
 

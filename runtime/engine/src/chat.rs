@@ -1,0 +1,128 @@
+//! A multi-turn conversation over one KV cache: each turn prefills only its own new tokens.
+//! When the next turn would not fit, the oldest turns are dropped (the system prompt is kept)
+//! and the cache is rebuilt from what remains.
+
+use crate::{EngineError, GenerateOptions, Generation, LanguageModel, generate};
+use ember_core::chat::{ChatTemplate, Message, Role};
+use ember_tokenizer::Tokenizer;
+
+/// A conversation with a model.
+pub struct ChatSession<'a> {
+    model: &'a mut dyn LanguageModel,
+    tokenizer: &'a Tokenizer,
+    template: ChatTemplate<'a>,
+    system: Option<String>,
+    /// Finished turns: (user, assistant).
+    turns: Vec<(String, String)>,
+    /// Whether the cache holds the conversation so far (ending inside the last reply).
+    cached: bool,
+    /// The last reply's final token when generation stopped on the length limit: it was
+    /// sampled but not yet run through the model.
+    unfed: Option<u32>,
+}
+
+impl<'a> ChatSession<'a> {
+    /// A new conversation; `system` replaces the template's default system prompt.
+    pub fn new(
+        model: &'a mut dyn LanguageModel,
+        tokenizer: &'a Tokenizer,
+        template: ChatTemplate<'a>,
+        system: Option<String>,
+    ) -> Self {
+        model.reset();
+        ChatSession {
+            model,
+            tokenizer,
+            template,
+            system,
+            turns: Vec::new(),
+            cached: false,
+            unfed: None,
+        }
+    }
+
+    /// Forgets the conversation (the system prompt stays).
+    pub fn reset(&mut self) {
+        self.turns.clear();
+        self.model.reset();
+        self.cached = false;
+        self.unfed = None;
+    }
+
+    /// Finished turns, oldest first.
+    pub fn turns(&self) -> &[(String, String)] {
+        &self.turns
+    }
+
+    /// The whole conversation from `first_turn` on, plus `user`, rendered for a fresh cache.
+    fn render_from(&self, first_turn: usize, user: &str) -> Result<Vec<u32>, EngineError> {
+        let mut messages = Vec::new();
+        if let Some(system) = &self.system {
+            messages.push(Message::new(Role::System, system));
+        }
+        for (question, answer) in &self.turns[first_turn..] {
+            messages.push(Message::new(Role::User, question));
+            messages.push(Message::new(Role::Assistant, answer));
+        }
+        messages.push(Message::new(Role::User, user));
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.template.render(&messages, true, &mut text);
+        Ok(self.tokenizer.encode(&text)?)
+    }
+
+    /// Sends the user's message and generates the reply, streaming it to `on_text`.
+    pub fn say(
+        &mut self,
+        user: &str,
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation, EngineError> {
+        let context = self.model.context_length();
+        let room = |tokens: usize| tokens + options.max_tokens.max(1) <= context;
+        let mut prompt = None;
+        if self.cached {
+            let mut text = String::new();
+            let _ = self.template.render_next_turn(user, &mut text);
+            let mut next: Vec<u32> = self.unfed.into_iter().collect();
+            next.extend(self.tokenizer.encode(&text)?);
+            if room(self.model.position() + next.len()) {
+                prompt = Some(next);
+            }
+        }
+        let prompt = match prompt {
+            Some(next) => next,
+            None => {
+                // Start over from the recent turns that fit in half the context, leaving the
+                // other half for the turns to come (so the next turns continue the cache
+                // instead of rebuilding it every time).
+                self.model.reset();
+                self.cached = false;
+                let mut first = 0;
+                loop {
+                    let ids = self.render_from(first, user)?;
+                    let last_chance = first == self.turns.len();
+                    if room(ids.len() + context / 2) || (last_chance && room(ids.len())) {
+                        break ids;
+                    }
+                    if last_chance {
+                        return Err(EngineError::PromptTooLong {
+                            prompt: ids.len() + options.max_tokens,
+                            context,
+                        });
+                    }
+                    first += 1;
+                }
+            }
+        };
+        self.cached = false;
+        self.unfed = None;
+        let generation = generate(self.model, self.tokenizer, &prompt, options, on_text)?;
+        self.turns.push((user.to_string(), generation.text.clone()));
+        self.cached = true;
+        if generation.finish == crate::FinishReason::Length {
+            self.unfed = generation.tokens.last().copied();
+        }
+        Ok(generation)
+    }
+}
