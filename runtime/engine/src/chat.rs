@@ -96,6 +96,7 @@ impl<'a> ChatSession<'a> {
                 // Start over from the recent turns that fit in half the context, leaving the
                 // other half for the turns to come (so the next turns continue the cache
                 // instead of rebuilding it every time).
+                // The cache is empty from here on, even if no turn fits below.
                 self.model.reset();
                 self.cached = false;
                 let mut first = 0;
@@ -115,6 +116,7 @@ impl<'a> ChatSession<'a> {
                 }
             }
         };
+        // Until the reply is complete the cache holds a partial turn.
         self.cached = false;
         self.unfed = None;
         let generation = generate(self.model, self.tokenizer, &prompt, options, on_text)?;

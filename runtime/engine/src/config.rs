@@ -1,7 +1,7 @@
 //! The shape of a Llama-family model, read from GGUF metadata.
 
 use crate::EngineError;
-use ember_gguf::{GgufError, Metadata};
+use ember_gguf::{GgufError, Metadata, OptionalKey};
 
 /// Hyper-parameters of a Llama-family decoder (SmolLM2, Llama, Qwen2 without biases).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,22 +44,16 @@ impl ModelConfig {
         };
         let n_embd = get("embedding_length")?;
         let n_head = get("attention.head_count")?;
-        let n_head_kv = match get("attention.head_count_kv") {
-            Err(GgufError::MissingKey(_)) => n_head,
-            other => other?,
-        };
+        let n_head_kv = get("attention.head_count_kv").optional()?.unwrap_or(n_head);
         let head_dim = n_embd.checked_div(n_head).unwrap_or(0);
-        let rope_dim = match get("rope.dimension_count") {
-            Err(GgufError::MissingKey(_)) => head_dim,
-            other => other?,
-        };
-        let rope_base = match metadata.get_f32("llama.rope.freq_base") {
-            Err(GgufError::MissingKey(_)) => 10_000.0,
-            other => other?,
-        };
-        let vocab_size = match get("vocab_size") {
-            Err(GgufError::MissingKey(_)) => metadata.get_str_array("tokenizer.ggml.tokens")?.len(),
-            other => other?,
+        let rope_dim = get("rope.dimension_count").optional()?.unwrap_or(head_dim);
+        let rope_base = metadata
+            .get_f32("llama.rope.freq_base")
+            .optional()?
+            .unwrap_or(10_000.0);
+        let vocab_size = match get("vocab_size").optional()? {
+            Some(size) => size,
+            None => metadata.get_str_array("tokenizer.ggml.tokens")?.len(),
         };
         let config = ModelConfig {
             n_layers: get("block_count")?,

@@ -19,7 +19,7 @@ mod tensor;
 mod writer;
 
 pub use error::GgufError;
-pub use metadata::{Metadata, Value, ValueType};
+pub use metadata::{Metadata, OptionalKey, Value, ValueType};
 pub use quant::{dequantize, quantize};
 pub use reader::{GgufFile, ParsedGguf, parse};
 pub use tensor::{TensorInfo, TensorType};

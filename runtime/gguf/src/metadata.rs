@@ -274,3 +274,20 @@ impl Metadata {
         }
     }
 }
+
+/// Turns a missing metadata key into `None`, keeping every other error (a key of the wrong type
+/// is still an error).
+pub trait OptionalKey<T> {
+    /// `Ok(None)` for [`GgufError::MissingKey`], the value or the error otherwise.
+    fn optional(self) -> Result<Option<T>, GgufError>;
+}
+
+impl<T> OptionalKey<T> for Result<T, GgufError> {
+    fn optional(self) -> Result<Option<T>, GgufError> {
+        match self {
+            Ok(value) => Ok(Some(value)),
+            Err(GgufError::MissingKey(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}

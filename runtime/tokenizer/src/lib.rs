@@ -12,7 +12,7 @@ use ember_core::{
     image::{TokenizerData, TokenizerSpec},
     utf8::Utf8Stream,
 };
-use ember_gguf::{GgufError, Metadata};
+use ember_gguf::{GgufError, Metadata, OptionalKey};
 use tokenizers::{
     AddedToken, DecoderWrapper, PreTokenizerWrapper,
     decoders::byte_level::ByteLevel as ByteLevelDecoder,
@@ -74,6 +74,30 @@ pub struct Vocabulary<'a> {
     pub eos: Option<u32>,
 }
 
+impl<'a> Vocabulary<'a> {
+    /// Reads a GGUF file's `tokenizer.ggml.*` keys. Absent optional keys take llama.cpp's
+    /// defaults (pre-tokenizer `default`, every token normal, no special tokens).
+    pub fn from_gguf(metadata: &'a Metadata) -> Result<Self, GgufError> {
+        let tokens = metadata.get_str_array("tokenizer.ggml.tokens")?;
+        let token_types = metadata
+            .get_int_array("tokenizer.ggml.token_type")
+            .optional()?
+            .unwrap_or_else(|| vec![1; tokens.len()]);
+        Ok(Vocabulary {
+            model: metadata.get_str("tokenizer.ggml.model")?,
+            pre: metadata
+                .get_str("tokenizer.ggml.pre")
+                .optional()?
+                .unwrap_or("default"),
+            tokens,
+            token_types,
+            merges: metadata.get_str_array("tokenizer.ggml.merges")?,
+            bos: metadata.get_u32("tokenizer.ggml.bos_token_id").optional()?,
+            eos: metadata.get_u32("tokenizer.ggml.eos_token_id").optional()?,
+        })
+    }
+}
+
 /// A model's tokenizer and the facts about its special tokens.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -96,34 +120,7 @@ impl std::fmt::Debug for Tokenizer {
 impl Tokenizer {
     /// Builds the tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata.
     pub fn from_gguf(metadata: &Metadata) -> Result<Self, TokenizerError> {
-        let model = metadata.get_str("tokenizer.ggml.model")?;
-        let pre = match metadata.get_str("tokenizer.ggml.pre") {
-            Ok(pre) => pre,
-            Err(GgufError::MissingKey(_)) => "default",
-            Err(e) => return Err(e.into()),
-        };
-        let tokens = metadata.get_str_array("tokenizer.ggml.tokens")?;
-        let token_types = match metadata.get_int_array("tokenizer.ggml.token_type") {
-            Ok(types) => types,
-            Err(GgufError::MissingKey(_)) => vec![1; tokens.len()],
-            Err(e) => return Err(e.into()),
-        };
-        let special = |key: &str| -> Result<Option<u32>, TokenizerError> {
-            match metadata.get_u32(key) {
-                Ok(id) => Ok(Some(id)),
-                Err(GgufError::MissingKey(_)) => Ok(None),
-                Err(e) => Err(e.into()),
-            }
-        };
-        Self::from_vocabulary(Vocabulary {
-            model,
-            pre,
-            tokens,
-            token_types,
-            merges: metadata.get_str_array("tokenizer.ggml.merges")?,
-            bos: special("tokenizer.ggml.bos_token_id")?,
-            eos: special("tokenizer.ggml.eos_token_id")?,
-        })
+        Self::from_vocabulary(Vocabulary::from_gguf(metadata)?)
     }
 
     /// Builds the tokenizer stored in an Ember image.

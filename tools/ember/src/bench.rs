@@ -156,18 +156,16 @@ pub fn bench(
         ModelFile::open(path).with_context(|| format!("cannot load model {}", path.display()))?;
     let model = ReferenceModel::load(file.weights())?;
     let load_seconds = start.elapsed().as_secs_f64();
-    let prompts = prompts(&file)?;
     let context = model.config().context_length;
-    let runs = prompts
-        .iter()
-        .filter(|p| p.len() + decode_tokens <= context)
-        .map(|p| measure(&model, p, decode_tokens))
-        .collect::<Result<Vec<_>>>()?;
-    let resident = memory::resident();
-    let measured: Vec<Vec<u32>> = prompts
+    let measured: Vec<Vec<u32>> = prompts(&file)?
         .into_iter()
         .filter(|p| p.len() + decode_tokens <= context)
         .collect();
+    let runs = measured
+        .iter()
+        .map(|p| measure(&model, p, decode_tokens))
+        .collect::<Result<Vec<_>>>()?;
+    let resident = memory::resident();
     let peer_path = peer_gguf.or(match file {
         ModelFile::Gguf(_) => Some(path),
         ModelFile::Image(_) => None,

@@ -11,6 +11,7 @@ use ember_engine::{
 };
 use ember_gguf::GgufFile;
 use ember_image::Image;
+use ember_tokenizer::Tokenizer;
 use ember_tools::{fetch, quantize, synth};
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Instant};
 
@@ -257,7 +258,9 @@ fn run_quantize(
     quiet: bool,
 ) -> Result<()> {
     let start = Instant::now();
-    let size = quantize::quantize(model, output, !quiet)?;
+    let gguf =
+        GgufFile::open(model).with_context(|| format!("cannot load model {}", model.display()))?;
+    let size = quantize::quantize(&gguf, output, !quiet)?;
     let image = Image::open(output)?;
     image.verify()?;
     println!(
@@ -268,7 +271,6 @@ fn run_quantize(
         start.elapsed().as_secs_f64()
     );
     if !no_report {
-        let gguf = GgufFile::open(model)?;
         let q = quantize::measure_quality(&gguf, &image)?;
         println!(
             "quality vs the f32 reference on the GGUF ({} teacher-forced positions): top-1 agreement {:.1}%, mean KL {:.2e} nats, max logit error {:.3e}",
@@ -359,7 +361,7 @@ fn run_inspect(path: &std::path::Path) -> Result<()> {
             section.name,
             section.offset,
             section.length,
-            quantize::section_digest(&section.sha256)
+            fetch::hex(&section.sha256)
         );
     }
     image.verify()?;
@@ -367,15 +369,21 @@ fn run_inspect(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Opens a GGUF file or an Ember image with its tokenizer and the f32 reference model.
+fn open_model(path: &std::path::Path) -> Result<(ModelFile, Tokenizer, ReferenceModel)> {
+    let file =
+        ModelFile::open(path).with_context(|| format!("cannot load model {}", path.display()))?;
+    let tokenizer = file.tokenizer()?;
+    let model = ReferenceModel::load(file.weights())?;
+    Ok((file, tokenizer, model))
+}
+
 fn run_chat(args: &ChatArgs) -> Result<()> {
     use std::io::{BufRead, IsTerminal};
     let sampling = args.sampling.config();
     sampling.validate().context("invalid sampling settings")?;
     use_threads(args.threads)?;
-    let file = ModelFile::open(&args.model)
-        .with_context(|| format!("cannot load model {}", args.model.display()))?;
-    let tokenizer = file.tokenizer()?;
-    let model = ReferenceModel::load(file.weights())?;
+    let (file, tokenizer, model) = open_model(&args.model)?;
     let source = file
         .chat_template()
         .context("ember chat needs a model with a chat template")?;
@@ -441,10 +449,7 @@ fn run_generate(args: &GenerateArgs) -> Result<()> {
     use_threads(args.threads)?;
 
     let load_start = Instant::now();
-    let file = ModelFile::open(&args.model)
-        .with_context(|| format!("cannot load model {}", args.model.display()))?;
-    let tokenizer = file.tokenizer()?;
-    let model = ReferenceModel::load(file.weights())?;
+    let (file, tokenizer, model) = open_model(&args.model)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
 
     let prompt_text = if args.chat {

@@ -6,12 +6,12 @@
 //! GGUF; other types (F32/F16/BF16 matrices) are quantized symmetrically to int8, which is where
 //! loss can come from. 1-D tensors (norms) stay `f32`.
 
-use crate::fetch::hex;
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use ember_core::image::{Manifest, SamplingDefaults, TensorEncoding, TokenizerData, TokenizerSpec};
 use ember_engine::{ModelConfig, ReferenceModel, ReferenceSession, WeightSource};
 use ember_gguf::{GgufError, GgufFile, TensorInfo, TensorType, dequantize};
 use ember_image::{EncodedTensor, Image, ImageWriter};
+use ember_tokenizer::{Tokenizer, Vocabulary};
 use half::f16;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
@@ -96,43 +96,29 @@ pub fn encode_tensor(info: &TensorInfo, data: &[u8]) -> Result<EncodedTensor, Gg
     ))
 }
 
-/// Builds the manifest skeleton (tensors and sections are filled in by the writer).
-fn manifest_and_vocabulary(file: &GgufFile) -> Result<(Manifest, TokenizerData)> {
+/// Builds the manifest skeleton (tensors and sections are filled in by the writer) and the
+/// tokenizer section from the GGUF's metadata and its tokenizer `vocabulary`.
+fn manifest_and_vocabulary(
+    file: &GgufFile,
+    vocabulary: &Vocabulary<'_>,
+) -> Result<(Manifest, TokenizerData)> {
     let m = file.metadata();
     let config = ModelConfig::from_gguf(m)?;
-    let optional_u32 = |key: &str| match m.get_u32(key) {
-        Ok(v) => Ok(Some(v)),
-        Err(GgufError::MissingKey(_)) => Ok(None),
-        Err(e) => Err(e),
-    };
-    let tokens = m.get_str_array("tokenizer.ggml.tokens")?;
-    let token_types = match m.get_int_array("tokenizer.ggml.token_type") {
-        Ok(types) => types.into_iter().map(|t| t as i32).collect(),
-        Err(GgufError::MissingKey(_)) => vec![1; tokens.len()],
-        Err(e) => return Err(e.into()),
-    };
     let data = TokenizerData {
-        tokens: tokens.iter().map(|s| s.to_string()).collect(),
-        token_types,
-        merges: m
-            .get_str_array("tokenizer.ggml.merges")?
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        tokens: vocabulary.tokens.iter().map(|s| s.to_string()).collect(),
+        token_types: vocabulary.token_types.iter().map(|&t| t as i32).collect(),
+        merges: vocabulary.merges.iter().map(|s| s.to_string()).collect(),
     };
-    let Some(eos) = optional_u32("tokenizer.ggml.eos_token_id")? else {
+    let Some(eos) = vocabulary.eos else {
         bail!("the model has no end-of-sequence token (tokenizer.ggml.eos_token_id)");
     };
     let manifest = Manifest {
         model_name: m.get_str("general.name").unwrap_or("unnamed").to_string(),
         architecture: config.to_architecture(),
         tokenizer: TokenizerSpec {
-            model: m.get_str("tokenizer.ggml.model")?.to_string(),
-            pre: m
-                .get_str("tokenizer.ggml.pre")
-                .unwrap_or("default")
-                .to_string(),
-            bos: optional_u32("tokenizer.ggml.bos_token_id")?,
+            model: vocabulary.model.to_string(),
+            pre: vocabulary.pre.to_string(),
+            bos: vocabulary.bos,
             eos,
             add_bos: m.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(false),
             section: "tokenizer".into(),
@@ -180,7 +166,7 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
 
 /// Compares the reference engine on `gguf` and on `image` over [`QUALITY_TEXT`].
 pub fn measure_quality(gguf: &GgufFile, image: &Image) -> Result<Quality> {
-    let tokenizer = ember_tokenizer::Tokenizer::from_gguf(gguf.metadata())?;
+    let tokenizer = Tokenizer::from_gguf(gguf.metadata())?;
     let ids = tokenizer.encode(QUALITY_TEXT)?;
     let run = |source: &dyn WeightSource| -> Result<Vec<Vec<f32>>> {
         let model = ReferenceModel::load(source)?;
@@ -209,14 +195,13 @@ pub fn measure_quality(gguf: &GgufFile, image: &Image) -> Result<Quality> {
     })
 }
 
-/// Writes the image of `gguf_path` to `output` and returns its size.
-pub fn quantize(gguf_path: &Path, output: &Path, progress: bool) -> Result<u64> {
-    let file = GgufFile::open(gguf_path)
-        .with_context(|| format!("cannot load model {}", gguf_path.display()))?;
-    let (manifest, vocabulary) = manifest_and_vocabulary(&file)?;
+/// Writes the image of the GGUF `file` to `output` and returns its size.
+pub fn quantize(file: &GgufFile, output: &Path, progress: bool) -> Result<u64> {
+    let vocabulary = Vocabulary::from_gguf(file.metadata())?;
     // The tokenizer must build before anything is written.
-    ember_tokenizer::Tokenizer::from_gguf(file.metadata())?;
-    let mut writer = ImageWriter::new(manifest, vocabulary);
+    Tokenizer::from_vocabulary(vocabulary.clone())?;
+    let (manifest, data) = manifest_and_vocabulary(file, &vocabulary)?;
+    let mut writer = ImageWriter::new(manifest, data);
     let bar = if progress {
         ProgressBar::new(file.tensors().len() as u64).with_style(
             ProgressStyle::with_template("quantizing {pos}/{len} tensors {wide_bar} {msg}")
@@ -233,9 +218,4 @@ pub fn quantize(gguf_path: &Path, output: &Path, progress: bool) -> Result<u64> 
     bar.finish_and_clear();
     let size = writer.write(output)?;
     Ok(size)
-}
-
-/// Hex SHA-256 of a section, for display.
-pub fn section_digest(sha256: &[u8; 32]) -> String {
-    hex(sha256)
 }
