@@ -1,9 +1,10 @@
-//! SmolLM2-135M-Instruct through Ember's tokenizer and f32 reference engine, checked against
-//! llama.cpp's answers on the same GGUF file, recorded in `models/smollm2-135m/reference/`
-//! (see the README there for how they were made). Fetches the model on first use.
+//! SmolLM2-135M-Instruct through Ember's tokenizer, its f32 reference engine and its int8 engine
+//! (the quantized image through tract), checked against llama.cpp's answers on the same GGUF
+//! file, recorded in `models/smollm2-135m/reference/` (see the README there for how they were
+//! made), and against onnxruntime on the exported graph. Fetches the model on first use.
 
 use ember_core::sampler::argmax;
-use ember_e2e::{ember, last_json_line, smollm2, smollm2_reference, stdout_of};
+use ember_e2e::{ember, last_json_line, smollm2, smollm2_image, smollm2_reference, stdout_of};
 use ember_engine::{ReferenceModel, ReferenceSession};
 use ember_gguf::GgufFile;
 use ember_tokenizer::Tokenizer;
@@ -42,18 +43,21 @@ fn logprob(logits: &[f32], id: u32) -> f64 {
 }
 
 /// Each case of a recorded chat reference with Ember's greedy `--chat` reply to its prompt,
-/// made by the real binary (once per prompt and test process).
-fn ember_replies(reference: &serde_json::Value) -> Vec<(serde_json::Value, serde_json::Value)> {
+/// made by the real binary from `model` (the GGUF: f32 reference; an image: int8 engine), once
+/// per model, prompt and test process.
+fn ember_replies(
+    reference: &serde_json::Value,
+    model: &std::path::Path,
+) -> Vec<(serde_json::Value, serde_json::Value)> {
     static REPLIES: std::sync::Mutex<Vec<(String, serde_json::Value)>> =
         std::sync::Mutex::new(Vec::new());
-    let model = smollm2();
     let max_tokens = reference["max_tokens"].to_string();
     let cases = reference["cases"].as_array().unwrap();
     cases
         .iter()
         .map(|case| {
             let prompt = case["prompt"].as_str().unwrap();
-            let key = format!("{max_tokens}:{prompt}");
+            let key = format!("{}:{max_tokens}:{prompt}", model.display());
             let mut replies = REPLIES.lock().unwrap();
             if let Some((_, reply)) = replies.iter().find(|(k, _)| *k == key) {
                 return (case.clone(), reply.clone());
@@ -80,7 +84,7 @@ fn ember_replies(reference: &serde_json::Value) -> Vec<(serde_json::Value, serde
 /// the GGUF, F32 KV cache): the same arithmetic as Ember's reference engine.
 #[test]
 fn greedy_chat_replies_match_llama_cpp_exact() {
-    let replies = ember_replies(&smollm2_reference("chat_replies_exact.json"));
+    let replies = ember_replies(&smollm2_reference("chat_replies_exact.json"), &smollm2());
     for (case, result) in &replies {
         let prompt = case["prompt"].as_str().unwrap();
         assert_eq!(
@@ -102,10 +106,11 @@ fn greedy_chat_replies_match_llama_cpp_exact() {
 /// llama.cpp run natively on the Q4_1 file rounds activations to 8 bits before each matrix
 /// product, which moves log-probabilities by ~0.1 (see the reference README), so greedy paths
 /// part where its top candidates are close. Where Ember's reply first differs, Ember's token
-/// must be among llama.cpp's top 5 and within 0.5 nats of its top-1.
-#[test]
-fn greedy_chat_replies_follow_llama_cpp_native_up_to_near_ties() {
-    let replies = ember_replies(&smollm2_reference("chat_replies.json"));
+/// must be among llama.cpp's top 5 and within 0.5 nats of its top-1. Returns the number of
+/// tokens each reply shares with llama.cpp's before they part.
+fn follows_llama_cpp_native(model: &std::path::Path) -> Vec<usize> {
+    let replies = ember_replies(&smollm2_reference("chat_replies.json"), model);
+    let mut shared = Vec::new();
     let mut identical = 0;
     for (case, result) in &replies {
         let prompt = case["prompt"].as_str().unwrap();
@@ -113,8 +118,10 @@ fn greedy_chat_replies_follow_llama_cpp_native_up_to_near_ties() {
         let theirs = ids(&case["reply_ids"]);
         let Some(step) = ours.iter().zip(&theirs).position(|(a, b)| a != b) else {
             identical += 1;
+            shared.push(ours.len().min(theirs.len()));
             continue;
         };
+        shared.push(step);
         let top5: Vec<(u32, f64)> = serde_json::from_value(case["top5"][step].clone()).unwrap();
         let ember_choice = top5.iter().find(|(id, _)| *id == ours[step]);
         let gap = ember_choice.map(|(_, lp)| top5[0].1 - lp);
@@ -126,8 +133,30 @@ fn greedy_chat_replies_follow_llama_cpp_native_up_to_near_ties() {
         );
     }
     eprintln!(
-        "{identical}/{} replies identical to llama.cpp (native)",
+        "{}: {identical}/{} replies identical to llama.cpp (native); tokens shared {shared:?}",
+        model.display(),
         replies.len()
+    );
+    shared
+}
+
+#[test]
+fn greedy_chat_replies_follow_llama_cpp_native_up_to_near_ties() {
+    follows_llama_cpp_native(&smollm2());
+}
+
+/// The int8 engine meets the same bar as the f32 reference against llama.cpp's replies (which
+/// are themselves computed with 8-bit activations): every parting is at a near-tie. In total its
+/// replies share at least half as many tokens with llama.cpp's as the reference's do (measured
+/// when written: 33 and 51 — one early near-tie in a long reply decides most of the difference).
+#[test]
+fn int8_greedy_chat_replies_follow_llama_cpp_native_up_to_near_ties() {
+    let int8: usize = follows_llama_cpp_native(&smollm2_image().0).iter().sum();
+    let reference: usize = follows_llama_cpp_native(&smollm2()).iter().sum();
+    eprintln!("tokens shared with llama.cpp: int8 {int8}, f32 reference {reference}");
+    assert!(
+        int8 * 2 >= reference,
+        "int8 {int8} vs reference {reference}"
     );
 }
 
@@ -155,11 +184,21 @@ fn reference_logits(text_ids: &[u32]) -> Vec<Vec<f32>> {
 /// (share of positions with the same top-1, largest log-probability difference).
 fn teacher_forced(reference_name: &str, reference: &serde_json::Value) -> (f64, f64) {
     let text_ids = ids(&reference["ids"]);
+    compare_teacher_forced(reference_name, reference, &reference_logits(&text_ids))
+}
+
+/// Compares `logits` (after each token of the reference's text) with the reference's top-1 and
+/// top-5 log-probabilities.
+fn compare_teacher_forced(
+    reference_name: &str,
+    reference: &serde_json::Value,
+    logits: &[Vec<f32>],
+) -> (f64, f64) {
+    let text_ids = ids(&reference["ids"]);
     let llama_top1 = ids(&reference["top1"]);
     let llama_top5: Vec<Vec<(u32, f64)>> =
         serde_json::from_value(reference["top5"].clone()).unwrap();
     assert!(text_ids.len() >= 150 && llama_top1.len() == text_ids.len());
-    let logits = &reference_logits(&text_ids);
     let agree = logits
         .iter()
         .zip(&llama_top1)
@@ -208,37 +247,91 @@ fn teacher_forced_top1_mostly_agrees_with_llama_cpp_native() {
     assert!(error < 0.7, "log-probabilities differ by {error}");
 }
 
-/// SmolLM2's Q4_1 and Q8_0 blocks map exactly onto the image's 8-bit blocks: the image decodes
-/// to the GGUF's values, so `ember quantize` reports a perfect match and chat through the image
-/// gives llama.cpp's exact reply.
+/// `ember quantize` reports the int8 engine's agreement with the f32 reference on its built-in
+/// text (88 positions); SmolLM2's Q4_1 blocks are re-quantized to int8 and its activations are
+/// rounded to 8 bits, which moves near-ties only.
 #[test]
-fn smollm2_image_is_lossless() {
-    let dir = std::env::temp_dir().join(format!("ember-smollm2-image-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let image = dir.join("smollm2.ember");
-    let image_text = image.to_str().unwrap();
-    let report = stdout_of(&ember(&[
-        "quantize",
-        smollm2().to_str().unwrap(),
-        "-o",
-        image_text,
-        "--quiet",
-    ]));
-    assert!(
-        report.contains("top-1 agreement 100.0%, mean KL 0.00e0 nats, max logit error 0.000e0"),
-        "{report}"
-    );
-    let reference = smollm2_reference("chat_replies_exact.json");
-    let france = &reference["cases"][0];
+fn int8_quality_report() {
+    let (_, report) = smollm2_image();
+    eprintln!("{report}");
+    let (top1, kl, _) = ember_e2e::quality_numbers(&report);
+    assert!(top1 >= 0.95, "{report}");
+    assert!(kl < 0.02, "{report}");
+}
+
+/// The int8 engine's logits after each token of the teacher-forced text.
+fn int8_logits(text_ids: &[u32]) -> Vec<Vec<f32>> {
+    let image = ember_image::Image::open(smollm2_image().0).unwrap();
+    let model = ember_tract::TractModel::load(&image, 2).unwrap();
+    let mut session = model.session(text_ids.len()).unwrap();
+    session.logits_at_each(text_ids).unwrap()
+}
+
+/// Teacher-forced over the 182-token text, the int8 engine agrees with llama.cpp (native, 8-bit
+/// activations like Ember's int8 engine) on ≥ 95% of top-1 choices, as the f32 reference does.
+#[test]
+fn int8_teacher_forced_top1_agrees_with_llama_cpp_native() {
+    let reference = smollm2_reference("teacher_forced.json");
+    let text_ids = ids(&reference["ids"]);
+    let (share, error) =
+        compare_teacher_forced("int8 vs native", &reference, &int8_logits(&text_ids));
+    assert!(share >= 0.95, "agreement {share:.3} below 0.95");
+    assert!(error < 1.0, "log-probabilities differ by {error}");
+}
+
+/// The weights stay in the page cache: after loading SmolLM2's image and answering one question
+/// (16 tokens), the process's anonymous resident memory (tokenizer, tract's plan, KV cache) is
+/// under a quarter of the weights section.
+#[test]
+fn int8_weights_are_memory_mapped_not_copied() {
+    let (image, _) = smollm2_image();
+    let weights = ember_image::Image::open(&image)
+        .unwrap()
+        .section(ember_image::WEIGHTS_SECTION)
+        .unwrap()
+        .length;
     let result = last_json_line(&stdout_of(&ember(&[
         "generate",
         "--model",
-        image_text,
+        image.to_str().unwrap(),
         "--chat",
         "--prompt",
-        france["prompt"].as_str().unwrap(),
+        smollm2_reference("chat_replies.json")["cases"][0]["prompt"]
+            .as_str()
+            .unwrap(),
+        "--max-tokens",
+        "16",
         "--json",
     ])));
-    assert_eq!(ids(&result["tokens"]), ids(&france["reply_ids"]));
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        result["text"].as_str().unwrap().contains("Paris"),
+        "{result}"
+    );
+    let anon = result["stats"]["rss_anon_bytes"].as_u64().unwrap();
+    let file = result["stats"]["rss_file_bytes"].as_u64().unwrap();
+    eprintln!(
+        "weights {weights} B, RssAnon {anon} B ({:.1}%), RssFile {file} B",
+        100.0 * anon as f64 / weights as f64
+    );
+    assert!(
+        anon * 4 < weights,
+        "RssAnon {anon} is not under 25% of {weights}"
+    );
+    assert!(
+        file > weights / 2,
+        "the weights are not file-backed ({file})"
+    );
+}
+
+/// onnxruntime runs the exported SmolLM2 graph and agrees with the f32 reference (it computes
+/// with f32 activations over the same int8 weights) on ≥ 95% of teacher-forced top-1 choices.
+#[test]
+fn onnxruntime_runs_the_exported_smollm2_graph() {
+    let reference = smollm2_reference("teacher_forced_exact.json");
+    let text_ids = ids(&reference["ids"]);
+    let Some(logits) = ember_e2e::onnxruntime_logits(&smollm2_image().0, &text_ids, 1) else {
+        return;
+    };
+    let (share, _) = compare_teacher_forced("onnxruntime vs exact", &reference, &logits);
+    assert!(share >= 0.95, "agreement {share:.3} below 0.95");
 }

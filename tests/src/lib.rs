@@ -90,3 +90,96 @@ pub fn smollm2_reference(name: &str) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).expect("reference JSON")
 }
+
+/// An Ember image quantized from `gguf` into a temporary directory, with the report
+/// `ember quantize` printed (stdout).
+fn quantize_once(
+    cell: &OnceLock<(PathBuf, String)>,
+    gguf: PathBuf,
+    name: &str,
+) -> (PathBuf, String) {
+    cell.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("ember-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let image = dir.join(name);
+        let report = stdout_of(&ember(&[
+            "quantize",
+            gguf.to_str().expect("UTF-8 path"),
+            "-o",
+            image.to_str().expect("UTF-8 temp path"),
+            "--quiet",
+        ]));
+        (image, report)
+    })
+    .clone()
+}
+
+/// SmolLM2 quantized to an Ember image once per test process, with `ember quantize`'s report.
+pub fn smollm2_image() -> (PathBuf, String) {
+    static CELL: OnceLock<(PathBuf, String)> = OnceLock::new();
+    quantize_once(&CELL, smollm2(), "smollm2.ember")
+}
+
+/// The tiny model quantized to an Ember image once per test process, with the report.
+pub fn tiny_image() -> (PathBuf, String) {
+    static CELL: OnceLock<(PathBuf, String)> = OnceLock::new();
+    quantize_once(&CELL, tiny_model(), "tiny.ember")
+}
+
+/// The numbers of `ember quantize`'s quality line: (top-1 agreement as a share, mean KL,
+/// largest logit error).
+pub fn quality_numbers(report: &str) -> (f64, f64, f64) {
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("quality"))
+        .unwrap_or_else(|| panic!("no quality line in {report}"));
+    let after = |key: &str| -> f64 {
+        let rest = &line[line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len()..];
+        let number: String = rest
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | '-'))
+            .collect();
+        number.parse().unwrap_or_else(|_| panic!("{key} in {line}"))
+    };
+    (
+        after("top-1 agreement") / 100.0,
+        after("mean KL"),
+        after("max logit error"),
+    )
+}
+
+/// Whether tests that need the Python peers (the `xllamacpp` and `onnxruntime` wheels) must
+/// run them: CI sets `EMBER_REQUIRE_PEER=1` after installing them.
+pub fn peers_required() -> bool {
+    std::env::var("EMBER_REQUIRE_PEER").as_deref() == Ok("1")
+}
+
+/// Runs onnxruntime (`tests/scripts/onnxruntime_teacher_forced.py`) on the graph `ember
+/// export-onnx` writes for `image`: the logits after each of `ids`, the first `prefill` fed as
+/// one batch. `None` when onnxruntime is not installed and [`peers_required`] is off.
+pub fn onnxruntime_logits(image: &Path, ids: &[u32], prefill: usize) -> Option<Vec<Vec<f32>>> {
+    let dir = image.with_extension("onnx.d");
+    stdout_of(&ember(&[
+        "export-onnx",
+        image.to_str().expect("UTF-8 path"),
+        "-o",
+        dir.to_str().expect("UTF-8 path"),
+    ]));
+    let python = std::env::var("EMBER_PYTHON").unwrap_or_else(|_| "python3".into());
+    let output = Command::new(&python)
+        .arg(repo_root().join("tests/scripts/onnxruntime_teacher_forced.py"))
+        .arg(&dir)
+        .arg(serde_json::to_string(ids).expect("ids"))
+        .arg(prefill.to_string())
+        .output()
+        .expect("python runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() && stderr.contains("No module named") && !peers_required() {
+        eprintln!("onnxruntime is not installed: skipped ({})", stderr.trim());
+        return None;
+    }
+    let result = last_json_line(&stdout_of(&output));
+    eprintln!("onnxruntime {}", result["onnxruntime"]);
+    Some(serde_json::from_value(result["logits"].clone()).expect("logits"))
+}

@@ -20,7 +20,7 @@ use core::fmt;
 /// The eight bytes every Ember image starts with.
 pub const IMAGE_MAGIC: [u8; 8] = *b"EMBERIMG";
 /// The image format version this code reads and writes.
-pub const IMAGE_VERSION: u16 = 1;
+pub const IMAGE_VERSION: u16 = 2;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 64;
 /// Sections start on multiples of this (cache lines; 4-byte scales stay aligned for mmap).
@@ -264,17 +264,17 @@ mod manifest {
 
     /// How a tensor's values are stored.
     ///
-    /// For the block encodings a tensor of `rows × cols` (`cols` a multiple of 32) is stored as
-    /// three arrays, each starting on a 64-byte boundary: the `rows × cols` quantized bytes, then
-    /// `rows × cols / 32` little-endian f32 scales, then (affine only) as many f32 minimums.
+    /// For the block encoding a tensor of `rows × cols` (`cols` a multiple of 32) is stored as
+    /// two arrays, each starting on a 64-byte boundary: the `rows × cols` quantized bytes, then
+    /// `rows × cols / 32` little-endian f32 scales. This is exactly the layout of ONNX
+    /// `com.microsoft.MatMulNBits` (bits 8, block 32, default zero point 128) and
+    /// `GatherBlockQuantized`, so the ONNX graph reads the weights section in place.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
     pub enum TensorEncoding {
         /// Little-endian f32 values.
         F32,
-        /// Symmetric: value = scale · q, q an i8.
+        /// Symmetric int8 in blocks of 32: value = scale · (u − 128), u a u8.
         Int8Block32,
-        /// Affine: value = scale · q + min, q a u8 (Q4_1 and Q4_0 weights are stored exactly).
-        Uint8Block32Affine,
     }
 
     /// Where one tensor lives.
@@ -306,46 +306,34 @@ mod manifest {
             (cols, self.dims.iter().skip(1).product())
         }
 
-        /// Offsets (relative to the tensor) and lengths of its quants, scales and minimums arrays.
+        /// Offsets (relative to the tensor) and lengths of its quants and scales arrays.
         pub fn layout(encoding: TensorEncoding, cols: u64, rows: u64) -> BlockLayout {
             let count = cols * rows;
             match encoding {
                 TensorEncoding::F32 => BlockLayout {
                     quants: (0, count * 4),
                     scales: (align_up(count * 4), 0),
-                    mins: (align_up(count * 4), 0),
                 },
-                _ => {
-                    let blocks = count / 32;
-                    let scales = align_up(count);
-                    let mins = scales + align_up(blocks * 4);
-                    let min_len = match encoding {
-                        TensorEncoding::Uint8Block32Affine => blocks * 4,
-                        _ => 0,
-                    };
-                    BlockLayout {
-                        quants: (0, count),
-                        scales: (scales, blocks * 4),
-                        mins: (mins, min_len),
-                    }
-                }
+                TensorEncoding::Int8Block32 => BlockLayout {
+                    quants: (0, count),
+                    scales: (align_up(count), count / 32 * 4),
+                },
             }
         }
     }
 
-    /// (offset, length) of a tensor's three arrays; unused arrays have length 0.
+    /// (offset, length) of a tensor's two arrays; an unused array has length 0.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     #[allow(missing_docs)]
     pub struct BlockLayout {
         pub quants: (u64, u64),
         pub scales: (u64, u64),
-        pub mins: (u64, u64),
     }
 
     impl BlockLayout {
         /// Bytes the tensor occupies, padded.
         pub fn total(&self) -> u64 {
-            align_up(self.mins.0 + self.mins.1).max(align_up(self.quants.1))
+            align_up(self.scales.0 + self.scales.1).max(align_up(self.quants.1))
         }
     }
 

@@ -55,6 +55,9 @@ pub enum EngineError {
     /// The prompt is empty.
     #[error("the prompt is empty: give the model at least one token")]
     EmptyPrompt,
+    /// The inference engine (tract) could not load or run the model.
+    #[error("engine: {0}")]
+    Backend(String),
     /// A sampling setting is out of range.
     #[error("sampling: {0}")]
     Sampling(#[from] SamplingError),

@@ -33,3 +33,19 @@ pub fn resident() -> Resident {
         file_bytes: field("RssFile:"),
     }
 }
+
+/// Gives memory the allocator holds but no longer uses back to the system (glibc keeps freed
+/// heap pages resident; loading a model frees many short-lived buffers). A no-op elsewhere.
+pub fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: glibc's malloc_trim only returns free heap pages to the kernel; it takes no
+        // pointers and is safe to call at any time from any thread.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}

@@ -14,6 +14,7 @@ use std::{
     fs::File,
     io::Write,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 /// Why an image could not be read or written.
@@ -125,7 +126,7 @@ pub fn parse(bytes: &[u8], verify_sections: bool) -> Result<Manifest, ImageError
 #[derive(Debug)]
 pub struct Image {
     path: PathBuf,
-    map: memmap2::Mmap,
+    map: Arc<memmap2::Mmap>,
     manifest: Manifest,
 }
 
@@ -152,7 +153,7 @@ impl Image {
         })?;
         Ok(Image {
             path,
-            map,
+            map: Arc::new(map),
             manifest,
         })
     }
@@ -188,6 +189,23 @@ impl Image {
         self.map.len() as u64
     }
 
+    /// The file's mapping, for engines that read weights in place.
+    pub fn mapping(&self) -> Arc<memmap2::Mmap> {
+        Arc::clone(&self.map)
+    }
+
+    /// The path the image was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The section called `name`.
+    pub fn section(&self, name: &str) -> Result<&SectionEntry, ImageFileError> {
+        self.manifest
+            .section(name)
+            .ok_or_else(|| self.content(format!("no section {name:?}")))
+    }
+
     /// The bytes of a section (checked to be in bounds at open).
     pub fn section_bytes(&self, section: &SectionEntry) -> &[u8] {
         &self.map[section.offset as usize..(section.offset + section.length) as usize]
@@ -195,11 +213,7 @@ impl Image {
 
     /// The tokenizer's vocabulary.
     pub fn tokenizer_data(&self) -> Result<TokenizerData, ImageFileError> {
-        let name = &self.manifest.tokenizer.section;
-        let section = self
-            .manifest
-            .section(name)
-            .ok_or_else(|| self.content(format!("no section {name:?}")))?;
+        let section = self.section(&self.manifest.tokenizer.section)?;
         TokenizerData::decode(self.section_bytes(section)).map_err(|e| self.invalid(e))
     }
 
@@ -232,12 +246,7 @@ pub fn decode_tensor(entry: &TensorEntry, data: &[u8]) -> Vec<f32> {
         TensorEncoding::Int8Block32 => quants
             .chunks_exact(32)
             .zip(f32s(slice(layout.scales)))
-            .flat_map(|(q, d)| q.iter().map(move |&q| d * (q as i8) as f32))
-            .collect(),
-        TensorEncoding::Uint8Block32Affine => quants
-            .chunks_exact(32)
-            .zip(f32s(slice(layout.scales)).zip(f32s(slice(layout.mins))))
-            .flat_map(|(q, (d, m))| q.iter().map(move |&q| d * q as f32 + m))
+            .flat_map(|(q, d)| q.iter().map(move |&q| d * (q as i32 - 128) as f32))
             .collect(),
     }
 }
@@ -251,30 +260,27 @@ pub struct EncodedTensor {
     pub dims: Vec<u64>,
     /// Encoding of `bytes`.
     pub encoding: TensorEncoding,
-    /// The quants, scales and minimums as laid out by [`TensorEntry::layout`].
+    /// The quants and scales as laid out by [`TensorEntry::layout`].
     pub bytes: Vec<u8>,
 }
 
 impl EncodedTensor {
-    /// Lays out `quants`, `scales` and `mins` (empty when unused) for a `dims` tensor.
+    /// Lays out `quants` and `scales` (empty for `F32`) for a `dims` tensor.
     pub fn new(
         name: &str,
         dims: &[u64],
         encoding: TensorEncoding,
         quants: &[u8],
         scales: &[f32],
-        mins: &[f32],
     ) -> Self {
         let cols = dims.first().copied().unwrap_or(0);
         let rows = dims.iter().skip(1).product();
         let layout = TensorEntry::layout(encoding, cols, rows);
         let mut bytes = vec![0u8; layout.total() as usize];
         bytes[..quants.len()].copy_from_slice(quants);
-        for (at, values) in [(layout.scales.0, scales), (layout.mins.0, mins)] {
-            for (i, v) in values.iter().enumerate() {
-                let start = at as usize + 4 * i;
-                bytes[start..start + 4].copy_from_slice(&v.to_le_bytes());
-            }
+        for (i, v) in scales.iter().enumerate() {
+            let start = layout.scales.0 as usize + 4 * i;
+            bytes[start..start + 4].copy_from_slice(&v.to_le_bytes());
         }
         EncodedTensor {
             name: name.into(),
@@ -291,7 +297,13 @@ pub struct ImageWriter {
     manifest: Manifest,
     tokenizer: TokenizerData,
     tensors: Vec<EncodedTensor>,
+    graph: Option<Vec<u8>>,
 }
+
+/// Name of the section holding the weights.
+pub const WEIGHTS_SECTION: &str = "weights";
+/// Name of the section holding the ONNX graph.
+pub const GRAPH_SECTION: &str = "onnx";
 
 impl ImageWriter {
     /// An image for `manifest` (its `tensors`/`sections` are replaced) and `tokenizer`.
@@ -300,7 +312,36 @@ impl ImageWriter {
             manifest,
             tokenizer,
             tensors: Vec::new(),
+            graph: None,
         }
+    }
+
+    /// Sets the ONNX graph (its external data refers to offsets in the weights section, as
+    /// given by [`ImageWriter::tensor_entries`]).
+    pub fn set_graph(&mut self, onnx: Vec<u8>) {
+        self.graph = Some(onnx);
+    }
+
+    /// Where each tensor added so far will lie: `offset` is relative to the weights section.
+    pub fn tensor_entries(&self) -> Vec<TensorEntry> {
+        let section = if self.graph.is_some() { 2 } else { 1 };
+        let mut offset = 0u64;
+        self.tensors
+            .iter()
+            .map(|t| {
+                let length = align_up(t.bytes.len() as u64);
+                let entry = TensorEntry {
+                    name: t.name.clone(),
+                    dims: t.dims.clone(),
+                    encoding: t.encoding,
+                    section,
+                    offset,
+                    length,
+                };
+                offset += length;
+                entry
+            })
+            .collect()
     }
 
     /// Adds a tensor to the weights section.
@@ -311,26 +352,18 @@ impl ImageWriter {
     /// The whole image.
     pub fn to_bytes(mut self) -> Vec<u8> {
         let tokenizer = self.tokenizer.encode();
+        self.manifest.tensors = self.tensor_entries();
         let mut weights = Vec::new();
-        self.manifest.tensors = self
-            .tensors
-            .iter()
-            .map(|t| {
-                let offset = weights.len() as u64;
-                weights.extend_from_slice(&t.bytes);
-                weights.resize(align_up(weights.len() as u64) as usize, 0);
-                TensorEntry {
-                    name: t.name.clone(),
-                    dims: t.dims.clone(),
-                    encoding: t.encoding,
-                    section: 1,
-                    offset,
-                    length: weights.len() as u64 - offset,
-                }
-            })
-            .collect();
+        for (tensor, entry) in self.tensors.iter().zip(&self.manifest.tensors) {
+            weights.extend_from_slice(&tensor.bytes);
+            weights.resize((entry.offset + entry.length) as usize, 0);
+        }
         self.manifest.tokenizer.section = "tokenizer".into();
-        let bodies = [("tokenizer", tokenizer), ("weights", weights)];
+        let mut bodies = vec![("tokenizer", tokenizer)];
+        if let Some(graph) = self.graph.take() {
+            bodies.push((GRAPH_SECTION, graph));
+        }
+        bodies.push((WEIGHTS_SECTION, weights));
         // The manifest's length depends on the offsets it holds: lay out with placeholder
         // offsets, then again with the real ones until the length is stable.
         let mut manifest_len = 0u64;

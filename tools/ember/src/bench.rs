@@ -2,12 +2,13 @@
 //! ~400-token context, resident memory — and, when the `xllamacpp` wheel is installed, the same
 //! measurements of llama.cpp on the same GGUF in the same run, with Ember/llama.cpp ratios.
 
+use crate::model::LoadedModel;
 use anyhow::{Context, Result, bail};
 use ember_core::{
     chat::{ChatTemplate, Message, Role},
     sampler::argmax,
 };
-use ember_engine::{LanguageModel, ModelFile, ReferenceModel, ReferenceSession, memory};
+use ember_engine::{ModelFile, memory};
 use serde::Serialize;
 use std::{path::Path, process::Command, time::Instant};
 
@@ -66,8 +67,8 @@ pub struct BenchReport {
     pub peer_skipped: Option<String>,
 }
 
-fn measure(model: &ReferenceModel, prompt: &[u32], decode_tokens: usize) -> Result<BenchRun> {
-    let mut session = ReferenceSession::new(model, prompt.len() + decode_tokens);
+fn measure(model: &LoadedModel, prompt: &[u32], decode_tokens: usize) -> Result<BenchRun> {
+    let mut session = model.session(prompt.len() + decode_tokens)?;
     let start = Instant::now();
     let logits = session.feed(prompt)?;
     let prefill = start.elapsed().as_secs_f64();
@@ -152,12 +153,10 @@ pub fn bench(
         bail!("--decode-tokens must be at least 2");
     }
     let start = Instant::now();
-    let file =
-        ModelFile::open(path).with_context(|| format!("cannot load model {}", path.display()))?;
-    let model = ReferenceModel::load(file.weights())?;
+    let model = LoadedModel::open(path, threads)?;
     let load_seconds = start.elapsed().as_secs_f64();
     let context = model.config().context_length;
-    let measured: Vec<Vec<u32>> = prompts(&file)?
+    let measured: Vec<Vec<u32>> = prompts(&model.file)?
         .into_iter()
         .filter(|p| p.len() + decode_tokens <= context)
         .collect();
@@ -166,7 +165,7 @@ pub fn bench(
         .map(|p| measure(&model, p, decode_tokens))
         .collect::<Result<Vec<_>>>()?;
     let resident = memory::resident();
-    let peer_path = peer_gguf.or(match file {
+    let peer_path = peer_gguf.or(match model.file {
         ModelFile::Gguf(_) => Some(path),
         ModelFile::Image(_) => None,
     });
@@ -181,7 +180,7 @@ pub fn bench(
         },
     };
     Ok(BenchReport {
-        engine: "ember f32 reference".into(),
+        engine: model.engine_name(),
         threads,
         load_seconds,
         runs,

@@ -5,5 +5,6 @@
 
 pub mod bench;
 pub mod fetch;
+pub mod model;
 pub mod quantize;
 pub mod synth;

@@ -6,13 +6,10 @@ use ember_core::{
     chat::{ChatTemplate, Message, Role},
     sampler::SamplingConfig,
 };
-use ember_engine::{
-    ChatSession, GenerateOptions, ModelFile, ReferenceModel, ReferenceSession, generate,
-};
+use ember_engine::{ChatSession, GenerateOptions, generate};
 use ember_gguf::GgufFile;
 use ember_image::Image;
-use ember_tokenizer::Tokenizer;
-use ember_tools::{fetch, quantize, synth};
+use ember_tools::{fetch, model::LoadedModel, quantize, synth};
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Instant};
 
 /// Ember: a chat language model on a small board, driven over a serial line.
@@ -54,11 +51,13 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
-    /// Turn a GGUF model into an Ember image (8-bit weights in blocks of 32) and report its quality.
+    /// Turn a GGUF model into an Ember image (int8 weights in blocks of 32 + the ONNX graph that
+    /// runs them) and report its quality.
     ///
-    /// Q8_0, Q4_0 and Q4_1 weights are stored exactly; other matrices are quantized to int8.
-    /// The report compares the f32 reference engine on the GGUF and on the image, teacher-forced
-    /// over a built-in text: top-1 agreement, mean KL divergence, largest logit error.
+    /// Q8_0 and Q4_0 weights are stored exactly; other matrices (Q4_1, F16, F32, …) are
+    /// re-quantized to symmetric int8 per block of 32. The report runs the int8 engine on the
+    /// image against the f32 reference on the GGUF, teacher-forced over a built-in text: top-1
+    /// agreement, mean KL divergence, largest logit error.
     Quantize {
         /// The GGUF model.
         model: PathBuf,
@@ -71,6 +70,18 @@ enum Command {
         /// No progress bar.
         #[arg(long, short)]
         quiet: bool,
+        /// Worker threads for the quality report (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Write an image's ONNX graph and weights as `model.onnx` + `model.weights` in a directory,
+    /// for onnxruntime (or any engine with the com.microsoft contrib ops) to run.
+    ExportOnnx {
+        /// The image.
+        image: PathBuf,
+        /// Output directory (created if missing).
+        #[arg(short, long)]
+        output: PathBuf,
     },
     /// Print an Ember image's manifest and check every section's SHA-256.
     Inspect {
@@ -103,8 +114,9 @@ enum Command {
     /// context is full the oldest turns are dropped. Type /reset to start over, /quit (or
     /// Ctrl-D) to leave.
     Chat(ChatArgs),
-    /// Generate text with the f32 reference engine (from a GGUF file or an Ember image),
-    /// streaming it to stdout.
+    /// Generate text from a prompt, streaming it to stdout.
+    ///
+    /// An Ember image runs on the int8 engine (tract); a GGUF file on the f32 reference.
     Generate(GenerateArgs),
 }
 
@@ -205,7 +217,9 @@ fn main() -> ExitCode {
             output,
             no_report,
             quiet,
-        } => run_quantize(&model, &output, no_report, quiet),
+            threads,
+        } => run_quantize(&model, &output, no_report, quiet, threads),
+        Command::ExportOnnx { image, output } => run_export_onnx(&image, &output),
         Command::Inspect { image } => run_inspect(&image),
         Command::Bench {
             model,
@@ -256,6 +270,7 @@ fn run_quantize(
     output: &std::path::Path,
     no_report: bool,
     quiet: bool,
+    threads: Option<usize>,
 ) -> Result<()> {
     let start = Instant::now();
     let gguf =
@@ -271,14 +286,35 @@ fn run_quantize(
         start.elapsed().as_secs_f64()
     );
     if !no_report {
-        let q = quantize::measure_quality(&gguf, &image)?;
+        let q = quantize::measure_quality(&gguf, &image, use_threads(threads)?)?;
         println!(
-            "quality vs the f32 reference on the GGUF ({} teacher-forced positions): top-1 agreement {:.1}%, mean KL {:.2e} nats, max logit error {:.3e}",
+            "quality of the int8 engine vs the f32 reference on the GGUF ({} teacher-forced positions): top-1 agreement {:.1}%, mean KL {:.2e} nats, max logit error {:.3e}",
             q.positions,
             q.top1_agreement * 100.0,
             q.mean_kl,
             q.max_logit_error
         );
+    }
+    Ok(())
+}
+
+fn run_export_onnx(path: &std::path::Path, output: &std::path::Path) -> Result<()> {
+    let image = Image::open(path)?;
+    image.verify()?;
+    std::fs::create_dir_all(output)
+        .with_context(|| format!("cannot create {}", output.display()))?;
+    let graph = image.section(ember_image::GRAPH_SECTION)?;
+    let weights = image.section(ember_image::WEIGHTS_SECTION)?;
+    for (name, section) in [
+        ("model.onnx", graph),
+        (ember_tract::graph::WEIGHTS_FILE, weights),
+    ] {
+        let target = output.join(name);
+        let part = output.join(format!("{name}.part"));
+        std::fs::write(&part, image.section_bytes(section))
+            .and_then(|()| std::fs::rename(&part, &target))
+            .with_context(|| format!("cannot write {}", target.display()))?;
+        println!("wrote {} ({} bytes)", target.display(), section.length);
     }
     Ok(())
 }
@@ -369,31 +405,25 @@ fn run_inspect(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Opens a GGUF file or an Ember image with its tokenizer and the f32 reference model.
-fn open_model(path: &std::path::Path) -> Result<(ModelFile, Tokenizer, ReferenceModel)> {
-    let file =
-        ModelFile::open(path).with_context(|| format!("cannot load model {}", path.display()))?;
-    let tokenizer = file.tokenizer()?;
-    let model = ReferenceModel::load(file.weights())?;
-    Ok((file, tokenizer, model))
-}
-
 fn run_chat(args: &ChatArgs) -> Result<()> {
     use std::io::{BufRead, IsTerminal};
     let sampling = args.sampling.config();
     sampling.validate().context("invalid sampling settings")?;
-    use_threads(args.threads)?;
-    let (file, tokenizer, model) = open_model(&args.model)?;
-    let source = file
+    let threads = use_threads(args.threads)?;
+    let model = LoadedModel::open(&args.model, threads)?;
+    let source = model
+        .file
         .chat_template()
         .context("ember chat needs a model with a chat template")?;
     let template = ChatTemplate::from_jinja(source)?;
-    let context = args
-        .context
-        .unwrap_or(model.config().context_length)
-        .min(model.config().context_length);
-    let mut session = ReferenceSession::new(&model, context);
-    let mut chat = ChatSession::new(&mut session, &tokenizer, template, args.system.clone());
+    let context = args.context.unwrap_or(model.config().context_length);
+    let mut session = model.session(context)?;
+    let mut chat = ChatSession::new(
+        session.as_mut(),
+        &model.tokenizer,
+        template,
+        args.system.clone(),
+    );
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
         sampling,
@@ -446,11 +476,12 @@ fn run_chat(args: &ChatArgs) -> Result<()> {
 fn run_generate(args: &GenerateArgs) -> Result<()> {
     let sampling = args.sampling.config();
     sampling.validate().context("invalid sampling settings")?;
-    use_threads(args.threads)?;
+    let threads = use_threads(args.threads)?;
 
     let load_start = Instant::now();
-    let (file, tokenizer, model) = open_model(&args.model)?;
+    let model = LoadedModel::open(&args.model, threads)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
+    let (file, tokenizer) = (&model.file, &model.tokenizer);
 
     let prompt_text = if args.chat {
         let source = file
@@ -476,18 +507,22 @@ fn run_generate(args: &GenerateArgs) -> Result<()> {
     }
     prompt.extend(tokenizer.encode(&prompt_text)?);
 
-    let context = model.config().context_length;
-    let capacity = (prompt.len() + args.max_tokens).min(context);
-    let mut session = ReferenceSession::new(&model, capacity);
+    let mut session = model.session(prompt.len() + args.max_tokens)?;
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
         sampling,
     };
     let mut stdout = std::io::stdout().lock();
-    let mut result = generate(&mut session, &tokenizer, &prompt, &options, &mut |text| {
-        let _ = stdout.write_all(text.as_bytes());
-        let _ = stdout.flush();
-    })?;
+    let mut result = generate(
+        session.as_mut(),
+        tokenizer,
+        &prompt,
+        &options,
+        &mut |text| {
+            let _ = stdout.write_all(text.as_bytes());
+            let _ = stdout.flush();
+        },
+    )?;
     result.stats.load_seconds = load_seconds;
     writeln!(stdout)?;
     if args.json {

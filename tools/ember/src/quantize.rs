@@ -1,14 +1,16 @@
-//! `ember quantize`: a GGUF model → an Ember image with 8-bit weights in blocks of 32.
+//! `ember quantize`: a GGUF model → an Ember image with int8 weights in blocks of 32 and the
+//! ONNX graph that runs them.
 //!
-//! Each 2-D weight becomes 8-bit blocks of 32 values with an f32 scale (and, for affine
-//! blocks, an f32 minimum). Q8_0, Q4_0 and Q4_1 source blocks map onto these exactly, so an image
-//! of a model shipped in those formats (SmolLM2) decodes to the very same `f32` values as the
-//! GGUF; other types (F32/F16/BF16 matrices) are quantized symmetrically to int8, which is where
-//! loss can come from. 1-D tensors (norms) stay `f32`.
+//! Each 2-D weight becomes symmetric int8 blocks of 32 values with an f32 scale, stored as
+//! `u = q + 128` (ONNX `MatMulNBits` bits 8). Q8_0 and Q4_0 source blocks map onto these
+//! exactly; other types (Q4_1, F32/F16/BF16) are dequantized and re-quantized per block
+//! (scale = max|w| / 127), which is where weight loss comes from. 1-D tensors (norms) stay
+//! `f32`. The quality report runs the int8 engine itself (int8 activations included) against
+//! the f32 reference on the GGUF.
 
 use anyhow::{Result, bail};
 use ember_core::image::{Manifest, SamplingDefaults, TensorEncoding, TokenizerData, TokenizerSpec};
-use ember_engine::{ModelConfig, ReferenceModel, ReferenceSession, WeightSource};
+use ember_engine::{ModelConfig, ReferenceModel, ReferenceSession};
 use ember_gguf::{GgufError, GgufFile, TensorInfo, TensorType, dequantize};
 use ember_image::{EncodedTensor, Image, ImageWriter};
 use ember_tokenizer::{Tokenizer, Vocabulary};
@@ -48,33 +50,24 @@ pub fn encode_tensor(info: &TensorInfo, data: &[u8]) -> Result<EncodedTensor, Gg
             TensorEncoding::F32,
             &f32_bytes(values),
             &[],
-            &[],
         ));
     }
-    let (mut quants, mut scales, mut mins) = (Vec::new(), Vec::new(), Vec::new());
-    let encoding = match info.ty {
+    let (mut quants, mut scales) = (Vec::new(), Vec::new());
+    match info.ty {
         TensorType::Q8_0 => {
             for block in data.chunks_exact(34) {
                 scales.push(f16_at(block, 0));
-                quants.extend_from_slice(&block[2..]);
+                quants.extend(block[2..].iter().map(|q| q ^ 0x80));
             }
-            TensorEncoding::Int8Block32
         }
-        TensorType::Q4_1 | TensorType::Q4_0 => {
-            let header = if info.ty == TensorType::Q4_1 { 4 } else { 2 };
-            for block in data.chunks(header + 16) {
-                let d = f16_at(block, 0);
-                scales.push(d);
-                mins.push(if info.ty == TensorType::Q4_1 {
-                    f16_at(block, 2)
-                } else {
-                    -8.0 * d
-                });
-                let nibbles = &block[header..];
-                quants.extend(nibbles.iter().map(|q| q & 0x0F));
-                quants.extend(nibbles.iter().map(|q| q >> 4));
+        TensorType::Q4_0 => {
+            // value = d · (nibble − 8) = d · (u − 128) with u = nibble + 120.
+            for block in data.chunks_exact(18) {
+                scales.push(f16_at(block, 0));
+                let nibbles = &block[2..];
+                quants.extend(nibbles.iter().map(|q| (q & 0x0F) + 120));
+                quants.extend(nibbles.iter().map(|q| (q >> 4) + 120));
             }
-            TensorEncoding::Uint8Block32Affine
         }
         _ => {
             for block in dequantize(info, data)?.chunks_exact(32) {
@@ -85,14 +78,17 @@ pub fn encode_tensor(info: &TensorInfo, data: &[u8]) -> Result<EncodedTensor, Gg
                 quants.extend(
                     block
                         .iter()
-                        .map(|v| (v * inverse).round().clamp(-127.0, 127.0) as i8 as u8),
+                        .map(|v| ((v * inverse).round().clamp(-127.0, 127.0) as i32 + 128) as u8),
                 );
             }
-            TensorEncoding::Int8Block32
         }
     };
     Ok(EncodedTensor::new(
-        name, dims, encoding, &quants, &scales, &mins,
+        name,
+        dims,
+        TensorEncoding::Int8Block32,
+        &quants,
+        &scales,
     ))
 }
 
@@ -140,15 +136,15 @@ fn manifest_and_vocabulary(
     Ok((manifest, data))
 }
 
-/// How closely the image's weights reproduce the GGUF's, measured with the f32 reference
-/// engine, teacher-forced over a fixed text.
+/// How closely the int8 engine on the image reproduces the f32 reference on the GGUF,
+/// teacher-forced over a fixed text.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Quality {
     /// Positions measured.
     pub positions: usize,
     /// Share of positions whose most likely next token is the same.
     pub top1_agreement: f64,
-    /// Mean KL divergence (nats) of the image's next-token distribution from the GGUF's.
+    /// Mean KL divergence (nats) of the int8 engine's next-token distribution from the reference's.
     pub mean_kl: f64,
     /// Largest difference of any logit.
     pub max_logit_error: f32,
@@ -164,15 +160,14 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
     logits.iter().map(|&l| l as f64 - max - log_sum).collect()
 }
 
-/// Compares the reference engine on `gguf` and on `image` over [`QUALITY_TEXT`].
-pub fn measure_quality(gguf: &GgufFile, image: &Image) -> Result<Quality> {
+/// Compares the int8 engine on `image` with the f32 reference on `gguf` over [`QUALITY_TEXT`].
+pub fn measure_quality(gguf: &GgufFile, image: &Image, threads: usize) -> Result<Quality> {
     let tokenizer = Tokenizer::from_gguf(gguf.metadata())?;
     let ids = tokenizer.encode(QUALITY_TEXT)?;
-    let run = |source: &dyn WeightSource| -> Result<Vec<Vec<f32>>> {
-        let model = ReferenceModel::load(source)?;
-        Ok(ReferenceSession::new(&model, ids.len()).logits_at_each(&ids)?)
-    };
-    let (reference, quantized) = (run(gguf)?, run(image)?);
+    let reference = ReferenceModel::load(gguf)?;
+    let reference = ReferenceSession::new(&reference, ids.len()).logits_at_each(&ids)?;
+    let int8 = ember_tract::TractModel::load(image, threads)?;
+    let quantized = int8.session(ids.len())?.logits_at_each(&ids)?;
     let (mut agree, mut kl, mut max_error) = (0, 0.0, 0.0f32);
     for (r, q) in reference.iter().zip(&quantized) {
         agree += usize::from(ember_core::sampler::argmax(r) == ember_core::sampler::argmax(q));
@@ -216,6 +211,11 @@ pub fn quantize(file: &GgufFile, output: &Path, progress: bool) -> Result<u64> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let config = ModelConfig::from_gguf(file.metadata())?;
+    writer.set_graph(ember_tract::graph::build(
+        &config,
+        &writer.tensor_entries(),
+    )?);
     let size = writer.write(output)?;
     Ok(size)
 }

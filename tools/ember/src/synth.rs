@@ -24,13 +24,16 @@ pub const N_FF: usize = 192;
 /// Trained context length written to the file.
 pub const CONTEXT: usize = 512;
 
-/// Weights are uniform in ±amplitude. A small embedding next to larger block weights makes the
-/// next token depend on the context rather than echo the current one, so greedy text varies.
-const EMBEDDING_AMPLITUDE: f32 = 0.3;
+/// Weights are uniform in ±amplitude. The embedding dominates the residual stream, so the model
+/// makes confident predictions (a trained model's top choice stands well clear of the rest; a
+/// random model's would sit in near-ties that any rounding flips) — through `output.weight`, a
+/// permutation of the embedding rows, so greedy text moves on instead of echoing. The blocks are
+/// scaled to keep their outputs near unit size (fan-in 64 resp. 192), so context still matters.
+const EMBEDDING_AMPLITUDE: f32 = 1.0;
 /// Amplitude of the attention and gate/up projections.
-const WEIGHT_AMPLITUDE: f32 = 0.6;
+const WEIGHT_AMPLITUDE: f32 = 0.22;
 /// Amplitude of the down projection (a wider fan-in).
-const DOWN_AMPLITUDE: f32 = 0.36;
+const DOWN_AMPLITUDE: f32 = 0.13;
 
 /// Control tokens, ids 0–2, as in SmolLM2.
 const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
@@ -173,6 +176,7 @@ pub fn tiny_model(seed: u64) -> Result<Vec<u8>, GgufError> {
         .add_metadata("tokenizer.chat_template", s(CHAT_TEMPLATE))?;
 
     let mut rng = SplitMix64::new(seed);
+    let embedding = uniform(&mut rng, N_EMBD * vocab, 0.0, EMBEDDING_AMPLITUDE);
     let mut tensor = |w: &mut GgufWriter,
                       name: &str,
                       dims: &[usize],
@@ -187,13 +191,12 @@ pub fn tiny_model(seed: u64) -> Result<Vec<u8>, GgufError> {
         Ok(())
     };
     use TensorType::*;
-    tensor(
-        &mut w,
+    let embedding_dims = [N_EMBD as u64, vocab as u64];
+    w.add_tensor(
         "token_embd.weight",
-        &[N_EMBD, vocab],
+        &embedding_dims,
         Q8_0,
-        0.0,
-        EMBEDDING_AMPLITUDE,
+        quantize(Q8_0, &embedding)?,
     )?;
     for i in 0..N_LAYERS {
         let n = |part: &str| format!("blk.{i}.{part}.weight");
@@ -257,6 +260,23 @@ pub fn tiny_model(seed: u64) -> Result<Vec<u8>, GgufError> {
         )?;
     }
     tensor(&mut w, "output_norm.weight", &[N_EMBD], F32, 1.0, 0.1)?;
+    // The output row of token j is the embedding of successor⁻¹(j): the residual stream keeps
+    // the current token's embedding, so the model leans towards one next token (a confident
+    // prediction, as trained models make) that the blocks' context can still overturn.
+    let mut successor: Vec<usize> = (0..vocab).collect();
+    for i in (1..vocab).rev() {
+        successor.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    let mut output = vec![0f32; N_EMBD * vocab];
+    for (token, &next) in successor.iter().enumerate() {
+        output[next * N_EMBD..][..N_EMBD].copy_from_slice(&embedding[token * N_EMBD..][..N_EMBD]);
+    }
+    w.add_tensor(
+        "output.weight",
+        &embedding_dims,
+        Q8_0,
+        quantize(Q8_0, &output)?,
+    )?;
     Ok(w.to_bytes())
 }
 

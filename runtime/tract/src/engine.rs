@@ -1,0 +1,269 @@
+//! Loads an image's ONNX graph into tract (optimized once, with symbolic lengths) and runs it
+//! with a KV cache that lives across calls.
+
+use crate::graph::WEIGHTS_FILE;
+use crate::kernels::Kernel;
+use crate::ops::{self, MappedTensors};
+use crate::pb::{self, ModelProto};
+use ember_engine::{EngineError, LanguageModel, ModelConfig};
+use ember_image::{GRAPH_SECTION, Image, WEIGHTS_SECTION};
+use prost::Message;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use tract_onnx::prelude::*;
+
+fn backend(context: &str, error: impl std::fmt::Display) -> EngineError {
+    EngineError::Backend(format!("{context}: {error:#}"))
+}
+
+/// An image's model, ready to run: the optimized tract plan over the mapped weights.
+#[derive(Debug)]
+pub struct TractModel {
+    plan: Arc<TypedRunnableModel>,
+    config: ModelConfig,
+    kernel: Kernel,
+    threads: usize,
+}
+
+/// Byte range in the image and dimensions of an initializer the int8 ops read in place.
+type MappedTensor = (std::ops::Range<usize>, Vec<usize>);
+
+/// Names of the initializers the contrib ops read in place.
+fn mapped_initializers(graph: &pb::GraphProto) -> HashSet<String> {
+    let mut names = HashSet::new();
+    for node in &graph.node {
+        let picks: &[usize] = match node.op_type.as_str() {
+            "MatMulNBits" => &[1, 2],
+            "GatherBlockQuantized" => &[0, 2],
+            _ => &[],
+        };
+        names.extend(picks.iter().filter_map(|&i| node.input.get(i).cloned()));
+    }
+    names
+}
+
+/// Resolves the graph's external data against the image: initializers of the int8 ops become
+/// byte ranges of the mapping (their proto keeps no data), every other one is copied inline.
+fn resolve_external_data(
+    proto: &mut ModelProto,
+    image: &Image,
+) -> Result<HashMap<String, MappedTensor>, EngineError> {
+    let weights = image.section(WEIGHTS_SECTION)?;
+    let base = weights.offset as usize;
+    let bytes = image.section_bytes(weights);
+    let graph = proto
+        .graph
+        .as_mut()
+        .ok_or_else(|| backend("the image's ONNX model", "it has no graph"))?;
+    let mapped = mapped_initializers(graph);
+    let mut tensors = HashMap::new();
+    for init in &mut graph.initializer {
+        if init.external_data.is_empty() {
+            continue;
+        }
+        let field = |key: &str| {
+            init.external_data
+                .iter()
+                .find(|e| e.key == key)
+                .map(|e| e.value.as_str())
+        };
+        let number = |key| field(key).and_then(|v| v.parse::<usize>().ok());
+        let (Some(WEIGHTS_FILE), Some(offset), Some(length)) =
+            (field("location"), number("offset"), number("length"))
+        else {
+            return Err(backend(
+                &format!("initializer {:?}", init.name),
+                format!("external data must be an offset and length in {WEIGHTS_FILE}"),
+            ));
+        };
+        if offset
+            .checked_add(length)
+            .is_none_or(|end| end > bytes.len())
+        {
+            return Err(backend(
+                &format!("initializer {:?}", init.name),
+                format!(
+                    "bytes {offset}..+{length} lie outside the weights section ({} bytes)",
+                    bytes.len()
+                ),
+            ));
+        }
+        if mapped.contains(&init.name) {
+            let dims = init.dims.iter().map(|&d| d.max(0) as usize).collect();
+            tensors.insert(
+                init.name.clone(),
+                (base + offset..base + offset + length, dims),
+            );
+            init.dims = vec![0];
+        } else {
+            init.raw_data = bytes[offset..offset + length].to_vec();
+        }
+        init.external_data.clear();
+        init.data_location = None;
+    }
+    Ok(tensors)
+}
+
+impl TractModel {
+    /// Loads `image` (structure checked at open; hashes are [`Image::verify`]'s job) to run on
+    /// `threads` threads.
+    pub fn load(image: &Image, threads: usize) -> Result<Self, EngineError> {
+        let config = ModelConfig::from_architecture(&image.manifest().architecture)?;
+        let graph = image.section(GRAPH_SECTION)?;
+        let mut proto = ModelProto::decode(image.section_bytes(graph))
+            .map_err(|e| backend("the image's ONNX graph does not decode", e))?;
+        let tensors = resolve_external_data(&mut proto, image)?;
+        let threads = threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("ember-matmul-{i}"))
+            .build()
+            .map_err(|e| backend("cannot start the matmul threads", e))?;
+        let kernel = Kernel::detect();
+        let mapped = MappedTensors {
+            map: image.mapping(),
+            tensors,
+            pool: Arc::new(pool),
+            kernel,
+        };
+        let mut onnx = tract_onnx::onnx();
+        onnx.op_register.insert("MatMulNBits", ops::build_matmul);
+        onnx.op_register
+            .insert("GatherBlockQuantized", ops::build_gather);
+        let parsed = mapped
+            .install(|| onnx.parse(&proto, None))
+            .map_err(|e| backend("tract cannot read the graph", e))?;
+        let plan = parsed
+            .model
+            .into_optimized()
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| backend("tract cannot optimize the graph", e))?;
+        Ok(TractModel {
+            plan,
+            config,
+            kernel,
+            threads,
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The int8 dot-product kernel in use.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// Threads the matmuls use.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// A fresh conversation state with an empty cache of `capacity` positions (at most the
+    /// model's context).
+    pub fn session(&self, capacity: usize) -> Result<TractSession<'_>, EngineError> {
+        let state = TypedSimpleState::new(&self.plan)
+            .map_err(|e| backend("cannot start a tract session", e))?;
+        let mut session = TractSession {
+            model: self,
+            state,
+            cache: Vec::new(),
+            position: 0,
+            capacity: capacity.min(self.config.context_length),
+        };
+        session.reset();
+        Ok(session)
+    }
+}
+
+/// One conversation: tract's state plus the KV cache (`past_key.i`/`past_value.i`).
+pub struct TractSession<'m> {
+    model: &'m TractModel,
+    state: TypedSimpleState,
+    cache: Vec<TValue>,
+    position: usize,
+    capacity: usize,
+}
+
+impl std::fmt::Debug for TractSession<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TractSession")
+            .field("position", &self.position)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TractSession<'_> {
+    /// Runs `tokens` one at a time and returns the logits after each (teacher forcing).
+    pub fn logits_at_each(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+        tokens.iter().map(|&t| self.feed(&[t])).collect()
+    }
+}
+
+impl LanguageModel for TractSession<'_> {
+    fn context_length(&self) -> usize {
+        self.capacity
+    }
+
+    fn position(&self) -> usize {
+        self.position
+    }
+
+    fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        let config = &self.model.config;
+        if tokens.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if self.position + tokens.len() > self.capacity {
+            return Err(EngineError::ContextFull {
+                capacity: self.capacity,
+            });
+        }
+        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= config.vocab_size) {
+            return Err(EngineError::TokenOutOfRange {
+                token,
+                vocab: config.vocab_size,
+            });
+        }
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let positions: Vec<i64> = (self.position..self.position + tokens.len())
+            .map(|p| p as i64)
+            .collect();
+        let shape = [1, tokens.len()];
+        let mut inputs: TVec<TValue> = tvec![
+            Tensor::from_shape(&shape, &ids)
+                .map_err(|e| backend("input", e))?
+                .into_tvalue(),
+            Tensor::from_shape(&shape, &positions)
+                .map_err(|e| backend("input", e))?
+                .into_tvalue(),
+        ];
+        inputs.extend(self.cache.drain(..));
+        let mut outputs = match self.state.run(inputs) {
+            Ok(outputs) => outputs,
+            Err(e) => {
+                // The cache went into the failed run: start over rather than keep a torn one.
+                self.reset();
+                return Err(backend("tract failed to run the model", e));
+            }
+        };
+        let logits = outputs[0]
+            .try_as_plain_ram()
+            .and_then(|v| v.as_slice::<f32>().map(<[f32]>::to_vec))
+            .map_err(|e| backend("logits", e))?;
+        self.cache = outputs.drain(1..).collect();
+        self.position += tokens.len();
+        Ok(logits)
+    }
+
+    fn reset(&mut self) {
+        let c = &self.model.config;
+        let empty = Tensor::zero::<f32>(&[1, c.n_head_kv, 0, c.head_dim])
+            .unwrap_or_else(|_| Tensor::default())
+            .into_tvalue();
+        self.cache = vec![empty; 2 * c.n_layers];
+        self.position = 0;
+    }
+}

@@ -1,0 +1,572 @@
+//! The ONNX graph of a Llama-family decoder over an image's int8 weights.
+//!
+//! Standard ONNX ops (opset 17) plus two `com.microsoft` contrib ops that onnxruntime implements:
+//! `MatMulNBits` (bits 8, blocks of 32) for every linear layer and `GatherBlockQuantized` for
+//! the token embedding. Their initializers are external data in [`WEIGHTS_FILE`], whose bytes are
+//! the image's weights section, so the graph and the image share one copy of the weights.
+//!
+//! Inputs: `input_ids` and `position_ids` (int64 `[1, sequence]`), and per layer `i`
+//! `past_key.i` / `past_value.i` (f32 `[1, kv_heads, past_sequence, head_dim]`). Outputs:
+//! `logits` (f32 `[1, vocab]`, after the last input position) and `present_key.i` /
+//! `present_value.i` (f32 `[1, kv_heads, past_sequence + sequence, head_dim]`). The cache must
+//! hold positions `0..past_sequence` in order: the causal mask compares positions.
+
+use crate::pb::{
+    self, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+    StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension,
+};
+use ember_core::image::{TensorEncoding, TensorEntry};
+use ember_engine::ModelConfig;
+use prost::Message;
+
+/// File name the graph's external data points at (the weights section, verbatim).
+pub const WEIGHTS_FILE: &str = "model.weights";
+/// Domain of the contrib ops.
+pub const CONTRIB_DOMAIN: &str = "com.microsoft";
+
+/// Why a graph could not be built for a model.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    /// A tensor the architecture needs is not in the image.
+    #[error("the image has no tensor {0:?}")]
+    MissingTensor(String),
+    /// A tensor has an encoding or shape the graph cannot use.
+    #[error("tensor {name:?}: {problem}")]
+    BadTensor {
+        /// The tensor.
+        name: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The architecture uses something the graph does not implement.
+    #[error("unsupported architecture: {0}")]
+    Unsupported(String),
+}
+
+/// Accumulates nodes and initializers with generated names.
+struct Builder<'a> {
+    config: &'a ModelConfig,
+    tensors: &'a [TensorEntry],
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    counter: usize,
+}
+
+fn int_attr(name: &str, value: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i: value,
+        ..Default::default()
+    }
+}
+
+fn ints_attr(name: &str, values: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn value_info(name: &str, elem: DataType, dims: &[Result<i64, &str>]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| pb::tensor_shape_proto::Dimension {
+            value: Some(match d {
+                Ok(v) => dimension::Value::DimValue(*v),
+                Err(p) => dimension::Value::DimParam((*p).into()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: elem as i32,
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl Builder<'_> {
+    fn fresh(&mut self, hint: &str) -> String {
+        self.counter += 1;
+        format!("{hint}_{}", self.counter)
+    }
+
+    /// Adds a node with one output and returns the output's name.
+    fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+        let out = self.fresh(&op.to_lowercase());
+        self.node(op, "", inputs, &out, attrs);
+        out
+    }
+
+    fn node(
+        &mut self,
+        op: &str,
+        domain: &str,
+        inputs: &[&str],
+        out: &str,
+        attrs: Vec<AttributeProto>,
+    ) {
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.into()],
+            name: out.into(),
+            op_type: op.into(),
+            domain: domain.into(),
+            attribute: attrs,
+            ..Default::default()
+        });
+    }
+
+    fn inline(&mut self, hint: &str, data_type: DataType, dims: &[i64], raw: Vec<u8>) -> String {
+        let name = self.fresh(hint);
+        self.initializers.push(TensorProto {
+            name: name.clone(),
+            dims: dims.to_vec(),
+            data_type: data_type as i32,
+            raw_data: raw,
+            ..Default::default()
+        });
+        name
+    }
+
+    fn ints(&mut self, values: &[i64]) -> String {
+        let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.inline("ints", DataType::Int64, &[values.len() as i64], raw)
+    }
+
+    fn scalar_f32(&mut self, value: f32) -> String {
+        self.inline("scalar", DataType::Float, &[], value.to_le_bytes().to_vec())
+    }
+
+    fn scalar_i64(&mut self, value: i64) -> String {
+        self.inline("scalar", DataType::Int64, &[], value.to_le_bytes().to_vec())
+    }
+
+    fn entry(&self, name: &str) -> Result<&TensorEntry, GraphError> {
+        self.tensors
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| GraphError::MissingTensor(name.into()))
+    }
+
+    fn external(
+        &mut self,
+        name: &str,
+        data_type: DataType,
+        dims: &[i64],
+        offset: u64,
+        length: u64,
+    ) {
+        let entry = |key: &str, value: String| StringStringEntryProto {
+            key: key.into(),
+            value,
+        };
+        self.initializers.push(TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: data_type as i32,
+            data_location: Some(pb::tensor_proto::DataLocation::External as i32),
+            external_data: vec![
+                entry("location", WEIGHTS_FILE.into()),
+                entry("offset", offset.to_string()),
+                entry("length", length.to_string()),
+            ],
+            ..Default::default()
+        });
+    }
+
+    /// An f32 vector of `len` values (a norm's weight), as external data.
+    fn vector(&mut self, tensor: &str, len: usize) -> Result<String, GraphError> {
+        let entry = self.entry(tensor)?.clone();
+        if entry.encoding != TensorEncoding::F32 || entry.dims != [len as u64] {
+            return Err(GraphError::BadTensor {
+                name: tensor.into(),
+                problem: format!(
+                    "expected f32 [{len}], found {:?} {:?}",
+                    entry.encoding, entry.dims
+                ),
+            });
+        }
+        self.external(
+            tensor,
+            DataType::Float,
+            &[len as i64],
+            entry.offset,
+            len as u64 * 4,
+        );
+        Ok(tensor.into())
+    }
+
+    /// The quants and scales of an int8 `rows × cols` matrix: `(quants, scales)` initializers in
+    /// `MatMulNBits` shapes (`[rows, cols/32, 32]`, `[rows · cols/32]`) or, for a gather,
+    /// `GatherBlockQuantized` shapes (`[rows, cols]`, `[rows, cols/32]`).
+    fn matrix(
+        &mut self,
+        tensor: &str,
+        cols: usize,
+        rows: usize,
+        gather: bool,
+    ) -> Result<(String, String), GraphError> {
+        let entry = self.entry(tensor)?.clone();
+        if entry.encoding != TensorEncoding::Int8Block32 || entry.dims != [cols as u64, rows as u64]
+        {
+            return Err(GraphError::BadTensor {
+                name: tensor.into(),
+                problem: format!(
+                    "expected int8-block32 [{cols}, {rows}], found {:?} {:?}",
+                    entry.encoding, entry.dims
+                ),
+            });
+        }
+        let layout = TensorEntry::layout(entry.encoding, cols as u64, rows as u64);
+        let blocks = (cols / 32) as i64;
+        let (rows, cols) = (rows as i64, cols as i64);
+        let (suffix, quant_dims, scale_dims) = if gather {
+            ("gather", vec![rows, cols], vec![rows, blocks])
+        } else {
+            ("matmul", vec![rows, blocks, 32], vec![rows * blocks])
+        };
+        let quants = format!("{tensor}.{suffix}.quants");
+        let scales = format!("{tensor}.{suffix}.scales");
+        self.external(
+            &quants,
+            DataType::Uint8,
+            &quant_dims,
+            entry.offset + layout.quants.0,
+            layout.quants.1,
+        );
+        self.external(
+            &scales,
+            DataType::Float,
+            &scale_dims,
+            entry.offset + layout.scales.0,
+            layout.scales.1,
+        );
+        Ok((quants, scales))
+    }
+
+    /// `x · Wᵀ` for the int8 matrix `tensor` of `rows` outputs over `cols` inputs.
+    fn linear(
+        &mut self,
+        x: &str,
+        tensor: &str,
+        cols: usize,
+        rows: usize,
+    ) -> Result<String, GraphError> {
+        let (quants, scales) = self.matrix(tensor, cols, rows, false)?;
+        let out = self.fresh("matmul");
+        let attrs = vec![
+            int_attr("K", cols as i64),
+            int_attr("N", rows as i64),
+            int_attr("bits", 8),
+            int_attr("block_size", 32),
+        ];
+        self.node(
+            "MatMulNBits",
+            CONTRIB_DOMAIN,
+            &[x, &quants, &scales],
+            &out,
+            attrs,
+        );
+        Ok(out)
+    }
+
+    /// x / sqrt(mean(x²) + eps) · weight, over the last axis.
+    fn rms_norm(&mut self, x: &str, weight: &str, eps: &str) -> String {
+        let square = self.op("Mul", &[x, x], vec![]);
+        let mean = self.op(
+            "ReduceMean",
+            &[&square],
+            vec![ints_attr("axes", &[-1]), int_attr("keepdims", 1)],
+        );
+        let shifted = self.op("Add", &[&mean, eps], vec![]);
+        let root = self.op("Sqrt", &[&shifted], vec![]);
+        let inverse = self.op("Reciprocal", &[&root], vec![]);
+        let scaled = self.op("Mul", &[x, &inverse], vec![]);
+        self.op("Mul", &[&scaled, weight], vec![])
+    }
+
+    /// The additive causal mask `[1, S, T]` for the cache `present_key` (`T` positions): key
+    /// position t is hidden (−∞) from query position p when t > p.
+    fn causal_mask(&mut self, present_key: &str) -> String {
+        let length = self.op(
+            "Shape",
+            &[present_key],
+            vec![int_attr("start", 2), int_attr("end", 3)],
+        );
+        let zero_axis = self.ints(&[0]);
+        let total = self.op("Squeeze", &[&length, &zero_axis], vec![]);
+        let (start, step) = (self.scalar_i64(0), self.scalar_i64(1));
+        let key_positions = self.op("Range", &[&start, &total, &step], vec![]);
+        let last_axis = self.ints(&[2]);
+        let query_positions = self.op("Unsqueeze", &["position_ids", &last_axis], vec![]);
+        let hidden = self.op("Greater", &[&key_positions, &query_positions], vec![]);
+        let (minus_infinity, zero) = (self.scalar_f32(f32::NEG_INFINITY), self.scalar_f32(0.0));
+        self.op("Where", &[&hidden, &minus_infinity, &zero], vec![])
+    }
+
+    /// Rotates adjacent pairs of each head of `x` (`[1, S, heads · head_dim]`) by the angles whose
+    /// cosines and sines are `cos`/`sin` (`[1, S, 1, head_dim/2, 1]`); returns `[1, S, heads, head_dim]`.
+    fn rope(&mut self, x: &str, heads: usize, cos: &str, sin: &str) -> String {
+        let hd = self.config.head_dim as i64;
+        let pairs_shape = self.ints(&[0, 0, heads as i64, hd / 2, 2]);
+        let pairs = self.op("Reshape", &[x, &pairs_shape], vec![]);
+        let (axis, zero, one, two) = (
+            self.ints(&[4]),
+            self.ints(&[0]),
+            self.ints(&[1]),
+            self.ints(&[2]),
+        );
+        let a = self.op("Slice", &[&pairs, &zero, &one, &axis], vec![]);
+        let b = self.op("Slice", &[&pairs, &one, &two, &axis], vec![]);
+        let (a_cos, b_sin) = (
+            self.op("Mul", &[&a, cos], vec![]),
+            self.op("Mul", &[&b, sin], vec![]),
+        );
+        let (a_sin, b_cos) = (
+            self.op("Mul", &[&a, sin], vec![]),
+            self.op("Mul", &[&b, cos], vec![]),
+        );
+        let first = self.op("Sub", &[&a_cos, &b_sin], vec![]);
+        let second = self.op("Add", &[&a_sin, &b_cos], vec![]);
+        let rotated = self.op("Concat", &[&first, &second], vec![int_attr("axis", 4)]);
+        let heads_shape = self.ints(&[0, 0, heads as i64, hd]);
+        self.op("Reshape", &[&rotated, &heads_shape], vec![])
+    }
+}
+
+/// Cosines and sines of RoPE's angles for every position of the context: two
+/// `[context, rope_dim/2]` tables, computed in f64 like the reference.
+fn rope_tables(config: &ModelConfig) -> (Vec<u8>, Vec<u8>) {
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for position in 0..config.context_length {
+        for i in (0..config.rope_dim).step_by(2) {
+            let frequency = (config.rope_base as f64).powf(-(i as f64) / config.rope_dim as f64);
+            let angle = position as f64 * frequency;
+            cos.extend_from_slice(&(angle.cos() as f32).to_le_bytes());
+            sin.extend_from_slice(&(angle.sin() as f32).to_le_bytes());
+        }
+    }
+    (cos, sin)
+}
+
+/// Builds the ONNX model for `config` over the image tensors `tensors` (offsets relative to
+/// the weights section) and returns its protobuf bytes.
+pub fn build(config: &ModelConfig, tensors: &[TensorEntry]) -> Result<Vec<u8>, GraphError> {
+    Ok(build_proto(config, tensors)?.encode_to_vec())
+}
+
+/// Builds the ONNX model for `config` over the image tensors `tensors`.
+pub fn build_proto(
+    config: &ModelConfig,
+    tensors: &[TensorEntry],
+) -> Result<ModelProto, GraphError> {
+    if config.rope_dim != config.head_dim {
+        return Err(GraphError::Unsupported(format!(
+            "RoPE over {} of {} head dimensions",
+            config.rope_dim, config.head_dim
+        )));
+    }
+    if !config.n_embd.is_multiple_of(32) || !config.n_ff.is_multiple_of(32) {
+        return Err(GraphError::Unsupported(
+            "widths that are not multiples of 32".into(),
+        ));
+    }
+    let c = config;
+    let (hd, kvh, group) = (
+        c.head_dim as i64,
+        c.n_head_kv as i64,
+        (c.n_head / c.n_head_kv) as i64,
+    );
+    let mut g = Builder {
+        config,
+        tensors,
+        nodes: Vec::new(),
+        initializers: Vec::new(),
+        counter: 0,
+    };
+
+    // Token embedding and the per-position tables.
+    let (embd_quants, embd_scales) = g.matrix("token_embd.weight", c.n_embd, c.vocab_size, true)?;
+    let mut x = g.fresh("embedding");
+    let gather_attrs = vec![
+        int_attr("bits", 8),
+        int_attr("block_size", 32),
+        int_attr("gather_axis", 0),
+        int_attr("quantize_axis", 1),
+    ];
+    g.node(
+        "GatherBlockQuantized",
+        CONTRIB_DOMAIN,
+        &[&embd_quants, "input_ids", &embd_scales],
+        &x,
+        gather_attrs,
+    );
+    let (cos_table, sin_table) = rope_tables(c);
+    let table_dims = [c.context_length as i64, hd / 2];
+    let cos_table = g.inline("rope_cos", DataType::Float, &table_dims, cos_table);
+    let sin_table = g.inline("rope_sin", DataType::Float, &table_dims, sin_table);
+    let angle_shape = g.ints(&[0, 0, 1, -1, 1]);
+    let cos_rows = g.op(
+        "Gather",
+        &[&cos_table, "position_ids"],
+        vec![int_attr("axis", 0)],
+    );
+    let sin_rows = g.op(
+        "Gather",
+        &[&sin_table, "position_ids"],
+        vec![int_attr("axis", 0)],
+    );
+    let cos = g.op("Reshape", &[&cos_rows, &angle_shape], vec![]);
+    let sin = g.op("Reshape", &[&sin_rows, &angle_shape], vec![]);
+
+    let eps = g.scalar_f32(c.rms_eps);
+    let attention_scale = g.scalar_f32(1.0 / (c.head_dim as f32).sqrt());
+    let query_shape = g.ints(&[0, 0, kvh, group, hd]);
+    let merge_heads = g.ints(&[0, 0, -1]);
+    let group_axis = g.ints(&[2]);
+    let mut mask = None;
+    for layer in 0..c.n_layers {
+        let t = |name: &str| format!("blk.{layer}.{name}.weight");
+        let norm = g.vector(&t("attn_norm"), c.n_embd)?;
+        let h = g.rms_norm(&x, &norm, &eps);
+        let q = g.linear(&h, &t("attn_q"), c.n_embd, c.n_head * c.head_dim)?;
+        let k = g.linear(&h, &t("attn_k"), c.n_embd, c.n_head_kv * c.head_dim)?;
+        let v = g.linear(&h, &t("attn_v"), c.n_embd, c.n_head_kv * c.head_dim)?;
+        let q = g.rope(&q, c.n_head, &cos, &sin);
+        let q = g.op("Reshape", &[&q, &query_shape], vec![]);
+        let q = g.op(
+            "Transpose",
+            &[&q],
+            vec![ints_attr("perm", &[0, 2, 3, 1, 4])],
+        );
+        let k = g.rope(&k, c.n_head_kv, &cos, &sin);
+        let k = g.op("Transpose", &[&k], vec![ints_attr("perm", &[0, 2, 1, 3])]);
+        let v_shape = g.ints(&[0, 0, kvh, hd]);
+        let v = g.op("Reshape", &[&v, &v_shape], vec![]);
+        let v = g.op("Transpose", &[&v], vec![ints_attr("perm", &[0, 2, 1, 3])]);
+        let (present_key, present_value) = (
+            format!("present_key.{layer}"),
+            format!("present_value.{layer}"),
+        );
+        let concat = vec![int_attr("axis", 2)];
+        g.node(
+            "Concat",
+            "",
+            &[&format!("past_key.{layer}"), &k],
+            &present_key,
+            concat.clone(),
+        );
+        g.node(
+            "Concat",
+            "",
+            &[&format!("past_value.{layer}"), &v],
+            &present_value,
+            concat,
+        );
+        let mask = match &mask {
+            Some(mask) => mask,
+            None => mask.insert(g.causal_mask(&present_key)),
+        };
+        // Scores [1, kv_heads, group, S, T]: each key/value head serves `group` consecutive
+        // query heads, by broadcasting (no copies of the cache).
+        let keys = g.op(
+            "Transpose",
+            &[&present_key],
+            vec![ints_attr("perm", &[0, 1, 3, 2])],
+        );
+        let keys = g.op("Unsqueeze", &[&keys, &group_axis], vec![]);
+        let scores = g.op("MatMul", &[&q, &keys], vec![]);
+        let scores = g.op("Mul", &[&scores, &attention_scale], vec![]);
+        let scores = g.op("Add", &[&scores, mask], vec![]);
+        let weights = g.op("Softmax", &[&scores], vec![int_attr("axis", -1)]);
+        let values = g.op("Unsqueeze", &[&present_value, &group_axis], vec![]);
+        let mixed = g.op("MatMul", &[&weights, &values], vec![]);
+        let mixed = g.op(
+            "Transpose",
+            &[&mixed],
+            vec![ints_attr("perm", &[0, 3, 1, 2, 4])],
+        );
+        let mixed = g.op("Reshape", &[&mixed, &merge_heads], vec![]);
+        let attended = g.linear(&mixed, &t("attn_output"), c.n_head * c.head_dim, c.n_embd)?;
+        x = g.op("Add", &[&x, &attended], vec![]);
+
+        let norm = g.vector(&t("ffn_norm"), c.n_embd)?;
+        let h = g.rms_norm(&x, &norm, &eps);
+        let gate = g.linear(&h, &t("ffn_gate"), c.n_embd, c.n_ff)?;
+        let up = g.linear(&h, &t("ffn_up"), c.n_embd, c.n_ff)?;
+        let sigmoid = g.op("Sigmoid", &[&gate], vec![]);
+        let silu = g.op("Mul", &[&gate, &sigmoid], vec![]);
+        let product = g.op("Mul", &[&silu, &up], vec![]);
+        let down = g.linear(&product, &t("ffn_down"), c.n_ff, c.n_embd)?;
+        x = g.op("Add", &[&x, &down], vec![]);
+    }
+
+    // Logits after the last position only.
+    let norm = g.vector("output_norm.weight", c.n_embd)?;
+    let h = g.rms_norm(&x, &norm, &eps);
+    let (minus_one, end, seq_axis) = (g.ints(&[-1]), g.ints(&[i64::MAX]), g.ints(&[1]));
+    let last = g.op("Slice", &[&h, &minus_one, &end, &seq_axis], vec![]);
+    let output = if g.entry("output.weight").is_ok() {
+        "output.weight"
+    } else {
+        "token_embd.weight"
+    };
+    let logits = g.linear(&last, output, c.n_embd, c.vocab_size)?;
+    let logits_shape = g.ints(&[1, c.vocab_size as i64]);
+    g.node("Reshape", "", &[&logits, &logits_shape], "logits", vec![]);
+
+    let cache_dims = |seq| [Ok(1), Ok(kvh), Err(seq), Ok(hd)];
+    let mut inputs = vec![
+        value_info("input_ids", DataType::Int64, &[Ok(1), Err("sequence")]),
+        value_info("position_ids", DataType::Int64, &[Ok(1), Err("sequence")]),
+    ];
+    let mut outputs = vec![value_info(
+        "logits",
+        DataType::Float,
+        &[Ok(1), Ok(c.vocab_size as i64)],
+    )];
+    for layer in 0..c.n_layers {
+        for kind in ["key", "value"] {
+            inputs.push(value_info(
+                &format!("past_{kind}.{layer}"),
+                DataType::Float,
+                &cache_dims("past_sequence"),
+            ));
+            outputs.push(value_info(
+                &format!("present_{kind}.{layer}"),
+                DataType::Float,
+                &cache_dims("total_sequence"),
+            ));
+        }
+    }
+    let opset = |domain: &str, version| OperatorSetIdProto {
+        domain: domain.into(),
+        version,
+    };
+    Ok(ModelProto {
+        ir_version: 8,
+        opset_import: vec![opset("", 17), opset(CONTRIB_DOMAIN, 1)],
+        producer_name: "ember".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        graph: Some(GraphProto {
+            name: "ember-llama".into(),
+            node: g.nodes,
+            initializer: g.initializers,
+            input: inputs,
+            output: outputs,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}

@@ -1,0 +1,271 @@
+//! Int8 dot products between an image's weight rows and int8-quantized activations.
+//!
+//! Weights are blocks of 32 bytes `u` with an f32 scale `d_w` (value = `d_w · (u − 128)`).
+//! Activations are quantized per block of 32 the same way llama.cpp quantizes them for its
+//! 8-bit dot products (`q = round(x / d_a)`, `d_a = max|x| / 127`), so a block contributes
+//! `d_w · d_a · Σ (u − 128) · q`, an exact integer sum scaled once.
+
+/// Which dot-product implementation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// x86-64 AVX-VNNI: `vpdpbusd` multiplies the u8 weights by the i8 activations directly.
+    AvxVnni,
+    /// x86-64 AVX2: `vpmaddubsw` on sign-adjusted operands.
+    Avx2,
+    /// Plain Rust (auto-vectorized by the compiler for the target, e.g. NEON).
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avxvnni")
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Kernel::AvxVnni;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Portable
+    }
+
+    /// Every kernel this CPU can run (for tests that compare them).
+    pub fn available() -> Vec<Self> {
+        let mut kernels = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                kernels.push(Kernel::Avx2);
+            }
+            if Kernel::detect() == Kernel::AvxVnni {
+                kernels.push(Kernel::AvxVnni);
+            }
+        }
+        kernels
+    }
+
+    /// Short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::AvxVnni => "avx-vnni",
+            Kernel::Avx2 => "avx2",
+            Kernel::Portable => "portable",
+        }
+    }
+
+    /// `Σ_b w_scales[b] · a.scales[b] · Σ_j (w[32b + j] − 128) · a.quants[32b + j]` over one
+    /// weight row `w` and one activation row of `a` (`row`).
+    #[inline]
+    pub fn dot(self, w: &[u8], w_scales: &[f32], a: &QuantizedRows, row: usize) -> f32 {
+        let blocks = a.cols / 32;
+        let (quants, scales, sums) = (
+            &a.quants[row * a.cols..][..a.cols],
+            &a.scales[row * blocks..][..blocks],
+            &a.sums[row * blocks..][..blocks],
+        );
+        assert!(w.len() >= a.cols && w_scales.len() >= blocks);
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `detect`/`available` only return this kernel when the CPU has AVX-VNNI,
+            // AVX2 and FMA; the slices hold `blocks` full blocks (asserted above).
+            Kernel::AvxVnni => unsafe { x86::dot_avxvnni(w, w_scales, quants, scales, sums) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above, for AVX2 and FMA.
+            Kernel::Avx2 => unsafe { x86::dot_avx2(w, w_scales, quants, scales) },
+            _ => dot_portable(w, w_scales, quants, scales),
+        }
+    }
+}
+
+/// Activation rows quantized to int8 in blocks of 32.
+#[derive(Debug, Clone, Default)]
+pub struct QuantizedRows {
+    /// Values per row (a multiple of 32).
+    pub cols: usize,
+    /// `rows × cols` quantized values.
+    pub quants: Vec<i8>,
+    /// One scale per block.
+    pub scales: Vec<f32>,
+    /// `Σ q` per block (corrects for the weights' offset of 128).
+    pub sums: Vec<i32>,
+}
+
+impl QuantizedRows {
+    /// Quantizes `x` (rows of `cols` values, `cols` a multiple of 32).
+    pub fn new(x: &[f32], cols: usize) -> Self {
+        let blocks = x.len() / 32;
+        let mut rows = QuantizedRows {
+            cols,
+            quants: Vec::with_capacity(x.len()),
+            scales: Vec::with_capacity(blocks),
+            sums: Vec::with_capacity(blocks),
+        };
+        for block in x.chunks_exact(32) {
+            let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let scale = amax / 127.0;
+            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let mut sum = 0i32;
+            for v in block {
+                let q = (v * inverse).round() as i8;
+                sum += q as i32;
+                rows.quants.push(q);
+            }
+            rows.scales.push(scale);
+            rows.sums.push(sum);
+        }
+        rows
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.quants.len().checked_div(self.cols).unwrap_or(0)
+    }
+}
+
+fn dot_portable(w: &[u8], w_scales: &[f32], a: &[i8], a_scales: &[f32]) -> f32 {
+    w.chunks_exact(32)
+        .zip(a.chunks_exact(32))
+        .zip(w_scales.iter().zip(a_scales))
+        .map(|((w, a), (dw, da))| {
+            let sum: i32 = w
+                .iter()
+                .zip(a)
+                .map(|(&u, &q)| (u as i32 - 128) * q as i32)
+                .sum();
+            dw * da * sum as f32
+        })
+        .sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    fn horizontal_sum(v: __m256) -> f32 {
+        let pair = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let pair = _mm_add_ps(pair, _mm_movehl_ps(pair, pair));
+        let one = _mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1));
+        _mm_cvtss_f32(one)
+    }
+
+    /// The caller guarantees AVX-VNNI, AVX2 and FMA, and that every slice holds
+    /// `a_scales.len()` blocks.
+    #[target_feature(enable = "avx2,fma,avxvnni")]
+    pub(super) unsafe fn dot_avxvnni(
+        w: &[u8],
+        w_scales: &[f32],
+        a: &[i8],
+        a_scales: &[f32],
+        a_sums: &[i32],
+    ) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..a_scales.len() {
+            // SAFETY: block b lies within `w` and `a` (caller); unaligned loads.
+            let (wv, av) = unsafe {
+                (
+                    _mm256_loadu_si256(w.as_ptr().add(32 * b) as *const __m256i),
+                    _mm256_loadu_si256(a.as_ptr().add(32 * b) as *const __m256i),
+                )
+            };
+            // Start the integer sum at −128·Σq so that it ends at Σ(u − 128)·q.
+            let start = _mm256_zextsi128_si256(_mm_cvtsi32_si128(-128 * a_sums[b]));
+            let sum = _mm256_dpbusd_avx_epi32(start, wv, av);
+            let scale = _mm256_set1_ps(w_scales[b] * a_scales[b]);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc);
+        }
+        horizontal_sum(acc)
+    }
+
+    /// The caller guarantees AVX2 and FMA, and that every slice holds `a_scales.len()` blocks.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_avx2(w: &[u8], w_scales: &[f32], a: &[i8], a_scales: &[f32]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let offset = _mm256_set1_epi8(-128);
+        let ones = _mm256_set1_epi16(1);
+        for b in 0..a_scales.len() {
+            // SAFETY: block b lies within `w` and `a` (caller); unaligned loads.
+            let (wv, av) = unsafe {
+                (
+                    _mm256_loadu_si256(w.as_ptr().add(32 * b) as *const __m256i),
+                    _mm256_loadu_si256(a.as_ptr().add(32 * b) as *const __m256i),
+                )
+            };
+            // u − 128 as i8, then |w| · (q · sign w) so that vpmaddubsw sees an unsigned operand.
+            let wq = _mm256_xor_si256(wv, offset);
+            let products = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(av, wq));
+            let sum = _mm256_madd_epi16(products, ones);
+            let scale = _mm256_set1_ps(w_scales[b] * a_scales[b]);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc);
+        }
+        horizontal_sum(acc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quickcheck::quickcheck;
+
+    fn exact(w: &[u8], w_scales: &[f32], a: &QuantizedRows) -> f64 {
+        w.chunks_exact(32)
+            .zip(a.quants.chunks_exact(32))
+            .enumerate()
+            .map(|(b, (w, q))| {
+                let sum: i64 = w
+                    .iter()
+                    .zip(q)
+                    .map(|(&u, &q)| (u as i64 - 128) * q as i64)
+                    .sum();
+                w_scales[b] as f64 * a.scales[b] as f64 * sum as f64
+            })
+            .sum()
+    }
+
+    quickcheck! {
+        fn every_kernel_computes_the_same_integer_sums(w: Vec<u8>, x: Vec<f32>, scale: u8) -> bool {
+            let blocks = (w.len().min(x.len()) / 32).max(1);
+            let w: Vec<u8> = w.into_iter().chain(std::iter::repeat(7)).take(blocks * 32).collect();
+            let x: Vec<f32> = x.into_iter().map(|v| if v.is_finite() { v % 1e3 } else { 0.0 })
+                .chain(std::iter::repeat(0.5)).take(blocks * 32).collect();
+            let w_scales: Vec<f32> = (0..blocks).map(|b| (b as f32 + 1.0) * (scale as f32 + 1.0) / 256.0).collect();
+            let a = QuantizedRows::new(&x, blocks * 32);
+            let want = exact(&w, &w_scales, &a);
+            Kernel::available().into_iter().all(|k| {
+                let got = k.dot(&w, &w_scales, &a, 0) as f64;
+                (got - want).abs() <= 1e-4 * want.abs().max(1.0)
+            })
+        }
+    }
+
+    #[test]
+    fn quantized_activations_reconstruct_within_half_a_step() {
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let a = QuantizedRows::new(&x, 64);
+        assert_eq!(a.rows(), 1);
+        for (i, v) in x.iter().enumerate() {
+            let back = a.scales[i / 32] * a.quants[i] as f32;
+            assert!(
+                (back - v).abs() <= a.scales[i / 32] * 0.5 + 1e-6,
+                "{i}: {back} vs {v}"
+            );
+        }
+        let sums: Vec<i32> = a
+            .quants
+            .chunks(32)
+            .map(|c| c.iter().map(|&q| q as i32).sum())
+            .collect();
+        assert_eq!(a.sums, sums);
+    }
+}

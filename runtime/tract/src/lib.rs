@@ -1,0 +1,20 @@
+//! Ember's int8 engine: an image's ONNX graph run by tract, with the weights read in place
+//! from the image's memory mapping.
+//!
+//! - [`graph`]: builds the Llama-family ONNX graph (standard ops + `com.microsoft`
+//!   `MatMulNBits`/`GatherBlockQuantized`, 8-bit) over the image's weights section.
+//! - [`ops`]: tract ops for those two nodes that hold the mapping instead of copying weights.
+//! - [`kernels`]: the int8 dot products (AVX-VNNI, AVX2, portable).
+//! - [`TractModel`]/[`TractSession`]: load once, optimize once, run with a KV cache.
+
+#![warn(missing_docs)]
+
+mod engine;
+pub mod graph;
+pub mod kernels;
+pub mod ops;
+
+pub use engine::{TractModel, TractSession};
+pub use graph::GraphError;
+/// ONNX protobuf types (from tract-onnx).
+pub use tract_onnx::pb;
