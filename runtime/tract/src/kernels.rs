@@ -12,6 +12,10 @@ pub enum Kernel {
     AvxVnni,
     /// x86-64 AVX2: `vpmaddubsw` on sign-adjusted operands.
     Avx2,
+    /// aarch64 with the dot-product extension (Cortex-A76 and later, e.g. Raspberry Pi 5): `sdot`.
+    NeonDot,
+    /// aarch64 NEON (every aarch64 core, e.g. Raspberry Pi 4 / Zero 2 W): `smull` + `sadalp`.
+    Neon,
     /// Plain Rust (auto-vectorized by the compiler for the target, e.g. NEON).
     Portable,
 }
@@ -33,6 +37,15 @@ impl Kernel {
                 return Kernel::Avx2;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                Kernel::NeonDot
+            } else {
+                Kernel::Neon
+            }
+        }
+        #[cfg(not(target_arch = "aarch64"))]
         Kernel::Portable
     }
 
@@ -50,6 +63,13 @@ impl Kernel {
                 kernels.push(Kernel::AvxVnni);
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        {
+            kernels.push(Kernel::Neon);
+            if Kernel::detect() == Kernel::NeonDot {
+                kernels.push(Kernel::NeonDot);
+            }
+        }
         kernels
     }
 
@@ -58,6 +78,8 @@ impl Kernel {
         match self {
             Kernel::AvxVnni => "avx-vnni",
             Kernel::Avx2 => "avx2",
+            Kernel::NeonDot => "neon-sdot",
+            Kernel::Neon => "neon",
             Kernel::Portable => "portable",
         }
     }
@@ -67,20 +89,29 @@ impl Kernel {
     #[inline]
     pub fn dot(self, w: &[u8], w_scales: &[f32], a: &QuantizedRows, row: usize) -> f32 {
         let blocks = a.cols / 32;
-        let (quants, scales, sums) = (
+        let (quants, scales) = (
             &a.quants[row * a.cols..][..a.cols],
             &a.scales[row * blocks..][..blocks],
-            &a.sums[row * blocks..][..blocks],
         );
         assert!(w.len() >= a.cols && w_scales.len() >= blocks);
         match self {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `detect`/`available` only return this kernel when the CPU has AVX-VNNI,
             // AVX2 and FMA; the slices hold `blocks` full blocks (asserted above).
-            Kernel::AvxVnni => unsafe { x86::dot_avxvnni(w, w_scales, quants, scales, sums) },
+            Kernel::AvxVnni => unsafe {
+                let sums = &a.sums[row * blocks..][..blocks];
+                x86::dot_avxvnni(w, w_scales, quants, scales, sums)
+            },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above, for AVX2 and FMA.
             Kernel::Avx2 => unsafe { x86::dot_avx2(w, w_scales, quants, scales) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: `detect`/`available` only return this kernel when the CPU has the
+            // dot-product extension; the slices hold `blocks` full blocks (asserted above).
+            Kernel::NeonDot => unsafe { arm::dot_sdot(w, w_scales, quants, scales) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: NEON is part of every aarch64 CPU; slices as above.
+            Kernel::Neon => unsafe { arm::dot_neon(w, w_scales, quants, scales) },
             _ => dot_portable(w, w_scales, quants, scales),
         }
     }
@@ -208,6 +239,77 @@ mod x86 {
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc);
         }
         horizontal_sum(acc)
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use std::arch::aarch64::*;
+
+    /// Loads block `b` of the weights as `u − 128` (two i8 vectors) and of the activations.
+    ///
+    /// The caller guarantees that block `b` lies within `w` and `a`.
+    #[inline(always)]
+    unsafe fn block(w: &[u8], a: &[i8], b: usize) -> [int8x16_t; 4] {
+        // SAFETY: block b lies within both slices (caller); unaligned loads; NEON is baseline.
+        unsafe {
+            let offset = vdupq_n_u8(0x80);
+            let w0 = vld1q_u8(w.as_ptr().add(32 * b));
+            let w1 = vld1q_u8(w.as_ptr().add(32 * b + 16));
+            [
+                vreinterpretq_s8_u8(veorq_u8(w0, offset)),
+                vreinterpretq_s8_u8(veorq_u8(w1, offset)),
+                vld1q_s8(a.as_ptr().add(32 * b)),
+                vld1q_s8(a.as_ptr().add(32 * b + 16)),
+            ]
+        }
+    }
+
+    /// The caller guarantees that every slice holds `a_scales.len()` blocks.
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn dot_neon(w: &[u8], w_scales: &[f32], a: &[i8], a_scales: &[f32]) -> f32 {
+        let mut acc = vdupq_n_f32(0.0);
+        for b in 0..a_scales.len() {
+            // SAFETY: block b is in bounds (caller).
+            let [w0, w1, a0, a1] = unsafe { block(w, a, b) };
+            // |(u − 128) · q| ≤ 128 · 127 fits i16; pairs are summed into i32 lanes.
+            let mut sum = vdupq_n_s32(0);
+            sum = vpadalq_s16(sum, vmull_s8(vget_low_s8(w0), vget_low_s8(a0)));
+            sum = vpadalq_s16(sum, vmull_high_s8(w0, a0));
+            sum = vpadalq_s16(sum, vmull_s8(vget_low_s8(w1), vget_low_s8(a1)));
+            sum = vpadalq_s16(sum, vmull_high_s8(w1, a1));
+            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(sum), w_scales[b] * a_scales[b]);
+        }
+        vaddvq_f32(acc)
+    }
+
+    /// The caller guarantees the dot-product extension and that every slice holds
+    /// `a_scales.len()` blocks.
+    #[target_feature(enable = "neon,dotprod")]
+    pub(super) unsafe fn dot_sdot(w: &[u8], w_scales: &[f32], a: &[i8], a_scales: &[f32]) -> f32 {
+        let mut acc = vdupq_n_f32(0.0);
+        for b in 0..a_scales.len() {
+            // SAFETY: block b is in bounds (caller).
+            let [w0, w1, a0, a1] = unsafe { block(w, a, b) };
+            let mut sum = vdupq_n_s32(0);
+            // `sdot` (FEAT_DotProd): each i32 lane += four i8 × i8 products. Its intrinsic is
+            // not stable in Rust yet, the instruction is.
+            // SAFETY: the caller guarantees FEAT_DotProd; registers only, no memory.
+            unsafe {
+                std::arch::asm!(
+                    "sdot {acc:v}.4s, {w0:v}.16b, {a0:v}.16b",
+                    "sdot {acc:v}.4s, {w1:v}.16b, {a1:v}.16b",
+                    acc = inout(vreg) sum,
+                    w0 = in(vreg) w0,
+                    a0 = in(vreg) a0,
+                    w1 = in(vreg) w1,
+                    a1 = in(vreg) a1,
+                    options(pure, nomem, nostack),
+                );
+            }
+            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(sum), w_scales[b] * a_scales[b]);
+        }
+        vaddvq_f32(acc)
     }
 }
 
