@@ -22,8 +22,9 @@ session = ort.InferenceSession(f"{directory}/model.onnx", options, providers=["C
 past = {}
 for value in session.get_inputs():
     if value.name.startswith("past_"):
-        _, heads, _, head_dim = value.shape
-        past[value.name] = np.zeros((1, heads, 0, head_dim), dtype=np.float32)
+        # The symbolic past_sequence axis starts empty.
+        shape = [d if isinstance(d, int) else 0 for d in value.shape]
+        past[value.name] = np.zeros(shape, dtype=np.float32)
 output_names = [o.name for o in session.get_outputs()]
 logits = []
 position = 0

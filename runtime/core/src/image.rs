@@ -20,7 +20,7 @@ use core::fmt;
 /// The eight bytes every Ember image starts with.
 pub const IMAGE_MAGIC: [u8; 8] = *b"EMBERIMG";
 /// The image format version this code reads and writes.
-pub const IMAGE_VERSION: u16 = 2;
+pub const IMAGE_VERSION: u16 = 3;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 64;
 /// Sections start on multiples of this (cache lines; 4-byte scales stay aligned for mmap).

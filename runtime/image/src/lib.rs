@@ -20,8 +20,8 @@ use std::{
 /// Why an image could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageFileError {
-    /// The file is not a valid image.
-    #[error("{path}: {source}")]
+    /// The file is not a valid image (the reason is the error's source).
+    #[error("{path} is not a valid Ember image")]
     Invalid {
         /// The file.
         path: String,
@@ -36,8 +36,8 @@ pub enum ImageFileError {
         /// What is wrong.
         message: String,
     },
-    /// The file system refused.
-    #[error("{action} {path}: {source}")]
+    /// The file system refused (the system's error is the source).
+    #[error("{action} {}", path.display())]
     Io {
         /// What was being done.
         action: &'static str,

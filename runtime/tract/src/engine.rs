@@ -20,6 +20,7 @@ fn backend(context: &str, error: impl std::fmt::Display) -> EngineError {
 #[derive(Debug)]
 pub struct TractModel {
     plan: Arc<TypedRunnableModel>,
+    pool: Arc<rayon::ThreadPool>,
     config: ModelConfig,
     kernel: Kernel,
     threads: usize,
@@ -120,10 +121,11 @@ impl TractModel {
             .build()
             .map_err(|e| backend("cannot start the matmul threads", e))?;
         let kernel = Kernel::detect();
+        let pool = Arc::new(pool);
         let mapped = MappedTensors {
             map: image.mapping(),
             tensors,
-            pool: Arc::new(pool),
+            pool: Arc::clone(&pool),
             kernel,
         };
         let mut onnx = tract_onnx::onnx();
@@ -140,6 +142,7 @@ impl TractModel {
             .map_err(|e| backend("tract cannot optimize the graph", e))?;
         Ok(TractModel {
             plan,
+            pool,
             config,
             kernel,
             threads,
@@ -241,7 +244,10 @@ impl LanguageModel for TractSession<'_> {
                 .into_tvalue(),
         ];
         inputs.extend(self.cache.drain(..));
-        let mut outputs = match self.state.run(inputs) {
+        // The whole run happens on a pool thread, so the matmuls split their rows across the pool
+        // without handing the work to another thread and waiting for it.
+        let state = &mut self.state;
+        let mut outputs = match self.model.pool.install(|| state.run(inputs)) {
             Ok(outputs) => outputs,
             Err(e) => {
                 // The cache went into the failed run: start over rather than keep a torn one.
@@ -260,10 +266,19 @@ impl LanguageModel for TractSession<'_> {
 
     fn reset(&mut self) {
         let c = &self.model.config;
-        let empty = Tensor::zero::<f32>(&[1, c.n_head_kv, 0, c.head_dim])
-            .unwrap_or_else(|_| Tensor::default())
-            .into_tvalue();
-        self.cache = vec![empty; 2 * c.n_layers];
+        let empty = |shape: &[usize]| {
+            Tensor::zero::<f32>(shape)
+                .unwrap_or_else(|_| Tensor::default())
+                .into_tvalue()
+        };
+        // Per layer: keys [1, kv_heads, head_dim, 0], values [1, kv_heads, 0, head_dim].
+        let (keys, values) = (
+            empty(&[1, c.n_head_kv, c.head_dim, 0]),
+            empty(&[1, c.n_head_kv, 0, c.head_dim]),
+        );
+        self.cache = (0..c.n_layers)
+            .flat_map(|_| [keys.clone(), values.clone()])
+            .collect();
         self.position = 0;
     }
 }

@@ -6,10 +6,11 @@
 //! the image's weights section, so the graph and the image share one copy of the weights.
 //!
 //! Inputs: `input_ids` and `position_ids` (int64 `[1, sequence]`), and per layer `i`
-//! `past_key.i` / `past_value.i` (f32 `[1, kv_heads, past_sequence, head_dim]`). Outputs:
-//! `logits` (f32 `[1, vocab]`, after the last input position) and `present_key.i` /
-//! `present_value.i` (f32 `[1, kv_heads, past_sequence + sequence, head_dim]`). The cache must
-//! hold positions `0..past_sequence` in order: the causal mask compares positions.
+//! `past_key.i` (f32 `[1, kv_heads, head_dim, past_sequence]`, keys transposed) and
+//! `past_value.i` (f32 `[1, kv_heads, past_sequence, head_dim]`). Outputs: `logits` (f32
+//! `[1, vocab]`, after the last input position) and `present_key.i` / `present_value.i` (the
+//! same layouts with `past_sequence + sequence` positions). The cache must hold positions
+//! `0..past_sequence` in order: the causal mask compares positions.
 
 use crate::pb::{
     self, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
@@ -296,12 +297,13 @@ impl Builder<'_> {
         self.op("Mul", &[&scaled, weight], vec![])
     }
 
-    /// The additive causal mask `[1, S, T]` for the cache `present_key` (`T` positions): key
+    /// The additive causal mask `[1, S · group, T]` for the value cache `present_value` (`T`
+    /// positions), each query position repeated for the `group` heads of a key/value head: key
     /// position t is hidden (−∞) from query position p when t > p.
-    fn causal_mask(&mut self, present_key: &str) -> String {
+    fn causal_mask(&mut self, present_value: &str, group: i64) -> String {
         let length = self.op(
             "Shape",
-            &[present_key],
+            &[present_value],
             vec![int_attr("start", 2), int_attr("end", 3)],
         );
         let zero_axis = self.ints(&[0]);
@@ -310,6 +312,10 @@ impl Builder<'_> {
         let key_positions = self.op("Range", &[&start, &total, &step], vec![]);
         let last_axis = self.ints(&[2]);
         let query_positions = self.op("Unsqueeze", &["position_ids", &last_axis], vec![]);
+        let repeat = self.ints(&[1, 1, group]);
+        let query_positions = self.op("Expand", &[&query_positions, &repeat], vec![]);
+        let rows = self.ints(&[0, -1, 1]);
+        let query_positions = self.op("Reshape", &[&query_positions, &rows], vec![]);
         let hidden = self.op("Greater", &[&key_positions, &query_positions], vec![]);
         let (minus_infinity, zero) = (self.scalar_f32(f32::NEG_INFINITY), self.scalar_f32(0.0));
         self.op("Where", &[&hidden, &minus_infinity, &zero], vec![])
@@ -433,8 +439,9 @@ pub fn build_proto(
     let eps = g.scalar_f32(c.rms_eps);
     let attention_scale = g.scalar_f32(1.0 / (c.head_dim as f32).sqrt());
     let query_shape = g.ints(&[0, 0, kvh, group, hd]);
+    let query_rows = g.ints(&[0, 0, -1, hd]);
+    let split_rows = g.ints(&[0, 0, -1, group, hd]);
     let merge_heads = g.ints(&[0, 0, -1]);
-    let group_axis = g.ints(&[2]);
     let mut mask = None;
     for layer in 0..c.n_layers {
         let t = |name: &str| format!("blk.{layer}.{name}.weight");
@@ -444,14 +451,18 @@ pub fn build_proto(
         let k = g.linear(&h, &t("attn_k"), c.n_embd, c.n_head_kv * c.head_dim)?;
         let v = g.linear(&h, &t("attn_v"), c.n_embd, c.n_head_kv * c.head_dim)?;
         let q = g.rope(&q, c.n_head, &cos, &sin);
+        // Queries [1, kv_heads, S · group, hd]: the `group` query heads that share a key/value
+        // head become rows of one matrix product with that head's cache.
         let q = g.op("Reshape", &[&q, &query_shape], vec![]);
         let q = g.op(
             "Transpose",
             &[&q],
-            vec![ints_attr("perm", &[0, 2, 3, 1, 4])],
+            vec![ints_attr("perm", &[0, 2, 1, 3, 4])],
         );
+        let q = g.op("Reshape", &[&q, &query_rows], vec![]);
         let k = g.rope(&k, c.n_head_kv, &cos, &sin);
-        let k = g.op("Transpose", &[&k], vec![ints_attr("perm", &[0, 2, 1, 3])]);
+        // Keys are cached transposed, [1, kv_heads, head_dim, T], ready for q · kᵀ.
+        let k = g.op("Transpose", &[&k], vec![ints_attr("perm", &[0, 2, 3, 1])]);
         let v_shape = g.ints(&[0, 0, kvh, hd]);
         let v = g.op("Reshape", &[&v, &v_shape], vec![]);
         let v = g.op("Transpose", &[&v], vec![ints_attr("perm", &[0, 2, 1, 3])]);
@@ -459,43 +470,35 @@ pub fn build_proto(
             format!("present_key.{layer}"),
             format!("present_value.{layer}"),
         );
-        let concat = vec![int_attr("axis", 2)];
         g.node(
             "Concat",
             "",
             &[&format!("past_key.{layer}"), &k],
             &present_key,
-            concat.clone(),
+            vec![int_attr("axis", 3)],
         );
         g.node(
             "Concat",
             "",
             &[&format!("past_value.{layer}"), &v],
             &present_value,
-            concat,
+            vec![int_attr("axis", 2)],
         );
         let mask = match &mask {
             Some(mask) => mask,
-            None => mask.insert(g.causal_mask(&present_key)),
+            None => mask.insert(g.causal_mask(&present_value, group)),
         };
-        // Scores [1, kv_heads, group, S, T]: each key/value head serves `group` consecutive
-        // query heads, by broadcasting (no copies of the cache).
-        let keys = g.op(
-            "Transpose",
-            &[&present_key],
-            vec![ints_attr("perm", &[0, 1, 3, 2])],
-        );
-        let keys = g.op("Unsqueeze", &[&keys, &group_axis], vec![]);
-        let scores = g.op("MatMul", &[&q, &keys], vec![]);
+        // Scores [1, kv_heads, S · group, T].
+        let scores = g.op("MatMul", &[&q, &present_key], vec![]);
         let scores = g.op("Mul", &[&scores, &attention_scale], vec![]);
         let scores = g.op("Add", &[&scores, mask], vec![]);
         let weights = g.op("Softmax", &[&scores], vec![int_attr("axis", -1)]);
-        let values = g.op("Unsqueeze", &[&present_value, &group_axis], vec![]);
-        let mixed = g.op("MatMul", &[&weights, &values], vec![]);
+        let mixed = g.op("MatMul", &[&weights, &present_value], vec![]);
+        let mixed = g.op("Reshape", &[&mixed, &split_rows], vec![]);
         let mixed = g.op(
             "Transpose",
             &[&mixed],
-            vec![ints_attr("perm", &[0, 3, 1, 2, 4])],
+            vec![ints_attr("perm", &[0, 2, 1, 3, 4])],
         );
         let mixed = g.op("Reshape", &[&mixed, &merge_heads], vec![]);
         let attended = g.linear(&mixed, &t("attn_output"), c.n_head * c.head_dim, c.n_embd)?;
@@ -526,7 +529,10 @@ pub fn build_proto(
     let logits_shape = g.ints(&[1, c.vocab_size as i64]);
     g.node("Reshape", "", &[&logits, &logits_shape], "logits", vec![]);
 
-    let cache_dims = |seq| [Ok(1), Ok(kvh), Err(seq), Ok(hd)];
+    let cache_dims = |kind, seq| match kind {
+        "key" => [Ok(1), Ok(kvh), Ok(hd), Err(seq)],
+        _ => [Ok(1), Ok(kvh), Err(seq), Ok(hd)],
+    };
     let mut inputs = vec![
         value_info("input_ids", DataType::Int64, &[Ok(1), Err("sequence")]),
         value_info("position_ids", DataType::Int64, &[Ok(1), Err("sequence")]),
@@ -541,12 +547,12 @@ pub fn build_proto(
             inputs.push(value_info(
                 &format!("past_{kind}.{layer}"),
                 DataType::Float,
-                &cache_dims("past_sequence"),
+                &cache_dims(kind, "past_sequence"),
             ));
             outputs.push(value_info(
                 &format!("present_{kind}.{layer}"),
                 DataType::Float,
-                &cache_dims("total_sequence"),
+                &cache_dims(kind, "total_sequence"),
             ));
         }
     }
