@@ -5,6 +5,7 @@
 //! - [`chat`]: renders a conversation with the model's chat template (ChatML).
 //! - [`utf8`]: assembles streamed token bytes into whole UTF-8 characters.
 //! - [`image`]: the Ember image header (and, with `alloc`, its manifest).
+//! - [`frame`]: frame-mode framing for the serial line (COBS, sequence numbers, CRC32).
 //!
 //! Features: `alloc` adds conveniences that return owned strings; `std` implies `alloc`.
 #![cfg_attr(not(feature = "std"), no_std)]
@@ -15,6 +16,7 @@
 extern crate alloc;
 
 pub mod chat;
+pub mod frame;
 pub mod image;
 pub mod sampler;
 pub mod utf8;
