@@ -5,7 +5,7 @@
 
 use ember_core::sampler::argmax;
 use ember_e2e::{ember, last_json_line, smollm2, smollm2_image, smollm2_reference, stdout_of};
-use ember_engine::{ReferenceModel, ReferenceSession};
+use ember_engine::{LanguageModel, ReferenceModel, ReferenceSession};
 use ember_gguf::GgufFile;
 use ember_tokenizer::Tokenizer;
 

@@ -2,6 +2,7 @@
 //! clear errors for bad input.
 
 use ember_e2e::{ember, last_json_line, stdout_of, tiny_image, tiny_model};
+use ember_engine::LanguageModel;
 
 #[test]
 fn synth_is_deterministic() {
@@ -489,7 +490,7 @@ fn onnxruntime_runs_the_exported_graph() {
     let image = ember_image::Image::open(&image).unwrap();
     let model = ember_tract::TractModel::load(&image, 2).unwrap();
     let mut session = model.session(ids.len()).unwrap();
-    let mut int8 = vec![ember_engine::LanguageModel::feed(&mut session, &ids[..5]).unwrap()];
+    let mut int8 = vec![session.feed(&ids[..5]).unwrap()];
     int8.extend(session.logits_at_each(&ids[5..]).unwrap());
     let (share, error) = compare(&onnxruntime, &int8);
     eprintln!("onnxruntime vs Ember's int8 engine: top-1 {share:.3}, max logit error {error}");

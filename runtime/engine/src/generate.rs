@@ -17,6 +17,12 @@ pub trait LanguageModel {
     fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError>;
     /// Empties the cache.
     fn reset(&mut self);
+
+    /// Runs `tokens` one at a time and returns the logits after each of them (teacher-forced
+    /// evaluation).
+    fn logits_at_each(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+        tokens.iter().map(|&t| self.feed(&[t])).collect()
+    }
 }
 
 /// What to generate.

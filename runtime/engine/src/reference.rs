@@ -354,19 +354,6 @@ impl<'m> ReferenceSession<'m> {
             cache: model.new_cache(capacity),
         }
     }
-
-    /// Runs `tokens` and returns the logits after each of them (for teacher-forced evaluation).
-    pub fn logits_at_each(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
-        tokens
-            .iter()
-            .map(|&t| {
-                Ok(self
-                    .model
-                    .forward(t, &mut self.cache, true)?
-                    .unwrap_or_default())
-            })
-            .collect()
-    }
 }
 
 impl LanguageModel for ReferenceSession<'_> {

@@ -410,26 +410,35 @@ impl ImageWriter {
         out
     }
 
-    /// Writes the image to `path` through a `.part` file renamed into place, so an interrupted
-    /// write never leaves a damaged image under the final name.
+    /// Writes the image to `path` through [`write_atomically`], so an interrupted write never
+    /// leaves a damaged image under the final name.
     pub fn write(self, path: &Path) -> Result<u64, ImageFileError> {
         let bytes = self.to_bytes();
-        let part = path.with_extension("ember.part");
-        let io = |action, source| ImageFileError::Io {
-            action,
-            path: part.clone(),
-            source,
-        };
-        let mut file = File::create(&part).map_err(|e| io("cannot create", e))?;
-        let written = file
-            .write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| io("cannot write", e));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&part);
-            return Err(e);
-        }
-        std::fs::rename(&part, path).map_err(|e| io("cannot rename", e))?;
+        write_atomically(path, &bytes)?;
         Ok(bytes.len() as u64)
     }
+}
+
+/// Writes `bytes` to `path` through `<path>.part`, synced and then renamed into place: readers
+/// see the old file or the whole new one, never a partial one. The `.part` file is removed if
+/// the write fails.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImageFileError> {
+    let mut part = path.as_os_str().to_owned();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    let io = |action, source| ImageFileError::Io {
+        action,
+        path: part.clone(),
+        source,
+    };
+    let mut file = File::create(&part).map_err(|e| io("cannot create", e))?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("cannot write", e));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&part);
+        return Err(e);
+    }
+    std::fs::rename(&part, path).map_err(|e| io("cannot rename", e))
 }

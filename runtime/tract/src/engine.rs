@@ -198,13 +198,6 @@ impl std::fmt::Debug for TractSession<'_> {
     }
 }
 
-impl TractSession<'_> {
-    /// Runs `tokens` one at a time and returns the logits after each (teacher forcing).
-    pub fn logits_at_each(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
-        tokens.iter().map(|&t| self.feed(&[t])).collect()
-    }
-}
-
 impl LanguageModel for TractSession<'_> {
     fn context_length(&self) -> usize {
         self.capacity

@@ -67,16 +67,6 @@ impl MappedTensors {
         );
         Ok(range.clone())
     }
-
-    /// The f32 scales at `range` (little-endian, 4-byte aligned in the image).
-    fn scales_at(&self, range: Range<usize>) -> TractResult<Range<usize>> {
-        ensure!(
-            range.start.is_multiple_of(4) && (self.map.as_ptr() as usize).is_multiple_of(4),
-            "scales at offset {} are not 4-byte aligned",
-            range.start
-        );
-        Ok(range)
-    }
 }
 
 /// Reads a 4-byte-aligned little-endian f32 array in place.
@@ -84,31 +74,81 @@ fn f32s(bytes: &[u8]) -> &[f32] {
     #[cfg(not(target_endian = "little"))]
     compile_error!("Ember images store little-endian f32 scales");
     // SAFETY: every bit pattern is a valid f32; `align_to` only yields the aligned middle,
-    // and callers pass ranges checked to be 4-byte aligned (`scales_at`), so it is all of it.
+    // and callers pass ranges checked to be 4-byte aligned (`MappedMatrix::new`), so it is all
+    // of it.
     let (head, values, _) = unsafe { bytes.align_to::<f32>() };
     debug_assert!(head.is_empty());
     values
 }
 
-/// `y = x · Wᵀ` for an int8 `n × k` matrix `W` held in the mapping.
+/// An int8 `rows × cols` matrix read in place from the mapping: `rows · cols` u8 quants
+/// (value = scale · (u − 128)) and one little-endian f32 scale per block of 32.
 #[derive(Debug, Clone)]
-pub struct Int8MatMul {
+pub struct MappedMatrix {
     map: Arc<Mmap>,
     quants: Range<usize>,
     scales: Range<usize>,
-    n: usize,
-    k: usize,
-    pool: Arc<rayon::ThreadPool>,
-    kernel: Kernel,
+    rows: usize,
+    cols: usize,
 }
 
 // Equality must identify the weights: tract merges sibling nodes whose ops compare equal.
-impl PartialEq for Int8MatMul {
+impl PartialEq for MappedMatrix {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.map, &other.map)
             && self.quants == other.quants
             && self.scales == other.scales
-            && (self.n, self.k) == (other.n, other.k)
+            && (self.rows, self.cols) == (other.rows, other.cols)
+    }
+}
+impl Eq for MappedMatrix {}
+
+impl MappedMatrix {
+    /// The initializers `quants` and `scales` of a `rows × cols` matrix, checked for length and
+    /// for the scales' 4-byte alignment.
+    fn new(
+        m: &MappedTensors,
+        quants: &str,
+        scales: &str,
+        rows: usize,
+        cols: usize,
+    ) -> TractResult<Self> {
+        let quants = m.range(quants, rows * cols)?;
+        let scales = m.range(scales, rows * cols / 32 * 4)?;
+        ensure!(
+            scales.start.is_multiple_of(4) && (m.map.as_ptr() as usize).is_multiple_of(4),
+            "scales at offset {} are not 4-byte aligned",
+            scales.start
+        );
+        Ok(MappedMatrix {
+            map: Arc::clone(&m.map),
+            quants,
+            scales,
+            rows,
+            cols,
+        })
+    }
+
+    /// Row `row`: its quants and its block scales.
+    fn row(&self, row: usize) -> (&[u8], &[f32]) {
+        let blocks = self.cols / 32;
+        let quants = &self.map[self.quants.start + row * self.cols..][..self.cols];
+        let scales = &f32s(&self.map[self.scales.clone()])[row * blocks..][..blocks];
+        (quants, scales)
+    }
+}
+
+/// `y = x · Wᵀ` for an int8 `n × k` matrix `W` held in the mapping (`n` rows of `k`).
+#[derive(Debug, Clone)]
+pub struct Int8MatMul {
+    weights: MappedMatrix,
+    pool: Arc<rayon::ThreadPool>,
+    kernel: Kernel,
+}
+
+impl PartialEq for Int8MatMul {
+    fn eq(&self, other: &Self) -> bool {
+        self.weights == other.weights
     }
 }
 impl Eq for Int8MatMul {}
@@ -119,22 +159,18 @@ const ROWS_PER_TASK: usize = 16;
 impl Int8MatMul {
     /// `rows × n` outputs for `rows × k` inputs.
     pub fn compute(&self, x: &[f32]) -> Vec<f32> {
-        let a = QuantizedRows::new(x, self.k);
+        let (n, k) = (self.weights.rows, self.weights.cols);
+        let a = QuantizedRows::new(x, k);
         let rows = a.rows();
-        let quants = &self.map[self.quants.clone()];
-        let scales = f32s(&self.map[self.scales.clone()]);
-        let blocks = self.k / 32;
         // Transposed: each task owns whole weight rows, read once for all activation rows.
-        let mut transposed = vec![0f32; self.n * rows];
+        let mut transposed = vec![0f32; n * rows];
         self.pool.install(|| {
             transposed
                 .par_chunks_mut(ROWS_PER_TASK * rows)
                 .enumerate()
                 .for_each(|(task, out)| {
                     for (i, column) in out.chunks_mut(rows).enumerate() {
-                        let row = task * ROWS_PER_TASK + i;
-                        let w = &quants[row * self.k..][..self.k];
-                        let ws = &scales[row * blocks..][..blocks];
+                        let (w, ws) = self.weights.row(task * ROWS_PER_TASK + i);
                         for (s, y) in column.iter_mut().enumerate() {
                             *y = self.kernel.dot(w, ws, &a, s);
                         }
@@ -144,10 +180,10 @@ impl Int8MatMul {
         if rows == 1 {
             return transposed;
         }
-        let mut y = vec![0f32; rows * self.n];
+        let mut y = vec![0f32; rows * n];
         for (row, column) in transposed.chunks(rows).enumerate() {
             for (s, v) in column.iter().enumerate() {
-                y[s * self.n + row] = *v;
+                y[s * n + row] = *v;
             }
         }
         y
@@ -169,13 +205,13 @@ impl EvalOp for Int8MatMul {
         let x = x.cast_to::<f32>()?;
         let shape = x.shape();
         ensure!(
-            shape.last() == Some(&self.k),
+            shape.last() == Some(&self.weights.cols),
             "int8 matmul: input {shape:?} does not end in {}",
-            self.k
+            self.weights.cols
         );
         let y = self.compute(x.try_as_plain_ram()?.as_slice::<f32>()?);
         let mut out_shape: TVec<usize> = shape.into();
-        *out_shape.last_mut().unwrap_or(&mut 0) = self.n;
+        *out_shape.last_mut().unwrap_or(&mut 0) = self.weights.rows;
         Ok(tvec!(Tensor::from_shape(&out_shape, &y)?.into_tvalue()))
     }
 }
@@ -185,7 +221,7 @@ impl TypedOp for Int8MatMul {
         let mut shape: TVec<TDim> = inputs[0].shape.to_tvec();
         ensure!(!shape.is_empty(), "int8 matmul needs an input of rank ≥ 1");
         let last = shape.len() - 1;
-        shape[last] = self.n.to_dim();
+        shape[last] = self.weights.rows.to_dim();
         Ok(tvec!(f32::fact(&shape)))
     }
     as_op!();
@@ -204,7 +240,7 @@ impl Expansion for Int8MatMul {
     ) -> InferenceResult {
         check_output_arity(outputs, 1)?;
         s.equals(&outputs[0].datum_type, f32::datum_type())?;
-        let n = self.n.to_dim();
+        let n = self.weights.rows.to_dim();
         s.given(&inputs[0].rank, move |s, rank| {
             let rank = rank as usize;
             s.equals(&outputs[0].rank, rank as i64)?;
@@ -246,14 +282,8 @@ pub fn build_matmul(
         node.name
     );
     MappedTensors::with(|m| {
-        let quants = m.range(&node.input[1], n * k)?;
-        let scales = m.scales_at(m.range(&node.input[2], n * k / 32 * 4)?)?;
         let op = Int8MatMul {
-            map: Arc::clone(&m.map),
-            quants,
-            scales,
-            n,
-            k,
+            weights: MappedMatrix::new(m, &node.input[1], &node.input[2], n, k)?,
             pool: Arc::clone(&m.pool),
             kernel: m.kernel,
         };
@@ -262,24 +292,10 @@ pub fn build_matmul(
 }
 
 /// Rows of an int8 `rows × cols` table held in the mapping, dequantized: the token embedding.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Int8Gather {
-    map: Arc<Mmap>,
-    quants: Range<usize>,
-    scales: Range<usize>,
-    rows: usize,
-    cols: usize,
+    table: MappedMatrix,
 }
-
-impl PartialEq for Int8Gather {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.map, &other.map)
-            && self.quants == other.quants
-            && self.scales == other.scales
-            && (self.rows, self.cols) == (other.rows, other.cols)
-    }
-}
-impl Eq for Int8Gather {}
 
 impl Op for Int8Gather {
     fn name(&self) -> StaticName {
@@ -294,24 +310,20 @@ impl EvalOp for Int8Gather {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let ids = args_1!(inputs);
         let ids = ids.cast_to::<i64>()?;
-        let quants = &self.map[self.quants.clone()];
-        let scales = f32s(&self.map[self.scales.clone()]);
-        let blocks = self.cols / 32;
-        let mut out = Vec::with_capacity(ids.len() * self.cols);
+        let (rows, cols) = (self.table.rows, self.table.cols);
+        let mut out = Vec::with_capacity(ids.len() * cols);
         for &id in ids.try_as_plain_ram()?.as_slice::<i64>()? {
             let row = usize::try_from(id)
                 .ok()
-                .filter(|&r| r < self.rows)
-                .with_context(|| {
-                    format!("token id {id} is outside the vocabulary of {}", self.rows)
-                })?;
-            let q = &quants[row * self.cols..][..self.cols];
-            for (block, d) in q.chunks_exact(32).zip(&scales[row * blocks..][..blocks]) {
+                .filter(|&r| r < rows)
+                .with_context(|| format!("token id {id} is outside the vocabulary of {rows}"))?;
+            let (quants, scales) = self.table.row(row);
+            for (block, d) in quants.chunks_exact(32).zip(scales) {
                 out.extend(block.iter().map(|&u| d * (u as i32 - 128) as f32));
             }
         }
         let mut shape: TVec<usize> = ids.shape().into();
-        shape.push(self.cols);
+        shape.push(cols);
         Ok(tvec!(Tensor::from_shape(&shape, &out)?.into_tvalue()))
     }
 }
@@ -319,7 +331,7 @@ impl EvalOp for Int8Gather {
 impl TypedOp for Int8Gather {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let mut shape: TVec<TDim> = inputs[0].shape.to_tvec();
-        shape.push(self.cols.to_dim());
+        shape.push(self.table.cols.to_dim());
         Ok(tvec!(f32::fact(&shape)))
     }
     as_op!();
@@ -339,7 +351,7 @@ impl Expansion for Int8Gather {
         check_input_arity(inputs, 3)?;
         check_output_arity(outputs, 1)?;
         s.equals(&outputs[0].datum_type, f32::datum_type())?;
-        let cols = self.cols.to_dim();
+        let cols = self.table.cols.to_dim();
         s.given(&inputs[1].rank, move |s, rank| {
             let rank = rank as usize;
             s.equals(&outputs[0].rank, rank as i64 + 1)?;
@@ -380,7 +392,7 @@ pub fn build_gather(
         node.name
     );
     MappedTensors::with(|m| {
-        let (quants, dims) = m.tensor(&node.input[0])?.clone();
+        let (_, dims) = m.tensor(&node.input[0])?;
         let [rows, cols] = dims[..] else {
             bail!(
                 "GatherBlockQuantized {:?}: the table is not 2-D ({dims:?})",
@@ -388,18 +400,12 @@ pub fn build_gather(
             )
         };
         ensure!(
-            cols.is_multiple_of(32) && quants.len() == rows * cols,
-            "GatherBlockQuantized {:?}: {} bytes for a {rows} × {cols} table",
-            node.name,
-            quants.len()
+            cols.is_multiple_of(32),
+            "GatherBlockQuantized {:?}: rows of {cols} values are not blocks of 32",
+            node.name
         );
-        let scales = m.range(&node.input[2], rows * cols / 32 * 4)?;
         let op = Int8Gather {
-            map: Arc::clone(&m.map),
-            rows,
-            cols,
-            quants,
-            scales: m.scales_at(scales)?,
+            table: MappedMatrix::new(m, &node.input[0], &node.input[2], rows, cols)?,
         };
         Ok((expand(op), vec![]))
     })
@@ -425,11 +431,13 @@ mod tests {
             .build()
             .unwrap();
         Int8MatMul {
-            map,
-            quants: 0..n * k,
-            scales: n * k..n * k + n * k / 32 * 4,
-            n,
-            k,
+            weights: MappedMatrix {
+                map,
+                quants: 0..n * k,
+                scales: n * k..n * k + n * k / 32 * 4,
+                rows: n,
+                cols: k,
+            },
             pool: Arc::new(pool),
             kernel: Kernel::detect(),
         }

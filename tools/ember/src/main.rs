@@ -253,10 +253,7 @@ fn run_fetch(model: Option<String>, recipe: Option<PathBuf>, quiet: bool) -> Res
 
 fn run_synth(output: &std::path::Path, seed: u64) -> Result<()> {
     let bytes = synth::tiny_model(seed)?;
-    let part = output.with_extension("part");
-    std::fs::write(&part, &bytes).with_context(|| format!("cannot write {}", part.display()))?;
-    std::fs::rename(&part, output)
-        .with_context(|| format!("cannot rename {} to {}", part.display(), output.display()))?;
+    ember_image::write_atomically(output, &bytes)?;
     eprintln!(
         "wrote {} ({} bytes, seed {seed})",
         output.display(),
@@ -310,10 +307,7 @@ fn run_export_onnx(path: &std::path::Path, output: &std::path::Path) -> Result<(
         (ember_tract::graph::WEIGHTS_FILE, weights),
     ] {
         let target = output.join(name);
-        let part = output.join(format!("{name}.part"));
-        std::fs::write(&part, image.section_bytes(section))
-            .and_then(|()| std::fs::rename(&part, &target))
-            .with_context(|| format!("cannot write {}", target.display()))?;
+        ember_image::write_atomically(&target, image.section_bytes(section))?;
         println!("wrote {} ({} bytes)", target.display(), section.length);
     }
     Ok(())

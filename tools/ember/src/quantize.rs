@@ -10,7 +10,7 @@
 
 use anyhow::{Result, bail};
 use ember_core::image::{Manifest, SamplingDefaults, TensorEncoding, TokenizerData, TokenizerSpec};
-use ember_engine::{ModelConfig, ReferenceModel, ReferenceSession};
+use ember_engine::{LanguageModel, ModelConfig, ReferenceModel, ReferenceSession};
 use ember_gguf::{GgufError, GgufFile, TensorInfo, TensorType, dequantize};
 use ember_image::{EncodedTensor, Image, ImageWriter};
 use ember_tokenizer::{Tokenizer, Vocabulary};
