@@ -208,7 +208,8 @@ impl<const N: usize> FrameDecoder<N> {
     /// it was refused. Delimiters with nothing before them (an idle line) yield `None`.
     pub fn push(&mut self, byte: u8) -> Option<Result<Frame<'_>, FrameError>> {
         if byte != DELIMITER {
-            if self.raw.push(byte).is_err() {
+            if self.raw.push(byte).is_err() && !self.overflowed {
+                warn!("frame longer than {} bytes: dropping it", N);
                 self.overflowed = true;
             }
             return None;
@@ -230,6 +231,7 @@ impl<const N: usize> FrameDecoder<N> {
             let carried = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
             let computed = crc32(&[content]);
             if carried != computed {
+                debug!("frame of {} bytes with a bad CRC: dropping it", len);
                 return Err(FrameError::BadCrc { carried, computed });
             }
             Ok(Frame {

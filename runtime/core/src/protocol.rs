@@ -1,0 +1,543 @@
+//! The messages of frame mode: what a program on the host and the device say to each other.
+//!
+//! Each message is one frame (see [`crate::frame`]) whose payload is the message encoded with
+//! postcard. Every type here has a bounded size (`heapless` strings), so both sides decode
+//! without allocating. `docs/PROTOCOL.md` describes the encoding byte by byte.
+//!
+//! The host sends [`Request`]s; the device answers with [`Event`]s. Frame mode starts when the
+//! device, in line mode, receives a `0x00` byte followed by a frame holding
+//! [`Request::Hello`]; it answers [`Event::Hello`] and stays in frame mode until
+//! [`Request::Goodbye`].
+
+use crate::frame::{self, FrameError};
+use core::fmt;
+use heapless::{String, Vec};
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this core speaks. A peer with another version must say goodbye.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Most encoded bytes in one frame, delimiter included, in either direction.
+pub const MAX_FRAME: usize = 2048;
+/// Most bytes of text in a chat request or a system prompt.
+pub const MAX_TEXT: usize = 1024;
+/// Most bytes of text in one [`Event::Token`].
+pub const MAX_DELTA: usize = 128;
+/// Most bytes of text in one [`Event::SynthesizeChunk`].
+pub const MAX_SENTENCE: usize = 256;
+/// Most bytes of an error's detail.
+pub const MAX_DETAIL: usize = 128;
+/// Most bytes of a model name.
+pub const MAX_NAME: usize = 64;
+/// Most stop sequences per request.
+pub const MAX_STOPS: usize = 4;
+/// Most bytes of one stop sequence.
+pub const MAX_STOP_BYTES: usize = 32;
+
+/// What the host asks of the device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // no `Box` without alloc; one request is held at a time
+pub enum Request {
+    /// Opens frame mode (or re-opens it); the device answers [`Event::Hello`].
+    Hello {
+        /// The host's [`PROTOCOL_VERSION`].
+        protocol_version: u16,
+    },
+    /// Adds a user message to the conversation and generates the reply.
+    Chat(ChatRequest),
+    /// Stops the reply in progress; always answered with [`Event::CancelAck`].
+    Cancel,
+    /// Forgets the conversation (the system prompt stays); answered with [`Event::Done`].
+    Reset,
+    /// Replaces the system prompt (empty: the model's default) and forgets the conversation;
+    /// answered with [`Event::Done`].
+    SetSystem {
+        /// The new system prompt.
+        text: String<MAX_TEXT>,
+    },
+    /// Asks for [`Event::Status`].
+    Status,
+    /// Leaves frame mode: the device answers [`Event::Goodbye`] and returns to line mode.
+    Goodbye,
+}
+
+/// A user message and how to answer it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ChatRequest {
+    /// Names the conversation; a request with another session than the last one starts a new
+    /// conversation (the system prompt stays).
+    pub session: u32,
+    /// The user's message.
+    pub text: String<MAX_TEXT>,
+    /// Settings for this reply; unset fields keep the device's current settings.
+    pub options: ChatOptions,
+}
+
+/// Per-request overrides of the device's settings.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ChatOptions {
+    /// Most tokens in the reply.
+    pub max_tokens: Option<u32>,
+    /// Softmax temperature (0: greedy).
+    pub temperature: Option<f32>,
+    /// Keep the `top_k` most likely tokens (0: no limit).
+    pub top_k: Option<u32>,
+    /// Nucleus sampling threshold in (0, 1].
+    pub top_p: Option<f32>,
+    /// Repetition penalty (1: none).
+    pub repeat_penalty: Option<f32>,
+    /// Seed of the sampler's random generator.
+    pub seed: Option<u64>,
+    /// The reply ends before the first of these (not included in the reply).
+    pub stop: Vec<String<MAX_STOP_BYTES>, MAX_STOPS>,
+    /// Also send the reply as sentences for text-to-speech ([`Event::SynthesizeStart`] …).
+    pub sentences: bool,
+}
+
+/// What the device tells the host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// The device's greeting: who it is and what it can take.
+    Hello(Hello),
+    /// The next piece of the reply: whole UTF-8 characters, never part of a stop sequence.
+    Token {
+        /// The text.
+        text: String<MAX_DELTA>,
+    },
+    /// The reply will also come as sentences (Wyoming's `synthesize-start`).
+    SynthesizeStart,
+    /// One sentence of the reply, ready to speak (Wyoming's `synthesize-chunk`).
+    SynthesizeChunk {
+        /// The sentence.
+        text: String<MAX_SENTENCE>,
+    },
+    /// No more sentences for this reply (Wyoming's `synthesize-stop`); [`Event::End`] follows.
+    SynthesizeStop,
+    /// The reply is over.
+    End {
+        /// Why it ended.
+        reason: EndReason,
+        /// Counts and timings.
+        stats: ReplyStats,
+    },
+    /// Answers [`Request::Cancel`].
+    CancelAck {
+        /// Whether a reply was in progress (its [`Event::End`] with reason `Cancelled` came first).
+        was_generating: bool,
+    },
+    /// Answers [`Request::Reset`] and [`Request::SetSystem`].
+    Done,
+    /// Answers [`Request::Status`].
+    Status(Status),
+    /// Something went wrong; the device keeps serving.
+    Error {
+        /// What kind of problem.
+        code: ErrorCode,
+        /// A sentence for people.
+        detail: String<MAX_DETAIL>,
+    },
+    /// Answers [`Request::Goodbye`]; the device is back in line mode.
+    Goodbye,
+}
+
+/// The device's greeting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The device's [`PROTOCOL_VERSION`].
+    pub protocol_version: u16,
+    /// The model's name.
+    pub model_name: String<MAX_NAME>,
+    /// SHA-256 of the model image's manifest (which holds every section's SHA-256).
+    pub model_hash: [u8; 32],
+    /// Positions the device's context holds.
+    pub context_length: u32,
+    /// Most encoded bytes per frame the device accepts.
+    pub max_frame: u32,
+}
+
+/// Why a reply ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndReason {
+    /// The model ended its turn.
+    Eos,
+    /// A stop sequence was produced.
+    Stop,
+    /// The token limit was reached.
+    Length,
+    /// The host cancelled.
+    Cancelled,
+    /// The engine failed; an [`Event::Error`] came before.
+    Error,
+}
+
+impl EndReason {
+    /// Lower-case name (`eos`, `stop`, `length`, `cancelled`, `error`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Eos => "eos",
+            EndReason::Stop => "stop",
+            EndReason::Length => "length",
+            EndReason::Cancelled => "cancelled",
+            EndReason::Error => "error",
+        }
+    }
+}
+
+/// Counts and timings of one reply.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct ReplyStats {
+    /// Tokens prefilled for this turn (the new text only, unless the cache was rebuilt).
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub generated_tokens: u32,
+    /// Milliseconds from receiving the request to the first token.
+    pub time_to_first_token_ms: u32,
+    /// Milliseconds from receiving the request to the end.
+    pub total_ms: u32,
+    /// Generated tokens per second after the first.
+    pub decode_tokens_per_second: f32,
+    /// Positions of the context in use after the reply.
+    pub context_used: u32,
+    /// Old turns dropped to make room (0 unless the context was full).
+    pub turns_dropped: u32,
+}
+
+/// The device's state.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Status {
+    /// The current conversation's session.
+    pub session: u32,
+    /// Finished turns in the conversation.
+    pub turns: u32,
+    /// Positions of the context in use.
+    pub context_used: u32,
+    /// Positions the context holds.
+    pub context_length: u32,
+    /// Replies since the device started.
+    pub replies: u32,
+}
+
+/// Kinds of [`Event::Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// A frame arrived damaged (bad CRC or encoding) and was dropped.
+    BadFrame,
+    /// A frame was longer than [`Hello::max_frame`] and was dropped.
+    Oversized,
+    /// A frame's payload is not a known [`Request`].
+    UnknownMessage,
+    /// A request other than cancel or status arrived while a reply was in progress.
+    Busy,
+    /// The message does not fit in the context even alone.
+    TooLong,
+    /// A setting is out of range.
+    BadSetting,
+    /// The host speaks another protocol version.
+    UnsupportedVersion,
+    /// The host stopped reading: the reply was abandoned.
+    Stalled,
+    /// The engine failed.
+    Engine,
+}
+
+/// Why a message could not be encoded or decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// The framing failed.
+    Frame(FrameError),
+    /// The payload is not a valid message (postcard could not decode it, or bytes were left).
+    BadMessage,
+    /// The message does not fit in [`MAX_FRAME`].
+    TooBig,
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtocolError::Frame(e) => write!(f, "bad frame: {e}"),
+            ProtocolError::BadMessage => f.write_str("frame payload is not a known message"),
+            ProtocolError::TooBig => write!(f, "message does not fit in {MAX_FRAME} bytes"),
+        }
+    }
+}
+
+impl core::error::Error for ProtocolError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            ProtocolError::Frame(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<FrameError> for ProtocolError {
+    fn from(e: FrameError) -> Self {
+        ProtocolError::Frame(e)
+    }
+}
+
+/// Encodes messages into frames with consecutive sequence numbers, in fixed buffers.
+#[derive(Debug, Clone)]
+pub struct FrameWriter {
+    seq: u16,
+    payload: [u8; MAX_FRAME],
+    scratch: [u8; MAX_FRAME],
+    out: [u8; MAX_FRAME],
+}
+
+impl Default for FrameWriter {
+    fn default() -> Self {
+        FrameWriter {
+            seq: 0,
+            payload: [0; MAX_FRAME],
+            scratch: [0; MAX_FRAME],
+            out: [0; MAX_FRAME],
+        }
+    }
+}
+
+impl FrameWriter {
+    /// A writer whose first frame has sequence number 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The frame (delimiter included) for `message`, numbered with the next sequence number.
+    pub fn encode<M: Serialize>(&mut self, message: &M) -> Result<&[u8], ProtocolError> {
+        let payload =
+            postcard::to_slice(message, &mut self.payload).map_err(|_| ProtocolError::TooBig)?;
+        let len = frame::encode_frame(self.seq, payload, &mut self.scratch, &mut self.out)
+            .map_err(|_| ProtocolError::TooBig)?;
+        self.seq = self.seq.wrapping_add(1);
+        Ok(&self.out[..len])
+    }
+}
+
+/// Decodes a frame payload as a message of type `M` (a [`Request`] or an [`Event`]); trailing
+/// bytes are an error.
+pub fn decode<'a, M: Deserialize<'a>>(payload: &'a [u8]) -> Result<M, ProtocolError> {
+    match postcard::take_from_bytes(payload) {
+        Ok((message, [])) => Ok(message),
+        _ => Err(ProtocolError::BadMessage),
+    }
+}
+
+/// Copies as much of `text` as fits into a bounded string, cutting at a character boundary.
+pub fn truncated<const N: usize>(text: &str) -> String<N> {
+    let mut end = text.len().min(N);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = String::new();
+    // `end` bytes fit by construction.
+    let _ = out.push_str(&text[..end]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::FrameDecoder;
+    use quickcheck::{Arbitrary, Gen, quickcheck};
+    use std::vec::Vec as StdVec;
+
+    fn text<const N: usize>(g: &mut Gen) -> String<N> {
+        let s = std::string::String::arbitrary(g);
+        truncated(&s)
+    }
+
+    fn float(g: &mut Gen) -> f32 {
+        // Finite values only: NaN != NaN would fail the equality check, not the codec.
+        let f = f32::arbitrary(g);
+        if f.is_finite() { f } else { 0.5 }
+    }
+
+    impl Arbitrary for ChatOptions {
+        fn arbitrary(g: &mut Gen) -> Self {
+            let mut stop = Vec::new();
+            for _ in 0..usize::arbitrary(g) % (MAX_STOPS + 1) {
+                let _ = stop.push(text(g));
+            }
+            ChatOptions {
+                max_tokens: Option::arbitrary(g),
+                temperature: bool::arbitrary(g).then(|| float(g)),
+                top_k: Option::arbitrary(g),
+                top_p: bool::arbitrary(g).then(|| float(g)),
+                repeat_penalty: bool::arbitrary(g).then(|| float(g)),
+                seed: Option::arbitrary(g),
+                stop,
+                sentences: bool::arbitrary(g),
+            }
+        }
+    }
+
+    impl Arbitrary for Request {
+        fn arbitrary(g: &mut Gen) -> Self {
+            match u8::arbitrary(g) % 7 {
+                0 => Request::Hello {
+                    protocol_version: u16::arbitrary(g),
+                },
+                1 => Request::Chat(ChatRequest {
+                    session: u32::arbitrary(g),
+                    text: text(g),
+                    options: ChatOptions::arbitrary(g),
+                }),
+                2 => Request::Cancel,
+                3 => Request::Reset,
+                4 => Request::SetSystem { text: text(g) },
+                5 => Request::Status,
+                _ => Request::Goodbye,
+            }
+        }
+    }
+
+    impl Arbitrary for Event {
+        fn arbitrary(g: &mut Gen) -> Self {
+            let reasons = [
+                EndReason::Eos,
+                EndReason::Stop,
+                EndReason::Length,
+                EndReason::Cancelled,
+                EndReason::Error,
+            ];
+            let codes = [
+                ErrorCode::BadFrame,
+                ErrorCode::Oversized,
+                ErrorCode::UnknownMessage,
+                ErrorCode::Busy,
+                ErrorCode::TooLong,
+                ErrorCode::BadSetting,
+                ErrorCode::UnsupportedVersion,
+                ErrorCode::Stalled,
+                ErrorCode::Engine,
+            ];
+            match u8::arbitrary(g) % 11 {
+                0 => Event::Hello(Hello {
+                    protocol_version: u16::arbitrary(g),
+                    model_name: text(g),
+                    model_hash: core::array::from_fn(|_| u8::arbitrary(g)),
+                    context_length: u32::arbitrary(g),
+                    max_frame: u32::arbitrary(g),
+                }),
+                1 => Event::Token { text: text(g) },
+                2 => Event::SynthesizeStart,
+                3 => Event::SynthesizeChunk { text: text(g) },
+                4 => Event::SynthesizeStop,
+                5 => Event::End {
+                    reason: *g.choose(&reasons).unwrap(),
+                    stats: ReplyStats {
+                        prompt_tokens: u32::arbitrary(g),
+                        generated_tokens: u32::arbitrary(g),
+                        time_to_first_token_ms: u32::arbitrary(g),
+                        total_ms: u32::arbitrary(g),
+                        decode_tokens_per_second: float(g),
+                        context_used: u32::arbitrary(g),
+                        turns_dropped: u32::arbitrary(g),
+                    },
+                },
+                6 => Event::CancelAck {
+                    was_generating: bool::arbitrary(g),
+                },
+                7 => Event::Done,
+                8 => Event::Status(Status {
+                    session: u32::arbitrary(g),
+                    turns: u32::arbitrary(g),
+                    context_used: u32::arbitrary(g),
+                    context_length: u32::arbitrary(g),
+                    replies: u32::arbitrary(g),
+                }),
+                9 => Event::Error {
+                    code: *g.choose(&codes).unwrap(),
+                    detail: text(g),
+                },
+                _ => Event::Goodbye,
+            }
+        }
+    }
+
+    /// Encodes `messages` as a byte stream and decodes them back, the stream cut into pieces
+    /// at `splits` (the decoder sees bytes one at a time, whatever the pieces).
+    fn round_trip<M>(messages: &[M]) -> StdVec<M>
+    where
+        M: Serialize + for<'a> Deserialize<'a>,
+    {
+        let mut writer = FrameWriter::new();
+        let mut stream = StdVec::new();
+        for m in messages {
+            stream.extend_from_slice(writer.encode(m).unwrap());
+        }
+        let mut decoder = FrameDecoder::<MAX_FRAME>::new();
+        let mut out = StdVec::new();
+        let mut expected_seq = 0u16;
+        for &b in &stream {
+            if let Some(frame) = decoder.push(b) {
+                let frame = frame.unwrap();
+                assert_eq!(frame.seq, expected_seq);
+                expected_seq += 1;
+                out.push(decode(frame.payload).unwrap());
+            }
+        }
+        out
+    }
+
+    quickcheck! {
+        fn requests_round_trip(messages: StdVec<Request>) -> bool {
+            round_trip(&messages) == messages
+        }
+
+        fn events_round_trip(messages: StdVec<Event>) -> bool {
+            round_trip(&messages) == messages
+        }
+
+        fn arbitrary_payloads_never_panic(bytes: StdVec<u8>) -> bool {
+            let _ = decode::<Request>(&bytes);
+            let _ = decode::<Event>(&bytes);
+            true
+        }
+
+        fn truncation_keeps_whole_characters(s: std::string::String) -> bool {
+            let t: String<7> = truncated(&s);
+            s.starts_with(t.as_str()) && t.len() <= 7 && (t.len() == s.len() || t.len() > 7 - 4)
+        }
+    }
+
+    #[test]
+    fn largest_messages_fit_in_a_frame() {
+        let stop: Vec<String<MAX_STOP_BYTES>, MAX_STOPS> = (0..MAX_STOPS)
+            .map(|_| truncated(&"x".repeat(MAX_STOP_BYTES)))
+            .collect();
+        let request = Request::Chat(ChatRequest {
+            session: u32::MAX,
+            text: truncated(&"y".repeat(MAX_TEXT)),
+            options: ChatOptions {
+                max_tokens: Some(u32::MAX),
+                temperature: Some(1.0),
+                top_k: Some(u32::MAX),
+                top_p: Some(1.0),
+                repeat_penalty: Some(1.0),
+                seed: Some(u64::MAX),
+                stop,
+                sentences: true,
+            },
+        });
+        let mut writer = FrameWriter::new();
+        assert!(writer.encode(&request).unwrap().len() <= MAX_FRAME);
+        let error = Event::Error {
+            code: ErrorCode::Engine,
+            detail: truncated(&"z".repeat(MAX_DETAIL)),
+        };
+        assert!(writer.encode(&error).unwrap().len() <= MAX_FRAME);
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut buf = [0u8; 16];
+        let bytes = postcard::to_slice(&Request::Cancel, &mut buf)
+            .unwrap()
+            .to_vec();
+        assert_eq!(decode::<Request>(&bytes), Ok(Request::Cancel));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(decode::<Request>(&longer), Err(ProtocolError::BadMessage));
+        assert_eq!(decode::<Request>(&[200]), Err(ProtocolError::BadMessage));
+    }
+}
