@@ -6,7 +6,10 @@
 //! - [`utf8`]: assembles streamed token bytes into whole UTF-8 characters.
 //! - [`image`]: the Ember image header (and, with `alloc`, its manifest).
 //! - [`frame`]: frame-mode framing for the serial line (COBS, sequence numbers, CRC32).
+//! - [`line`]: line mode: a line editor for people at a serial console, and slash commands.
 //! - [`protocol`]: the messages of frame mode (postcard in bounded buffers).
+//! - [`sentence`]: sentences out of streamed text, for text-to-speech.
+//! - [`stop`]: stop sequences on streamed text, holding back a tail that may start one.
 //!
 //! Features: `alloc` adds the image manifest and conveniences that return owned values; `std`
 //! implies `alloc` and `log`. The core logs through `log` (feature `log`) or `defmt` (feature
@@ -24,6 +27,9 @@ mod fmt;
 pub mod chat;
 pub mod frame;
 pub mod image;
+pub mod line;
 pub mod protocol;
 pub mod sampler;
+pub mod sentence;
+pub mod stop;
 pub mod utf8;

@@ -29,9 +29,9 @@ pub const MAX_DETAIL: usize = 128;
 /// Most bytes of a model name.
 pub const MAX_NAME: usize = 64;
 /// Most stop sequences per request.
-pub const MAX_STOPS: usize = 4;
+pub const MAX_STOPS: usize = crate::stop::MAX_STOPS;
 /// Most bytes of one stop sequence.
-pub const MAX_STOP_BYTES: usize = 32;
+pub const MAX_STOP_BYTES: usize = crate::stop::MAX_STOP_BYTES;
 
 /// What the host asks of the device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -320,6 +320,9 @@ pub fn decode<'a, M: Deserialize<'a>>(payload: &'a [u8]) -> Result<M, ProtocolEr
         _ => Err(ProtocolError::BadMessage),
     }
 }
+
+/// Text of at most `N` bytes, as carried in messages.
+pub type BoundedText<const N: usize> = String<N>;
 
 /// Copies as much of `text` as fits into a bounded string, cutting at a character boundary.
 pub fn truncated<const N: usize>(text: &str) -> String<N> {

@@ -2,9 +2,12 @@
 //! When the next turn would not fit, the oldest turns are dropped (the system prompt is kept)
 //! and the cache is rebuilt from what remains.
 
-use crate::{EngineError, GenerateOptions, Generation, LanguageModel, generate};
+use crate::{
+    EngineError, FinishReason, GenerateOptions, Generation, LanguageModel, generate_until,
+};
 use ember_core::chat::{ChatTemplate, Message, Role};
 use ember_tokenizer::Tokenizer;
+use std::ops::ControlFlow;
 
 /// A conversation with a model.
 pub struct ChatSession<'a> {
@@ -16,9 +19,11 @@ pub struct ChatSession<'a> {
     turns: Vec<(String, String)>,
     /// Whether the cache holds the conversation so far (ending inside the last reply).
     cached: bool,
-    /// The last reply's final token when generation stopped on the length limit: it was
-    /// sampled but not yet run through the model.
+    /// The last reply's final token when generation stopped before end-of-sequence (length
+    /// limit, stop sequence, cancel): it was sampled but not yet run through the model.
     unfed: Option<u32>,
+    /// Turns dropped to make room by the latest [`ChatSession::say`].
+    dropped: usize,
 }
 
 impl<'a> ChatSession<'a> {
@@ -38,7 +43,34 @@ impl<'a> ChatSession<'a> {
             turns: Vec::new(),
             cached: false,
             unfed: None,
+            dropped: 0,
         }
+    }
+
+    /// Replaces the system prompt (`None`: the template's default) and forgets the conversation.
+    pub fn set_system(&mut self, system: Option<String>) {
+        self.system = system;
+        self.reset();
+    }
+
+    /// The system prompt set by [`ChatSession::new`] or [`ChatSession::set_system`].
+    pub fn system(&self) -> Option<&str> {
+        self.system.as_deref()
+    }
+
+    /// Positions of the context in use.
+    pub fn context_used(&self) -> usize {
+        self.model.position()
+    }
+
+    /// Positions the context holds.
+    pub fn context_length(&self) -> usize {
+        self.model.context_length()
+    }
+
+    /// Old turns the latest [`ChatSession::say`] dropped to make room (0 when it fit).
+    pub fn turns_dropped(&self) -> usize {
+        self.dropped
     }
 
     /// Forgets the conversation (the system prompt stays).
@@ -71,15 +103,20 @@ impl<'a> ChatSession<'a> {
         Ok(self.tokenizer.encode(&text)?)
     }
 
-    /// Sends the user's message and generates the reply, streaming it to `on_text`.
+    /// Sends the user's message and generates the reply, streaming it to `on_text`, which may
+    /// end the reply early (see [`generate_until`]); the reply so far stays in the conversation.
     pub fn say(
         &mut self,
         user: &str,
         options: &GenerateOptions,
-        on_text: &mut dyn FnMut(&str),
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<FinishReason>,
     ) -> Result<Generation, EngineError> {
+        self.dropped = 0;
         let context = self.model.context_length();
-        let room = |tokens: usize| tokens + options.max_tokens.max(1) <= context;
+        // Room kept for the reply: all of `max_tokens` if it fits in half the context; a longer
+        // reply ends when the context is full.
+        let reserve = options.max_tokens.clamp(1, (context / 2).max(1));
+        let room = |tokens: usize| tokens + reserve <= context;
         let mut prompt = None;
         if self.cached {
             let mut text = String::new();
@@ -100,7 +137,7 @@ impl<'a> ChatSession<'a> {
                 self.model.reset();
                 self.cached = false;
                 let mut first = 0;
-                loop {
+                let ids = loop {
                     let ids = self.render_from(first, user)?;
                     let last_chance = first == self.turns.len();
                     if room(ids.len() + context / 2) || (last_chance && room(ids.len())) {
@@ -108,21 +145,24 @@ impl<'a> ChatSession<'a> {
                     }
                     if last_chance {
                         return Err(EngineError::PromptTooLong {
-                            prompt: ids.len() + options.max_tokens,
+                            prompt: ids.len() + reserve,
                             context,
                         });
                     }
                     first += 1;
-                }
+                };
+                self.turns.drain(..first);
+                self.dropped = first;
+                ids
             }
         };
         // Until the reply is complete the cache holds a partial turn.
         self.cached = false;
         self.unfed = None;
-        let generation = generate(self.model, self.tokenizer, &prompt, options, on_text)?;
+        let generation = generate_until(self.model, self.tokenizer, &prompt, options, on_text)?;
         self.turns.push((user.to_string(), generation.text.clone()));
         self.cached = true;
-        if generation.finish == crate::FinishReason::Length {
+        if generation.finish != FinishReason::Eos {
             self.unfed = generation.tokens.last().copied();
         }
         Ok(generation)

@@ -5,6 +5,7 @@ use crate::{EngineError, memory};
 use ember_core::sampler::{Sampler, SamplingConfig};
 use ember_tokenizer::Tokenizer;
 use serde::Serialize;
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 /// A model with a KV cache that can be fed tokens.
@@ -42,6 +43,10 @@ pub enum FinishReason {
     Eos,
     /// `max_tokens` was reached, or the context is full.
     Length,
+    /// The caller stopped it at a stop sequence.
+    Stop,
+    /// The caller cancelled it.
+    Cancelled,
 }
 
 /// Counts and timings of one generation.
@@ -87,6 +92,22 @@ pub fn generate(
     options: &GenerateOptions,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation, EngineError> {
+    generate_until(model, tokenizer, prompt, options, &mut |text| {
+        on_text(text);
+        ControlFlow::Continue(())
+    })
+}
+
+/// [`generate`], where `on_text` may end generation early by returning the reason
+/// ([`FinishReason::Stop`] or [`FinishReason::Cancelled`]). The token whose text ended it is part
+/// of the generation but not fed to the model (as when the token limit ends it).
+pub fn generate_until(
+    model: &mut dyn LanguageModel,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    on_text: &mut dyn FnMut(&str) -> ControlFlow<FinishReason>,
+) -> Result<Generation, EngineError> {
     let context = model.context_length();
     if prompt.is_empty() {
         return Err(EngineError::EmptyPrompt);
@@ -103,10 +124,11 @@ pub fn generate(
     let mut tokens = Vec::new();
     let mut text = String::new();
     let mut emit = |piece: String, text: &mut String| {
-        if !piece.is_empty() {
-            on_text(&piece);
-            text.push_str(&piece);
+        if piece.is_empty() {
+            return ControlFlow::Continue(());
         }
+        text.push_str(&piece);
+        on_text(&piece)
     };
 
     let start = Instant::now();
@@ -126,7 +148,9 @@ pub fn generate(
         }
         tokens.push(token);
         history.push(token);
-        emit(decoder.push(token), &mut text);
+        if let ControlFlow::Break(reason) = emit(decoder.push(token), &mut text) {
+            break reason;
+        }
         if tokens.len() >= options.max_tokens || model.position() >= context {
             break FinishReason::Length;
         }
@@ -135,7 +159,13 @@ pub fn generate(
         decode_seconds += step.elapsed().as_secs_f64();
         decode_steps += 1;
     };
-    emit(decoder.finish(), &mut text);
+    let finish = match finish {
+        FinishReason::Stop | FinishReason::Cancelled => finish,
+        _ => match emit(decoder.finish(), &mut text) {
+            ControlFlow::Break(reason) => reason,
+            ControlFlow::Continue(()) => finish,
+        },
+    };
 
     let resident = memory::resident();
     let per_second = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };

@@ -19,6 +19,8 @@ mod source;
 pub use chat::ChatSession;
 pub use config::ModelConfig;
 pub use error::EngineError;
-pub use generate::{FinishReason, GenerateOptions, Generation, LanguageModel, Stats, generate};
+pub use generate::{
+    FinishReason, GenerateOptions, Generation, LanguageModel, Stats, generate, generate_until,
+};
 pub use reference::{KvCache, ReferenceModel, ReferenceSession};
 pub use source::{ModelFile, WeightSource};

@@ -19,6 +19,10 @@ const PEER_SCRIPT: &str = include_str!("peer_llama_cpp.py");
 const SHORT_PROMPT: &str =
     "What is the capital of France? Answer in one sentence, then give one fun fact about it.";
 
+/// The prompt `ember bench --port` sends: its reply has several sentences.
+pub const SERIAL_PROMPT: &str =
+    "Tell me about Paris in a few sentences: its history, its landmarks and its food.";
+
 /// Tokens of the long-context prompt.
 pub const LONG_PROMPT_TOKENS: usize = 400;
 

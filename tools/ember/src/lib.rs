@@ -1,5 +1,5 @@
 //! The library behind the host tool `ember`: model recipes and fetching, quantizing models into
-//! Ember images, synthetic test models.
+//! Ember images, synthetic test models, benchmarks, and talking to a device over a serial line.
 
 #![warn(missing_docs)]
 
@@ -7,4 +7,5 @@ pub mod bench;
 pub mod fetch;
 pub mod model;
 pub mod quantize;
+pub mod remote;
 pub mod synth;

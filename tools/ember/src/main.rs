@@ -4,18 +4,20 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ember_core::{
     chat::{ChatTemplate, Message, Role},
+    protocol::ChatOptions,
     sampler::SamplingConfig,
 };
 use ember_engine::{ChatSession, GenerateOptions, generate};
 use ember_gguf::GgufFile;
 use ember_image::Image;
-use ember_tools::{fetch, model::LoadedModel, quantize, synth};
+use ember_tools::{bench, fetch, model::LoadedModel, quantize, remote, synth};
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Instant};
 
 /// Ember: a chat language model on a small board, driven over a serial line.
 ///
-/// This is the host tool: it fetches models, writes synthetic test models and runs a model
-/// locally.
+/// This is the host tool: it fetches models, writes synthetic test models, turns models into
+/// Ember images, runs them locally, and talks to a device running `emberd` over a serial line
+/// (`--port`).
 #[derive(Parser)]
 #[command(name = "ember", version, about, long_about)]
 struct Cli {
@@ -91,10 +93,23 @@ enum Command {
     /// Measure load time, time to first token, prefill and decode speed (short and ~400-token
     /// context) and memory; with the `xllamacpp` wheel installed, llama.cpp on the same GGUF in
     /// the same run, and the ratios.
+    ///
+    /// With --port instead of --model: a device running `emberd` on that serial line — time to
+    /// first token, time to first sentence and how fast a cancel is acknowledged, as seen on the
+    /// host (median of --runs).
     Bench {
         /// Model file: GGUF or Ember image.
-        #[arg(short, long)]
-        model: PathBuf,
+        #[arg(short, long, required_unless_present = "port", conflicts_with = "port")]
+        model: Option<PathBuf>,
+        /// Serial port of a device running `emberd`.
+        #[arg(long)]
+        port: Option<PathBuf>,
+        /// Baud rate of --port.
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
+        /// Replies measured on --port.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
         /// GGUF for llama.cpp (default: the model itself when it is a GGUF).
         #[arg(long)]
         gguf: Option<PathBuf>,
@@ -110,10 +125,14 @@ enum Command {
     },
     /// Chat with a model in the terminal: one line per message, the reply streams back.
     ///
-    /// The KV cache is kept across turns, so each turn prefills only its own tokens; when the
-    /// context is full the oldest turns are dropped. Type /reset to start over, /quit (or
-    /// Ctrl-D) to leave.
+    /// With --model the model runs here; with --port it runs on a device running `emberd` on
+    /// that serial line (frame mode; Ctrl-C stops a reply). The KV cache is kept across turns,
+    /// so each turn prefills only its own tokens; when the context is full the oldest turns are
+    /// dropped. Type /reset to start over, /quit (or Ctrl-D) to leave.
     Chat(ChatArgs),
+    /// Ask a device running `emberd` one question over a serial line; the reply streams to
+    /// stdout (with --json: one JSON object with text, sentences, finish reason and stats).
+    Ask(AskArgs),
     /// Generate text from a prompt, streaming it to stdout.
     ///
     /// An Ember image runs on the int8 engine (tract); a GGUF file on the f32 reference.
@@ -150,8 +169,17 @@ struct GenerateArgs {
 #[derive(Args)]
 struct ChatArgs {
     /// Model file: GGUF or Ember image.
-    #[arg(short, long)]
-    model: PathBuf,
+    #[arg(short, long, required_unless_present = "port", conflicts_with = "port")]
+    model: Option<PathBuf>,
+    /// Serial port of a device running `emberd` (instead of --model).
+    #[arg(long)]
+    port: Option<PathBuf>,
+    /// Baud rate of --port.
+    #[arg(long, default_value_t = 115_200)]
+    baud: u32,
+    /// End replies before this text (repeatable; --port only).
+    #[arg(long, requires = "port")]
+    stop: Vec<String>,
     /// System prompt (default: the template's own).
     #[arg(long)]
     system: Option<String>,
@@ -167,6 +195,39 @@ struct ChatArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// After each reply, print one JSON line with its tokens, finish reason and stats.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct AskArgs {
+    /// Serial port of a device running `emberd`.
+    #[arg(long)]
+    port: PathBuf,
+    /// Baud rate.
+    #[arg(long, default_value_t = 115_200)]
+    baud: u32,
+    /// The question.
+    question: String,
+    /// System prompt (default: the device's).
+    #[arg(long)]
+    system: Option<String>,
+    /// Longest reply, in tokens (default: the device's).
+    #[arg(short = 'n', long)]
+    max_tokens: Option<u32>,
+    /// Sampling temperature (default: the device's).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Seed of the sampler (default: the device's).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// End the reply before this text (repeatable, at most 4).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Also ask for the reply as sentences (for text-to-speech; shown with --json).
+    #[arg(long)]
+    sentences: bool,
+    /// Print one JSON object instead of the text.
     #[arg(long)]
     json: bool,
 }
@@ -222,13 +283,26 @@ fn main() -> ExitCode {
         Command::ExportOnnx { image, output } => run_export_onnx(&image, &output),
         Command::Inspect { image } => run_inspect(&image),
         Command::Bench {
+            model: None,
+            port: Some(port),
+            baud,
+            runs,
+            json,
+            ..
+        } => remote::bench(&port, baud, runs, bench::SERIAL_PROMPT, json),
+        Command::Bench {
             model,
             gguf,
             decode_tokens,
             threads,
             json,
-        } => run_bench(&model, gguf.as_deref(), decode_tokens, threads, json),
+            ..
+        } => match model {
+            Some(model) => run_bench(&model, gguf.as_deref(), decode_tokens, threads, json),
+            None => Err(anyhow::anyhow!("give --model or --port")),
+        },
         Command::Chat(args) => run_chat(&args),
+        Command::Ask(args) => run_ask(&args),
         Command::Generate(args) => run_generate(&args),
     };
     match result {
@@ -399,12 +473,44 @@ fn run_inspect(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+fn run_ask(args: &AskArgs) -> Result<()> {
+    let options = remote::RemoteOptions {
+        chat: ChatOptions {
+            max_tokens: args.max_tokens,
+            temperature: args.temperature,
+            seed: args.seed,
+            stop: remote::stops(&args.stop)?,
+            sentences: args.sentences,
+            ..ChatOptions::default()
+        },
+        system: args.system.clone(),
+    };
+    remote::ask(&args.port, args.baud, &args.question, options, args.json)
+}
+
 fn run_chat(args: &ChatArgs) -> Result<()> {
     use std::io::{BufRead, IsTerminal};
     let sampling = args.sampling.config();
     sampling.validate().context("invalid sampling settings")?;
+    let Some(model) = &args.model else {
+        let port = args.port.as_deref().context("give --model or --port")?;
+        let options = remote::RemoteOptions {
+            chat: ChatOptions {
+                max_tokens: Some(u32::try_from(args.max_tokens).unwrap_or(u32::MAX)),
+                temperature: Some(sampling.temperature),
+                top_k: Some(sampling.top_k),
+                top_p: Some(sampling.top_p),
+                repeat_penalty: Some(sampling.repetition_penalty),
+                seed: Some(sampling.seed),
+                stop: remote::stops(&args.stop)?,
+                sentences: false,
+            },
+            system: args.system.clone(),
+        };
+        return remote::chat(port, args.baud, options, args.json);
+    };
     let threads = use_threads(args.threads)?;
-    let model = LoadedModel::open(&args.model, threads)?;
+    let model = LoadedModel::open(model, threads)?;
     let source = model
         .file
         .chat_template()
@@ -452,6 +558,7 @@ fn run_chat(args: &ChatArgs) -> Result<()> {
         let result = chat.say(&line, &options, &mut |text| {
             let _ = stdout.write_all(text.as_bytes());
             let _ = stdout.flush();
+            std::ops::ControlFlow::Continue(())
         })?;
         writeln!(stdout)?;
         if args.json {

@@ -1,0 +1,215 @@
+//! The host side of frame mode: open the line, say hello, send requests, read events.
+
+use crate::tty::{Tty, TtyError};
+use embedded_io::Write;
+use ember_core::frame::{DELIMITER, FrameDecoder};
+use ember_core::protocol::{
+    self, EndReason, ErrorCode, Event, FrameWriter, Hello, MAX_FRAME, PROTOCOL_VERSION, ReplyStats,
+    Request,
+};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How often the greeting is tried before giving up.
+const HELLO_ATTEMPTS: u32 = 3;
+
+/// Why talking to the device failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The serial line failed.
+    #[error(transparent)]
+    Tty(#[from] TtyError),
+    /// The device never answered the greeting.
+    #[error(
+        "no Ember device answered on {port} within {waited:?} (is emberd running on the other end, at the same baud rate?)"
+    )]
+    NoHello {
+        /// The port.
+        port: String,
+        /// How long we waited in all.
+        waited: Duration,
+    },
+    /// The device speaks another protocol version.
+    #[error("the device speaks protocol version {device}, this tool speaks {host}")]
+    Version {
+        /// The device's version.
+        device: u16,
+        /// Ours.
+        host: u16,
+    },
+    /// Nothing arrived in time.
+    #[error("the device sent nothing for {0:?}")]
+    Timeout(Duration),
+    /// A request could not be encoded.
+    #[error(transparent)]
+    Protocol(#[from] protocol::ProtocolError),
+}
+
+/// A frame-mode connection to an Ember device.
+pub struct Client {
+    tty: Tty,
+    decoder: FrameDecoder<MAX_FRAME>,
+    writer: FrameWriter,
+    hello: Hello,
+    next_seq: Option<u16>,
+    damaged: u64,
+    lost: u64,
+}
+
+impl Client {
+    /// Opens `port` at `baud`, switches the device to frame mode and reads its greeting.
+    /// Each attempt waits `timeout`.
+    pub fn connect(port: &Path, baud: u32, timeout: Duration) -> Result<Client, ClientError> {
+        let mut tty = Tty::open(port, baud)?;
+        tty.discard_input()?;
+        Client::over(tty, timeout)
+    }
+
+    /// Says hello over an open line.
+    pub fn over(tty: Tty, timeout: Duration) -> Result<Client, ClientError> {
+        let mut client = Client {
+            tty,
+            decoder: FrameDecoder::new(),
+            writer: FrameWriter::new(),
+            hello: Hello {
+                protocol_version: 0,
+                model_name: Default::default(),
+                model_hash: [0; 32],
+                context_length: 0,
+                max_frame: 0,
+            },
+            next_seq: None,
+            damaged: 0,
+            lost: 0,
+        };
+        for _ in 0..HELLO_ATTEMPTS {
+            // A delimiter first: in line mode it tells the device a frame follows; in frame mode
+            // it ends whatever partial frame the device holds.
+            client.tty.write_all(&[DELIMITER])?;
+            client.send(&Request::Hello {
+                protocol_version: PROTOCOL_VERSION,
+            })?;
+            let deadline = Instant::now() + timeout;
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                match client.recv(left) {
+                    Ok(Event::Hello(hello)) => {
+                        if hello.protocol_version != PROTOCOL_VERSION {
+                            let _ = client.send(&Request::Goodbye);
+                            return Err(ClientError::Version {
+                                device: hello.protocol_version,
+                                host: PROTOCOL_VERSION,
+                            });
+                        }
+                        client.hello = hello;
+                        return Ok(client);
+                    }
+                    // Leftovers of an earlier conversation.
+                    Ok(_) => {}
+                    Err(ClientError::Timeout(_)) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(ClientError::NoHello {
+            port: client.tty.port().to_string(),
+            waited: timeout * HELLO_ATTEMPTS,
+        })
+    }
+
+    /// The device's greeting.
+    pub fn hello(&self) -> &Hello {
+        &self.hello
+    }
+
+    /// Frames that arrived damaged and frames missing from the sequence, so far.
+    pub fn line_errors(&self) -> (u64, u64) {
+        (self.damaged, self.lost)
+    }
+
+    /// Sends one request.
+    pub fn send(&mut self, request: &Request) -> Result<(), ClientError> {
+        let frame = self.writer.encode(request)?;
+        self.tty.write_all(frame)?;
+        Ok(())
+    }
+
+    /// Sends raw bytes (for tests of the device's robustness).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.tty.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// The next event, waiting at most `timeout`. Damaged frames and frames that are not events
+    /// are skipped (and counted, see [`Client::line_errors`]).
+    pub fn recv(&mut self, timeout: Duration) -> Result<Event, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut byte = [0u8; 1];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.tty.read_timeout(&mut byte, left)? == 0 {
+                return Err(ClientError::Timeout(timeout));
+            }
+            let Some(frame) = self.decoder.push(byte[0]) else {
+                continue;
+            };
+            let Ok(frame) = frame else {
+                self.damaged += 1;
+                continue;
+            };
+            if let Some(expected) = self.next_seq
+                && frame.seq != expected
+            {
+                self.lost += u64::from(frame.seq.wrapping_sub(expected));
+            }
+            self.next_seq = Some(frame.seq.wrapping_add(1));
+            match protocol::decode::<Event>(frame.payload) {
+                Ok(event) => return Ok(event),
+                Err(_) => self.damaged += 1,
+            }
+        }
+    }
+
+    /// Reads the events of one reply until its end, handing each to `on_event` (the end too).
+    /// `timeout` bounds the wait for each event.
+    pub fn reply(
+        &mut self,
+        timeout: Duration,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<(EndReason, ReplyStats), ClientError> {
+        loop {
+            let event = self.recv(timeout)?;
+            on_event(&event);
+            if let Event::End { reason, stats } = event {
+                return Ok((reason, stats));
+            }
+        }
+    }
+
+    /// Reads events until one that `done` accepts, handing the others to `on_event`.
+    pub fn until(
+        &mut self,
+        timeout: Duration,
+        done: impl Fn(&Event) -> bool,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<Event, ClientError> {
+        loop {
+            let event = self.recv(timeout)?;
+            if done(&event) {
+                return Ok(event);
+            }
+            on_event(&event);
+        }
+    }
+
+    /// Leaves frame mode: the device goes back to line mode.
+    pub fn goodbye(mut self, timeout: Duration) -> Result<(), ClientError> {
+        self.send(&Request::Goodbye)?;
+        self.until(timeout, |e| matches!(e, Event::Goodbye), &mut |_| {})?;
+        Ok(())
+    }
+}
+
+/// A device error as one line for people.
+pub fn describe_error(code: ErrorCode, detail: &str) -> String {
+    format!("device error ({code:?}): {detail}")
+}

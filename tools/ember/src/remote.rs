@@ -1,0 +1,432 @@
+//! Talking to an Ember device over a serial line in frame mode: `ember chat --port`,
+//! `ember ask --port`, `ember bench --port`.
+
+use anyhow::{Context, Result, bail};
+use ember_core::protocol::{self, ChatOptions, ChatRequest, EndReason, Event, ReplyStats, Request};
+use ember_serial::{Client, ClientError, describe_error};
+use serde::Serialize;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long to wait for the device's greeting (per attempt).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the device may stay silent during a reply before we give up.
+const SILENCE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a waiting reply checks for Ctrl-C.
+const TICK: Duration = Duration::from_millis(20);
+
+/// Opens `port` and says hello; reports the device on stderr unless `quiet`.
+pub fn connect(port: &Path, baud: u32, quiet: bool) -> Result<Client> {
+    let client = Client::connect(port, baud, HELLO_TIMEOUT)?;
+    if !quiet {
+        let hello = client.hello();
+        eprintln!(
+            "connected to {} on {} (protocol {}, context {}, model {})",
+            hello.model_name,
+            port.display(),
+            hello.protocol_version,
+            hello.context_length,
+            hex(&hello.model_hash[..8])
+        );
+    }
+    Ok(client)
+}
+
+/// Lower-case hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A session number for a new conversation.
+pub fn new_session() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.subsec_nanos());
+    (nanos ^ std::process::id()).max(1)
+}
+
+/// Builds a chat request; `text` longer than the protocol allows is an error.
+pub fn chat_request(session: u32, text: &str, options: ChatOptions) -> Result<Request> {
+    if text.len() > protocol::MAX_TEXT {
+        bail!(
+            "message of {} bytes is longer than the {} the protocol carries",
+            text.len(),
+            protocol::MAX_TEXT
+        );
+    }
+    Ok(Request::Chat(ChatRequest {
+        session,
+        text: protocol::truncated(text),
+        options,
+    }))
+}
+
+/// Stop sequences for a request.
+pub fn stops(stops: &[String]) -> Result<heapless::Vec<protocol::BoundedText<32>, 4>> {
+    let mut out = heapless::Vec::new();
+    for stop in stops {
+        if stop.is_empty() || stop.len() > protocol::MAX_STOP_BYTES {
+            bail!(
+                "stop sequence {stop:?} must be 1 to {} bytes",
+                protocol::MAX_STOP_BYTES
+            );
+        }
+        out.push(protocol::truncated(stop))
+            .map_err(|_| anyhow::anyhow!("at most {} stop sequences", protocol::MAX_STOPS))?;
+    }
+    Ok(out)
+}
+
+/// One reply as received.
+#[derive(Debug, Clone, Serialize)]
+pub struct Received {
+    /// The reply's text.
+    pub text: String,
+    /// Its sentences, when asked for.
+    pub sentences: Vec<String>,
+    /// Why it ended (`eos`, `stop`, `length`, `cancelled`, `error`).
+    pub finish: &'static str,
+    /// Errors the device reported.
+    pub errors: Vec<String>,
+    /// The device's counts and timings.
+    pub stats: Stats,
+}
+
+/// [`ReplyStats`] for JSON.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[allow(missing_docs)] // the fields of `ReplyStats`
+pub struct Stats {
+    pub prompt_tokens: u32,
+    pub generated_tokens: u32,
+    pub time_to_first_token_ms: u32,
+    pub total_ms: u32,
+    pub decode_tokens_per_second: f32,
+    pub context_used: u32,
+    pub turns_dropped: u32,
+}
+
+impl From<ReplyStats> for Stats {
+    fn from(s: ReplyStats) -> Self {
+        Stats {
+            prompt_tokens: s.prompt_tokens,
+            generated_tokens: s.generated_tokens,
+            time_to_first_token_ms: s.time_to_first_token_ms,
+            total_ms: s.total_ms,
+            decode_tokens_per_second: s.decode_tokens_per_second,
+            context_used: s.context_used,
+            turns_dropped: s.turns_dropped,
+        }
+    }
+}
+
+/// Sends `request` (a chat) and collects the reply, streaming its text to `on_text`. When
+/// `interrupt` becomes true the reply is cancelled (once) and the cancel acknowledged.
+pub fn converse(
+    client: &mut Client,
+    request: &Request,
+    interrupt: Option<&AtomicBool>,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Received> {
+    client.send(request)?;
+    let mut received = Received {
+        text: String::new(),
+        sentences: Vec::new(),
+        finish: "",
+        errors: Vec::new(),
+        stats: ReplyStats::default().into(),
+    };
+    let mut cancelled = false;
+    let mut silent = Duration::ZERO;
+    let (reason, stats) = loop {
+        if let Some(flag) = interrupt
+            && flag.swap(false, Ordering::SeqCst)
+            && !cancelled
+        {
+            client.send(&Request::Cancel)?;
+            cancelled = true;
+        }
+        let event = match client.recv(TICK) {
+            Ok(event) => event,
+            Err(ClientError::Timeout(_)) => {
+                silent += TICK;
+                if silent >= SILENCE_TIMEOUT {
+                    bail!(
+                        "the device stopped answering for {SILENCE_TIMEOUT:?} in the middle of a reply"
+                    );
+                }
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        silent = Duration::ZERO;
+        match event {
+            Event::Token { text } => {
+                on_text(&text);
+                received.text.push_str(&text);
+            }
+            Event::SynthesizeChunk { text } => received.sentences.push(text.to_string()),
+            Event::Error { code, detail } => received.errors.push(describe_error(code, &detail)),
+            Event::End { reason, stats } => break (reason, stats),
+            _ => {}
+        }
+    };
+    if cancelled {
+        // The acknowledgement follows the end of the reply.
+        client.until(
+            Duration::from_secs(5),
+            |e| matches!(e, Event::CancelAck { .. }),
+            &mut |_| {},
+        )?;
+    }
+    received.finish = reason.as_str();
+    received.stats = stats.into();
+    Ok(received)
+}
+
+/// Options shared by chat and ask.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteOptions {
+    /// Per-request overrides.
+    pub chat: ChatOptions,
+    /// A system prompt to set first.
+    pub system: Option<String>,
+}
+
+fn set_system(client: &mut Client, system: &str) -> Result<()> {
+    if system.len() > protocol::MAX_TEXT {
+        bail!("system prompt longer than {} bytes", protocol::MAX_TEXT);
+    }
+    client.send(&Request::SetSystem {
+        text: protocol::truncated(system),
+    })?;
+    client.until(SILENCE_TIMEOUT, |e| matches!(e, Event::Done), &mut |_| {})?;
+    Ok(())
+}
+
+/// `ember ask --port`: one question, the reply on stdout (or one JSON object).
+pub fn ask(
+    port: &Path,
+    baud: u32,
+    question: &str,
+    options: RemoteOptions,
+    json: bool,
+) -> Result<()> {
+    let mut client = connect(port, baud, json)?;
+    if let Some(system) = &options.system {
+        set_system(&mut client, system)?;
+    }
+    let request = chat_request(new_session(), question, options.chat)?;
+    let interrupt = interrupt_flag()?;
+    let mut stdout = std::io::stdout().lock();
+    let received = converse(&mut client, &request, Some(&interrupt), &mut |text| {
+        if !json {
+            let _ = stdout.write_all(text.as_bytes());
+            let _ = stdout.flush();
+        }
+    })?;
+    client.goodbye(Duration::from_secs(5))?;
+    if json {
+        writeln!(stdout, "{}", serde_json::to_string(&received)?)?;
+    } else {
+        writeln!(stdout)?;
+        for error in &received.errors {
+            eprintln!("{error}");
+        }
+    }
+    if received.finish == EndReason::Error.as_str() {
+        bail!("the device could not answer");
+    }
+    Ok(())
+}
+
+/// A flag that Ctrl-C sets (instead of ending the process).
+pub fn interrupt_flag() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, flag.clone())
+        .context("cannot catch Ctrl-C")?;
+    Ok(flag)
+}
+
+/// `ember chat --port`: a conversation with the device, one line per message.
+pub fn chat(port: &Path, baud: u32, options: RemoteOptions, json: bool) -> Result<()> {
+    use std::io::{BufRead, IsTerminal};
+    let mut client = connect(port, baud, false)?;
+    if let Some(system) = &options.system {
+        set_system(&mut client, system)?;
+    }
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!(
+            "type a message; Ctrl-C stops a reply, /reset starts over, /quit or Ctrl-D leaves."
+        );
+    }
+    let interrupt = interrupt_flag()?;
+    let session = new_session();
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("you> ");
+        }
+        interrupt.store(false, Ordering::SeqCst);
+        let Some(line) = lines.next() else { break };
+        let line = line.context("cannot read stdin")?;
+        match line.trim() {
+            "" => continue,
+            "/quit" => break,
+            "/reset" => {
+                client.send(&Request::Reset)?;
+                client.until(SILENCE_TIMEOUT, |e| matches!(e, Event::Done), &mut |_| {})?;
+                eprintln!("(conversation reset)");
+                continue;
+            }
+            "/help" => {
+                eprintln!("/reset starts a new conversation, /quit leaves; Ctrl-C stops a reply");
+                continue;
+            }
+            _ => {}
+        }
+        let request = chat_request(session, &line, options.chat.clone())?;
+        let mut stdout = std::io::stdout().lock();
+        let received = converse(&mut client, &request, Some(&interrupt), &mut |text| {
+            let _ = stdout.write_all(text.as_bytes());
+            let _ = stdout.flush();
+        })?;
+        writeln!(stdout)?;
+        for error in &received.errors {
+            eprintln!("{error}");
+        }
+        if json {
+            writeln!(stdout, "{}", serde_json::to_string(&received)?)?;
+        } else if interactive {
+            let s = &received.stats;
+            eprintln!(
+                "[{}: {} prompt tokens, {} generated, first token {} ms, {:.1} tok/s]",
+                received.finish,
+                s.prompt_tokens,
+                s.generated_tokens,
+                s.time_to_first_token_ms,
+                s.decode_tokens_per_second
+            );
+        }
+    }
+    client.goodbye(Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// What `ember bench --port` measures, per run and as medians.
+#[derive(Debug, Clone, Serialize)]
+pub struct SerialBench {
+    /// The device's model.
+    pub model: String,
+    /// Runs measured.
+    pub runs: usize,
+    /// Milliseconds from sending the request to the first token event (median).
+    pub time_to_first_token_ms: f64,
+    /// Milliseconds from sending the request to the first sentence event (median).
+    pub time_to_first_sentence_ms: f64,
+    /// Milliseconds from sending cancel to its acknowledgement, mid-reply (median).
+    pub cancel_ack_ms: f64,
+    /// Token events per second as seen by the host, after the first (median).
+    pub tokens_per_second: f64,
+    /// Every run: (first token, first sentence, cancel ack) in ms.
+    pub samples: Vec<[f64; 3]>,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `ember bench --port`: time to first token, to first sentence, and cancel latency.
+pub fn bench(port: &Path, baud: u32, runs: usize, prompt: &str, json: bool) -> Result<()> {
+    let mut client = connect(port, baud, json)?;
+    let model = client.hello().model_name.to_string();
+    let mut samples = Vec::new();
+    let mut rates = Vec::new();
+    for run in 0..runs.max(1) {
+        // A new session each run: every run prefills the same prompt from an empty cache.
+        let options = ChatOptions {
+            sentences: true,
+            ..Default::default()
+        };
+        let request = chat_request(new_session(), prompt, options)?;
+        let start = Instant::now();
+        client.send(&request)?;
+        let mut first_token = None;
+        let mut first_sentence = None;
+        let mut tokens = 0usize;
+        let mut cancel_sent = None;
+        let mut ack = None;
+        let mut ended = false;
+        while !(ended && (ack.is_some() || cancel_sent.is_none())) {
+            let event = client.recv(SILENCE_TIMEOUT)?;
+            let now = start.elapsed();
+            match event {
+                Event::Token { .. } => {
+                    tokens += 1;
+                    first_token.get_or_insert(now);
+                }
+                Event::SynthesizeChunk { .. } => {
+                    first_sentence.get_or_insert(now);
+                }
+                Event::End { .. } => ended = true,
+                Event::CancelAck { .. } => ack = Some(now),
+                Event::Error { code, detail } => bail!(describe_error(code, &detail)),
+                _ => {}
+            }
+            // Cancel a little after the first sentence, mid-reply.
+            if cancel_sent.is_none() && !ended && first_sentence.is_some() && tokens >= 4 {
+                client.send(&Request::Cancel)?;
+                cancel_sent = Some(start.elapsed());
+            }
+        }
+        let (Some(first_token), Some(cancel_sent), Some(ack)) = (first_token, cancel_sent, ack)
+        else {
+            bail!("run {run}: the reply ended before a sentence was complete; try a longer prompt");
+        };
+        let first_sentence = first_sentence.unwrap_or(cancel_sent);
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        samples.push([ms(first_token), ms(first_sentence), ms(ack - cancel_sent)]);
+        if tokens > 1 {
+            rates.push((tokens - 1) as f64 / (cancel_sent - first_token).as_secs_f64());
+        }
+    }
+    client.goodbye(Duration::from_secs(5))?;
+    let column = |i: usize| median(samples.iter().map(|s| s[i]).collect());
+    let report = SerialBench {
+        model,
+        runs: samples.len(),
+        time_to_first_token_ms: column(0),
+        time_to_first_sentence_ms: column(1),
+        cancel_ack_ms: column(2),
+        tokens_per_second: median(rates),
+        samples,
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("model                  {}", report.model);
+        println!("runs                   {}", report.runs);
+        println!(
+            "time to first token    {:>8.1} ms   (target < 500)",
+            report.time_to_first_token_ms
+        );
+        println!(
+            "time to first sentence {:>8.1} ms   (target < 1500)",
+            report.time_to_first_sentence_ms
+        );
+        println!(
+            "cancel acknowledged    {:>8.1} ms   (target < 100)",
+            report.cancel_ack_ms
+        );
+        println!(
+            "tokens per second      {:>8.1}      (seen on the host)",
+            report.tokens_per_second
+        );
+    }
+    Ok(())
+}
