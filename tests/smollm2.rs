@@ -4,7 +4,10 @@
 //! made), and against onnxruntime on the exported graph. Fetches the model on first use.
 
 use ember_core::sampler::argmax;
-use ember_e2e::{ember, last_json_line, smollm2, smollm2_image, smollm2_reference, stdout_of};
+use ember_e2e::{
+    ember, ember_at, emberd_on_pty, last_json_line, smollm2, smollm2_image, smollm2_reference,
+    stdout_of,
+};
 use ember_engine::{LanguageModel, ReferenceModel, ReferenceSession};
 use ember_gguf::GgufFile;
 use ember_tokenizer::Tokenizer;
@@ -138,6 +141,35 @@ fn follows_llama_cpp_native(model: &std::path::Path) -> Vec<usize> {
         replies.len()
     );
     shared
+}
+
+/// Chatting with SmolLM2 on `emberd` over a PTY (`ember ask --port`, frame mode) gives the same
+/// replies as `ember generate --chat` on the image — replies checked against llama.cpp by
+/// `int8_greedy_chat_replies_follow_llama_cpp_native_up_to_near_ties`.
+#[test]
+fn chat_with_smollm2_over_a_serial_line() {
+    let image = smollm2_image().0;
+    let reference = smollm2_reference("chat_replies.json");
+    let max_tokens = reference["max_tokens"].to_string();
+    let (_emberd, port) = emberd_on_pty(&image, &["--max-tokens", &max_tokens]);
+    for (case, local) in ember_replies(&reference, &image) {
+        let prompt = case["prompt"].as_str().unwrap();
+        let output = ember_at(&port, &["ask", "--json", "--sentences", prompt], "");
+        let remote = last_json_line(&stdout_of(&output));
+        assert_eq!(remote["text"], local["text"], "reply to {prompt:?}");
+        assert_eq!(remote["finish"], local["finish"], "finish of {prompt:?}");
+        assert_eq!(
+            remote["stats"]["prompt_tokens"],
+            local["stats"]["prompt_tokens"]
+        );
+        let sentences: Vec<String> = serde_json::from_value(remote["sentences"].clone()).unwrap();
+        let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(
+            squash(&sentences.join(" ")),
+            squash(local["text"].as_str().unwrap()),
+            "sentences of {prompt:?}"
+        );
+    }
 }
 
 #[test]

@@ -183,3 +183,55 @@ pub fn onnxruntime_logits(image: &Path, ids: &[u32], prefill: usize) -> Option<V
     eprintln!("onnxruntime {}", result["onnxruntime"]);
     Some(serde_json::from_value(result["logits"].clone()).expect("logits"))
 }
+
+/// A child process, killed when dropped.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `emberd --pty` serving `image`: the process and the device path it printed.
+pub fn emberd_on_pty(image: &Path, extra: &[&str]) -> (Running, PathBuf) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = Command::new(binary("emberd"))
+        .args(["--model", image.to_str().expect("UTF-8 path"), "--pty"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("emberd starts");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("emberd prints its PTY");
+    let path = PathBuf::from(line.trim());
+    assert!(path.starts_with("/dev/pts"), "emberd printed {line:?}");
+    (Running(child), path)
+}
+
+/// Runs `ember ARGS --port PORT` with `stdin` as its input.
+pub fn ember_at(port: &Path, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(binary("ember"))
+        .args(args)
+        .arg("--port")
+        .arg(port)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ember runs");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("ember finishes")
+}

@@ -29,9 +29,9 @@ pub const MAX_DETAIL: usize = 128;
 /// Most bytes of a model name.
 pub const MAX_NAME: usize = 64;
 /// Most stop sequences per request.
-pub const MAX_STOPS: usize = crate::stop::MAX_STOPS;
+pub const MAX_STOPS: usize = 4;
 /// Most bytes of one stop sequence.
-pub const MAX_STOP_BYTES: usize = crate::stop::MAX_STOP_BYTES;
+pub const MAX_STOP_BYTES: usize = 32;
 
 /// What the host asks of the device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -529,6 +529,25 @@ mod tests {
             detail: truncated(&"z".repeat(MAX_DETAIL)),
         };
         assert!(writer.encode(&error).unwrap().len() <= MAX_FRAME);
+    }
+
+    /// The bytes `docs/PROTOCOL.md` shows, computed independently with Python (`zlib.crc32`
+    /// and a textbook COBS encoder).
+    #[test]
+    fn frames_match_the_documented_bytes() {
+        let mut writer = FrameWriter::new();
+        let hello = Request::Hello {
+            protocol_version: 1,
+        };
+        assert_eq!(
+            writer.encode(&hello).unwrap(),
+            [0x01, 0x01, 0x01, 0x06, 0x01, 0x8a, 0xef, 0x43, 0x56, 0x00]
+        );
+        let mut writer = FrameWriter::new();
+        assert_eq!(
+            writer.encode(&Request::Cancel).unwrap(),
+            [0x01, 0x01, 0x06, 0x02, 0x3e, 0xb8, 0x4f, 0x11, 0x00]
+        );
     }
 
     #[test]

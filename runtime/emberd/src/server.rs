@@ -451,7 +451,7 @@ impl<'m, P: Read + Write + ReadReady> Server<'m, P> {
                 return;
             }
         };
-        let reason = match generation.finish {
+        let mut reason = match generation.finish {
             FinishReason::Eos => EndReason::Eos,
             FinishReason::Length => EndReason::Length,
             FinishReason::Stop => EndReason::Stop,
@@ -459,6 +459,10 @@ impl<'m, P: Read + Write + ReadReady> Server<'m, P> {
         };
         if matches!(reason, EndReason::Eos | EndReason::Length) {
             stop.finish(&mut |visible| show(&mut self.wire, &mut splitter, sentences, visible));
+            // A stop sequence inside a longer one that never completed is cut only now.
+            if stop.stopped() {
+                reason = EndReason::Stop;
+            }
         }
         if sentences {
             if reason != EndReason::Cancelled {
