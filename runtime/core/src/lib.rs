@@ -32,4 +32,6 @@ pub mod protocol;
 pub mod sampler;
 pub mod sentence;
 pub mod stop;
+#[cfg(test)]
+mod test_support;
 pub mod utf8;

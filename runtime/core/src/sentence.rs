@@ -210,6 +210,7 @@ impl<const N: usize> SentenceSplitter<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::split;
     use quickcheck::quickcheck;
     use std::string::{String, ToString};
     use std::vec::Vec;
@@ -227,29 +228,6 @@ mod tests {
         }
         splitter.finish(&mut emit);
         out
-    }
-
-    /// `text` cut at `cuts` (moved to character boundaries).
-    fn split<'a>(text: &'a str, cuts: &[usize]) -> Vec<&'a str> {
-        let mut points: Vec<usize> = cuts
-            .iter()
-            .map(|c| {
-                let mut c = c % (text.len() + 1);
-                while !text.is_char_boundary(c) {
-                    c -= 1;
-                }
-                c
-            })
-            .collect();
-        points.sort_unstable();
-        let mut pieces = Vec::new();
-        let mut start = 0;
-        for p in points {
-            pieces.push(&text[start..p]);
-            start = p;
-        }
-        pieces.push(&text[start..]);
-        pieces
     }
 
     fn normalized(text: &str) -> String {

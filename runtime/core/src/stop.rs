@@ -232,6 +232,7 @@ impl Joined<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::split;
     use quickcheck::quickcheck;
     use std::string::String;
     use std::vec::Vec;
@@ -266,29 +267,6 @@ mod tests {
             .min()
             .unwrap_or(text.len());
         &text[..at]
-    }
-
-    /// `text` cut into pieces at `cuts` (moved to character boundaries).
-    fn split<'a>(text: &'a str, cuts: &[usize]) -> Vec<&'a str> {
-        let mut points: Vec<usize> = cuts
-            .iter()
-            .map(|c| {
-                let mut c = c % (text.len() + 1);
-                while !text.is_char_boundary(c) {
-                    c -= 1;
-                }
-                c
-            })
-            .collect();
-        points.sort_unstable();
-        let mut pieces = Vec::new();
-        let mut start = 0;
-        for p in points {
-            pieces.push(&text[start..p]);
-            start = p;
-        }
-        pieces.push(&text[start..]);
-        pieces
     }
 
     const ALPHABET: [char; 8] = ['a', 'b', '\n', '<', '|', 'é', 'i', 'm'];

@@ -98,6 +98,28 @@ impl<P: Read + Write + ReadReady> Wire<P> {
         Ok(())
     }
 
+    /// Feeds `byte` to the frame decoder: the request a completed frame holds, or why not.
+    fn decode(&mut self, byte: u8) -> Option<Result<Request, ProtocolError>> {
+        self.frames.push(byte).map(|frame| {
+            frame
+                .map_err(ProtocolError::from)
+                .and_then(|frame| protocol::decode::<Request>(frame.payload))
+        })
+    }
+
+    /// Answers a frame that could not be read.
+    fn report_bad_frame(&mut self, error: ProtocolError) {
+        log::debug!("dropped a frame: {error}");
+        let code = match error {
+            ProtocolError::Frame(ember_core::frame::FrameError::Oversized { .. }) => {
+                ErrorCode::Oversized
+            }
+            ProtocolError::BadMessage => ErrorCode::UnknownMessage,
+            _ => ErrorCode::BadFrame,
+        };
+        self.error(code, &error.to_string());
+    }
+
     /// Writes `bytes` unless the line is stalled or broken.
     fn write(&mut self, bytes: &[u8]) {
         if self.stalled || self.fatal.is_some() || bytes.is_empty() {
@@ -235,15 +257,11 @@ impl<'m, P: Read + Write + ReadReady> Server<'m, P> {
             None => return,
             Some(Ok(text)) => self.command(&text),
             Some(Err(None)) => {}
-            Some(Err(Some(error))) => self.print(&format!("error: {error}\n")),
+            Some(Err(Some(error))) => self.wire.text(&format!("error: {error}\n")),
         }
         if self.wire.mode == Mode::Line {
             self.wire.text(PROMPT);
         }
-    }
-
-    fn print(&mut self, text: &str) {
-        self.wire.text(text);
     }
 
     fn command(&mut self, text: &str) {
@@ -262,47 +280,47 @@ impl<'m, P: Read + Write + ReadReady> Server<'m, P> {
                     sentences: false,
                 });
             }
-            Ok(Command::Help) => self.print(line::HELP),
+            Ok(Command::Help) => self.wire.text(line::HELP),
             Ok(Command::Reset) => {
                 self.chat.reset();
-                self.print("(conversation reset)\n");
+                self.wire.text("(conversation reset)\n");
             }
             Ok(Command::Stats) => {
                 let text = match &self.last {
                     Some(stats) => format!("{}\n", describe(stats)),
                     None => "(no reply yet)\n".to_string(),
                 };
-                self.print(&text);
+                self.wire.text(&text);
             }
             Ok(Command::ShowSettings) => {
                 let text = format!("{}\n", describe_settings(&self.settings));
-                self.print(&text);
+                self.wire.text(&text);
             }
             Ok(Command::Set(setting)) => match apply(&self.settings, setting) {
                 Ok(settings) => {
                     self.settings = settings;
                     let text = format!("({})\n", describe_settings(&self.settings));
-                    self.print(&text);
+                    self.wire.text(&text);
                 }
-                Err(e) => self.print(&format!("error: {e}\n")),
+                Err(e) => self.wire.text(&format!("error: {e}\n")),
             },
             Ok(Command::ShowSystem) => {
                 let text = match self.chat.system() {
                     Some(system) => format!("system prompt: {system}\n"),
                     None => "(the model's default system prompt)\n".to_string(),
                 };
-                self.print(&text);
+                self.wire.text(&text);
             }
             Ok(Command::System(text)) => {
                 self.chat.set_system(Some(text.to_string()));
-                self.print("(system prompt set; conversation reset)\n");
+                self.wire.text("(system prompt set; conversation reset)\n");
             }
-            Err(e) => self.print(&format!("error: {e}\n")),
+            Err(e) => self.wire.text(&format!("error: {e}\n")),
         }
     }
 
     fn take_probe(&mut self, byte: u8) {
-        match self.decode(byte) {
+        match self.wire.decode(byte) {
             None => {}
             Some(Ok(Request::Hello { .. })) => {
                 log::info!("frame mode");
@@ -317,19 +335,11 @@ impl<'m, P: Read + Write + ReadReady> Server<'m, P> {
         }
     }
 
-    fn decode(&mut self, byte: u8) -> Option<Result<Request, ProtocolError>> {
-        self.wire.frames.push(byte).map(|frame| {
-            frame
-                .map_err(ProtocolError::from)
-                .and_then(|frame| protocol::decode::<Request>(frame.payload))
-        })
-    }
-
     fn take_frame(&mut self, byte: u8) {
-        match self.decode(byte) {
+        match self.wire.decode(byte) {
             None => {}
             Some(Ok(request)) => self.request(request),
-            Some(Err(e)) => report_bad_frame(&mut self.wire, e),
+            Some(Err(e)) => self.wire.report_bad_frame(e),
         }
     }
 
@@ -503,7 +513,7 @@ impl<'m, P: Read + Write + ReadReady> Server<'m, P> {
             self.wire.error(code, detail);
             self.end(EndReason::Error, ReplyStats::default());
         } else {
-            self.print(&format!("error: {detail}\n"));
+            self.wire.text(&format!("error: {detail}\n"));
         }
     }
 }
@@ -543,12 +553,7 @@ fn take_busy<P: Read + Write + ReadReady>(wire: &mut Wire<P>, byte: u8, status: 
         // People cancel with Ctrl-C; anything else typed during a reply is ignored.
         return byte == 0x03;
     }
-    let decoded = wire.frames.push(byte).map(|frame| {
-        frame
-            .map_err(ProtocolError::from)
-            .and_then(|frame| protocol::decode::<Request>(frame.payload))
-    });
-    match decoded {
+    match wire.decode(byte) {
         None => false,
         Some(Ok(Request::Cancel)) => true,
         Some(Ok(Request::Status)) => {
@@ -560,22 +565,10 @@ fn take_busy<P: Read + Write + ReadReady>(wire: &mut Wire<P>, byte: u8, status: 
             false
         }
         Some(Err(e)) => {
-            report_bad_frame(wire, e);
+            wire.report_bad_frame(e);
             false
         }
     }
-}
-
-fn report_bad_frame<P: Read + Write + ReadReady>(wire: &mut Wire<P>, error: ProtocolError) {
-    log::debug!("dropped a frame: {error}");
-    let code = match error {
-        ProtocolError::Frame(ember_core::frame::FrameError::Oversized { .. }) => {
-            ErrorCode::Oversized
-        }
-        ProtocolError::BadMessage => ErrorCode::UnknownMessage,
-        _ => ErrorCode::BadFrame,
-    };
-    wire.error(code, &error.to_string());
 }
 
 fn millis(d: Duration) -> u32 {

@@ -101,12 +101,8 @@ enum Command {
         /// Model file: GGUF or Ember image.
         #[arg(short, long, required_unless_present = "port", conflicts_with = "port")]
         model: Option<PathBuf>,
-        /// Serial port of a device running `emberd`.
-        #[arg(long)]
-        port: Option<PathBuf>,
-        /// Baud rate of --port.
-        #[arg(long, default_value_t = 115_200)]
-        baud: u32,
+        #[command(flatten)]
+        device: DeviceArgs,
         /// Replies measured on --port.
         #[arg(long, default_value_t = 5)]
         runs: usize,
@@ -171,12 +167,8 @@ struct ChatArgs {
     /// Model file: GGUF or Ember image.
     #[arg(short, long, required_unless_present = "port", conflicts_with = "port")]
     model: Option<PathBuf>,
-    /// Serial port of a device running `emberd` (instead of --model).
-    #[arg(long)]
-    port: Option<PathBuf>,
-    /// Baud rate of --port.
-    #[arg(long, default_value_t = 115_200)]
-    baud: u32,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// End replies before this text (repeatable; --port only).
     #[arg(long, requires = "port")]
     stop: Vec<String>,
@@ -197,6 +189,17 @@ struct ChatArgs {
     /// After each reply, print one JSON line with its tokens, finish reason and stats.
     #[arg(long)]
     json: bool,
+}
+
+/// A device running `emberd`, as the alternative to --model.
+#[derive(Args)]
+struct DeviceArgs {
+    /// Serial port of a device running `emberd` (instead of --model).
+    #[arg(long)]
+    port: Option<PathBuf>,
+    /// Baud rate of --port.
+    #[arg(long, default_value_t = 115_200)]
+    baud: u32,
 }
 
 #[derive(Args)]
@@ -284,8 +287,11 @@ fn main() -> ExitCode {
         Command::Inspect { image } => run_inspect(&image),
         Command::Bench {
             model: None,
-            port: Some(port),
-            baud,
+            device:
+                DeviceArgs {
+                    port: Some(port),
+                    baud,
+                },
             runs,
             json,
             ..
@@ -493,7 +499,11 @@ fn run_chat(args: &ChatArgs) -> Result<()> {
     let sampling = args.sampling.config();
     sampling.validate().context("invalid sampling settings")?;
     let Some(model) = &args.model else {
-        let port = args.port.as_deref().context("give --model or --port")?;
+        let port = args
+            .device
+            .port
+            .as_deref()
+            .context("give --model or --port")?;
         let options = remote::RemoteOptions {
             chat: ChatOptions {
                 max_tokens: Some(u32::try_from(args.max_tokens).unwrap_or(u32::MAX)),
@@ -507,7 +517,7 @@ fn run_chat(args: &ChatArgs) -> Result<()> {
             },
             system: args.system.clone(),
         };
-        return remote::chat(port, args.baud, options, args.json);
+        return remote::chat(port, args.device.baud, options, args.json);
     };
     let threads = use_threads(args.threads)?;
     let model = LoadedModel::open(model, threads)?;

@@ -65,7 +65,11 @@ pub fn chat_request(session: u32, text: &str, options: ChatOptions) -> Result<Re
 }
 
 /// Stop sequences for a request.
-pub fn stops(stops: &[String]) -> Result<heapless::Vec<protocol::BoundedText<32>, 4>> {
+pub fn stops(
+    stops: &[String],
+) -> Result<
+    heapless::Vec<protocol::BoundedText<{ protocol::MAX_STOP_BYTES }>, { protocol::MAX_STOPS }>,
+> {
     let mut out = heapless::Vec::new();
     for stop in stops {
         if stop.is_empty() || stop.len() > protocol::MAX_STOP_BYTES {
@@ -92,34 +96,7 @@ pub struct Received {
     /// Errors the device reported.
     pub errors: Vec<String>,
     /// The device's counts and timings.
-    pub stats: Stats,
-}
-
-/// [`ReplyStats`] for JSON.
-#[derive(Debug, Clone, Copy, Serialize)]
-#[allow(missing_docs)] // the fields of `ReplyStats`
-pub struct Stats {
-    pub prompt_tokens: u32,
-    pub generated_tokens: u32,
-    pub time_to_first_token_ms: u32,
-    pub total_ms: u32,
-    pub decode_tokens_per_second: f32,
-    pub context_used: u32,
-    pub turns_dropped: u32,
-}
-
-impl From<ReplyStats> for Stats {
-    fn from(s: ReplyStats) -> Self {
-        Stats {
-            prompt_tokens: s.prompt_tokens,
-            generated_tokens: s.generated_tokens,
-            time_to_first_token_ms: s.time_to_first_token_ms,
-            total_ms: s.total_ms,
-            decode_tokens_per_second: s.decode_tokens_per_second,
-            context_used: s.context_used,
-            turns_dropped: s.turns_dropped,
-        }
-    }
+    pub stats: ReplyStats,
 }
 
 /// Sends `request` (a chat) and collects the reply, streaming its text to `on_text`. When
@@ -136,7 +113,7 @@ pub fn converse(
         sentences: Vec::new(),
         finish: "",
         errors: Vec::new(),
-        stats: ReplyStats::default().into(),
+        stats: ReplyStats::default(),
     };
     let mut cancelled = false;
     let mut silent = Duration::ZERO;
@@ -182,7 +159,7 @@ pub fn converse(
         )?;
     }
     received.finish = reason.as_str();
-    received.stats = stats.into();
+    received.stats = stats;
     Ok(received)
 }
 
