@@ -8,7 +8,7 @@ use ember_core::frame::{DELIMITER, encode_frame};
 use ember_core::protocol::{
     self, ChatOptions, ChatRequest, EndReason, ErrorCode, Event, FrameWriter, Request,
 };
-use ember_e2e::{Running, binary, ember_at, emberd_on_pty, repo_root, tiny_image};
+use ember_e2e::{Running, binary, ember_at, emberd_on_pty, tiny_image};
 use ember_serial::{Client, PtyPair, Tty};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -116,20 +116,8 @@ fn lossy(bytes: &[u8]) -> String {
 
 /// The reply llama.cpp gave to the golden chat prompt `prompt` (greedy, 32 tokens), as text.
 fn golden_reply(prompt: &str) -> String {
-    let path = repo_root().join("tests/fixtures/tiny/golden.json");
-    let golden: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    assert_eq!(golden["max_tokens"], GOLDEN_TOKENS);
-    let case = golden["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["prompt"] == prompt && c["chat"] == true)
-        .unwrap_or_else(|| panic!("no golden chat case {prompt:?}"));
-    assert_eq!(case["exact"]["stop_type"], "limit");
-    let ids: Vec<u32> = serde_json::from_value(case["exact"]["reply_ids"].clone()).unwrap();
-    let file = ember_engine::ModelFile::open(&tiny_image().0).unwrap();
-    file.tokenizer().unwrap().decode(&ids)
+    assert_eq!(ember_e2e::tiny_golden()["max_tokens"], GOLDEN_TOKENS);
+    ember_e2e::golden_chat_reply(prompt)
 }
 
 /// What line mode prints for `text`: CRLF line ends, no other control characters.

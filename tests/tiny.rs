@@ -1,7 +1,10 @@
 //! The tiny synthetic model through the `ember` binary: deterministic files, generation, and
 //! clear errors for bad input.
 
-use ember_e2e::{ember, last_json_line, stdout_of, tiny_image, tiny_model};
+use ember_e2e::{
+    assert_greedy_matches_golden, ember, ids, last_json_line, stdout_of, tiny_golden, tiny_image,
+    tiny_model,
+};
 use ember_engine::LanguageModel;
 
 #[test]
@@ -125,21 +128,12 @@ fn bad_input_gives_clear_errors() {
     }
 }
 
-fn golden() -> serde_json::Value {
-    let path = ember_e2e::repo_root().join("tests/fixtures/tiny/golden.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn ids(value: &serde_json::Value) -> Vec<u32> {
-    serde_json::from_value(value.clone()).unwrap()
-}
-
 #[test]
 fn golden_model_is_the_one_llama_cpp_ran() {
     let sha = ember_tools::fetch::sha256_file(&tiny_model()).unwrap();
     assert_eq!(
         sha,
-        golden()["model_sha256"].as_str().unwrap(),
+        tiny_golden()["model_sha256"].as_str().unwrap(),
         "`ember synth --seed 42` changed: regenerate tests/fixtures/tiny/golden.json (see its README)"
     );
 }
@@ -148,7 +142,7 @@ fn golden_model_is_the_one_llama_cpp_ran() {
 fn tiny_tokenizer_matches_llama_cpp() {
     let file = ember_gguf::GgufFile::open(tiny_model()).unwrap();
     let tokenizer = ember_tokenizer::Tokenizer::from_gguf(file.metadata()).unwrap();
-    for case in golden()["tokenizer"].as_array().unwrap() {
+    for case in tiny_golden()["tokenizer"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         assert_eq!(
             tokenizer.encode(text).unwrap(),
@@ -173,42 +167,7 @@ fn int8_greedy_generation_matches_llama_cpp_golden() {
 }
 
 fn greedy_matches_golden(model: &std::path::Path) {
-    let golden = golden();
-    let max_tokens = golden["max_tokens"].to_string();
-    for case in golden["cases"].as_array().unwrap() {
-        let prompt = case["prompt"].as_str().unwrap();
-        let mut args = vec![
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt",
-            prompt,
-            "--max-tokens",
-            &max_tokens,
-            "--json",
-        ];
-        if case["chat"].as_bool().unwrap() {
-            args.push("--chat");
-        }
-        let result = last_json_line(&stdout_of(&ember(&args)));
-        assert_eq!(
-            result["stats"]["prompt_tokens"].as_u64().unwrap() as usize,
-            case["prompt_ids"].as_array().unwrap().len(),
-            "{prompt:?}"
-        );
-        let exact = &case["exact"];
-        assert_eq!(
-            ids(&result["tokens"]),
-            ids(&exact["reply_ids"]),
-            "{prompt:?}"
-        );
-        let finish = if exact["stop_type"] == "eos" {
-            "eos"
-        } else {
-            "length"
-        };
-        assert_eq!(result["finish"], finish, "{prompt:?}");
-    }
+    assert_greedy_matches_golden(ember, model);
 }
 
 #[test]

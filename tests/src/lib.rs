@@ -184,6 +184,77 @@ pub fn onnxruntime_logits(image: &Path, ids: &[u32], prefill: usize) -> Option<V
     Some(serde_json::from_value(result["logits"].clone()).expect("logits"))
 }
 
+/// `tests/fixtures/tiny/golden.json`: llama.cpp's tokens for the tiny model (see its README).
+pub fn tiny_golden() -> serde_json::Value {
+    let path = repo_root().join("tests/fixtures/tiny/golden.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("golden.json")).expect("JSON")
+}
+
+/// Token ids in a golden record.
+pub fn ids(value: &serde_json::Value) -> Vec<u32> {
+    serde_json::from_value(value.clone()).expect("token ids")
+}
+
+/// Runs every golden prompt through `generate` (an `ember generate` on `model`, with the given
+/// arguments) and checks it gives exactly llama.cpp's greedy tokens computed with exact f32
+/// arithmetic, and the same finish.
+pub fn assert_greedy_matches_golden(generate: impl Fn(&[&str]) -> Output, model: &Path) {
+    let golden = tiny_golden();
+    let max_tokens = golden["max_tokens"].to_string();
+    for case in golden["cases"].as_array().expect("cases") {
+        let prompt = case["prompt"].as_str().expect("prompt");
+        let mut args = vec![
+            "generate",
+            "--model",
+            model.to_str().expect("UTF-8 path"),
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            &max_tokens,
+            "--json",
+        ];
+        if case["chat"].as_bool().expect("chat flag") {
+            args.push("--chat");
+        }
+        let result = last_json_line(&stdout_of(&generate(&args)));
+        assert_eq!(
+            result["stats"]["prompt_tokens"]
+                .as_u64()
+                .expect("prompt_tokens") as usize,
+            case["prompt_ids"].as_array().expect("prompt ids").len(),
+            "{prompt:?}"
+        );
+        let exact = &case["exact"];
+        assert_eq!(
+            ids(&result["tokens"]),
+            ids(&exact["reply_ids"]),
+            "{prompt:?}"
+        );
+        let finish = if exact["stop_type"] == "eos" {
+            "eos"
+        } else {
+            "length"
+        };
+        assert_eq!(result["finish"], finish, "{prompt:?}");
+    }
+}
+
+/// The reply llama.cpp gave to the golden chat prompt `prompt` (greedy), as text.
+pub fn golden_chat_reply(prompt: &str) -> String {
+    let golden = tiny_golden();
+    let case = golden["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|c| c["prompt"] == prompt && c["chat"] == true)
+        .unwrap_or_else(|| panic!("no golden chat case {prompt:?}"));
+    assert_eq!(case["exact"]["stop_type"], "limit");
+    let file = ember_engine::ModelFile::open(&tiny_image().0).expect("tiny image");
+    file.tokenizer()
+        .expect("tokenizer")
+        .decode(&ids(&case["exact"]["reply_ids"]))
+}
+
 /// A child process, killed when dropped.
 pub struct Running(pub std::process::Child);
 
@@ -196,11 +267,18 @@ impl Drop for Running {
 
 /// `emberd --pty` serving `image`: the process and the device path it printed.
 pub fn emberd_on_pty(image: &Path, extra: &[&str]) -> (Running, PathBuf) {
+    let mut command = Command::new(binary("emberd"));
+    command
+        .args(["--model", image.to_str().expect("UTF-8 path"), "--pty"])
+        .args(extra);
+    serve_on_pty(command)
+}
+
+/// Starts `command`, an `emberd` serving a PTY, and reads the device path it prints.
+pub fn serve_on_pty(mut command: Command) -> (Running, PathBuf) {
     use std::io::BufRead;
     use std::process::Stdio;
-    let mut child = Command::new(binary("emberd"))
-        .args(["--model", image.to_str().expect("UTF-8 path"), "--pty"])
-        .args(extra)
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

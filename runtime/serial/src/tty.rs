@@ -5,7 +5,7 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::fs::{Mode, OFlags, open};
 use rustix::io::Errno;
 use rustix::termios::{self, ControlModes, OptionalActions, QueueSelector};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -192,13 +192,70 @@ impl Tty {
 /// Raw mode: no echo, no line editing or signals, no CR/LF translation, 8 data bits, modem
 /// control lines ignored; and the baud rate, if given.
 pub(crate) fn make_raw(fd: impl AsFd, baud: Option<u32>) -> Result<(), Errno> {
-    let mut settings = termios::tcgetattr(&fd)?;
+    let mut settings = match termios::tcgetattr(&fd) {
+        // rustix asks with TCGETS2 and falls back to TCGETS only on ENOTTY; qemu-user before
+        // 9.0 (Debian 12's) answers TCGETS2 with ENOSYS, so ask the C library, which uses TCGETS.
+        Err(Errno::NOSYS) => return make_raw_with_tcgets(fd.as_fd(), baud),
+        other => other?,
+    };
     settings.make_raw();
     settings.control_modes |= ControlModes::CLOCAL | ControlModes::CREAD;
     if let Some(baud) = baud {
         settings.set_speed(baud)?;
     }
     termios::tcsetattr(&fd, OptionalActions::Now, &settings)
+}
+
+/// [`make_raw`] through the C library's termios (TCGETS/TCSETS): only the standard baud rates.
+fn make_raw_with_tcgets(fd: BorrowedFd<'_>, baud: Option<u32>) -> Result<(), Errno> {
+    let speed = match baud {
+        None => None,
+        Some(baud) => Some(standard_speed(baud).ok_or(Errno::INVAL)?),
+    };
+    let raw = fd.as_raw_fd();
+    let mut settings = std::mem::MaybeUninit::<libc::termios>::uninit();
+    // SAFETY: `raw` is an open descriptor borrowed for this call; tcgetattr fills the whole
+    // struct when it returns 0, and the struct is only read after that.
+    let mut settings = unsafe {
+        if libc::tcgetattr(raw, settings.as_mut_ptr()) != 0 {
+            return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+        }
+        settings.assume_init()
+    };
+    // SAFETY: `settings` is an initialized termios owned by this frame; `raw` is open.
+    let status = unsafe {
+        libc::cfmakeraw(&mut settings);
+        settings.c_cflag |= libc::CLOCAL | libc::CREAD;
+        if let Some(speed) = speed {
+            libc::cfsetispeed(&mut settings, speed);
+            libc::cfsetospeed(&mut settings, speed);
+        }
+        libc::tcsetattr(raw, libc::TCSANOW, &settings)
+    };
+    if status != 0 {
+        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+    }
+    Ok(())
+}
+
+/// The C library's constant for a standard baud rate.
+fn standard_speed(baud: u32) -> Option<libc::speed_t> {
+    Some(match baud {
+        9600 => libc::B9600,
+        19_200 => libc::B19200,
+        38_400 => libc::B38400,
+        57_600 => libc::B57600,
+        115_200 => libc::B115200,
+        230_400 => libc::B230400,
+        460_800 => libc::B460800,
+        921_600 => libc::B921600,
+        1_000_000 => libc::B1000000,
+        1_500_000 => libc::B1500000,
+        2_000_000 => libc::B2000000,
+        3_000_000 => libc::B3000000,
+        4_000_000 => libc::B4000000,
+        _ => return None,
+    })
 }
 
 impl ErrorType for Tty {

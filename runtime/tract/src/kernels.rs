@@ -51,9 +51,10 @@ impl Kernel {
 
     /// Every kernel this CPU can run (for tests that compare them).
     pub fn available() -> Vec<Self> {
-        let mut kernels = vec![Kernel::Portable];
+        let portable = vec![Kernel::Portable];
         #[cfg(target_arch = "x86_64")]
         {
+            let mut kernels = portable;
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
@@ -62,15 +63,19 @@ impl Kernel {
             if Kernel::detect() == Kernel::AvxVnni {
                 kernels.push(Kernel::AvxVnni);
             }
+            kernels
         }
         #[cfg(target_arch = "aarch64")]
         {
+            let mut kernels = portable;
             kernels.push(Kernel::Neon);
             if Kernel::detect() == Kernel::NeonDot {
                 kernels.push(Kernel::NeonDot);
             }
+            kernels
         }
-        kernels
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        portable
     }
 
     /// Short name for reports.

@@ -9,11 +9,13 @@
 
 #![warn(missing_docs)]
 
+pub mod cpu;
 mod engine;
 pub mod graph;
 pub mod kernels;
 pub mod ops;
 
+pub use cpu::CpuReport;
 pub use engine::{TractModel, TractSession};
 pub use graph::GraphError;
 /// ONNX protobuf types (from tract-onnx).

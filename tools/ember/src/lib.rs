@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod fetch;
 pub mod model;
+pub mod package;
 pub mod quantize;
 pub mod remote;
 pub mod synth;

@@ -10,7 +10,7 @@ use ember_core::{
 use ember_engine::{ChatSession, GenerateOptions, generate};
 use ember_gguf::GgufFile;
 use ember_image::Image;
-use ember_tools::{bench, fetch, model::LoadedModel, quantize, remote, synth};
+use ember_tools::{bench, fetch, model::LoadedModel, package, quantize, remote, synth};
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Instant};
 
 /// Ember: a chat language model on a small board, driven over a serial line.
@@ -133,6 +133,31 @@ enum Command {
     ///
     /// An Ember image runs on the int8 engine (tract); a GGUF file on the f32 reference.
     Generate(GenerateArgs),
+    /// Bundle Ember for a board: a .tar.gz with `emberd` built for the board's target, the
+    /// board's profile, a systemd unit that serves its UART, an install note, and optionally a
+    /// model image (checked against the board's memory budget).
+    ///
+    /// Without --emberd the binary is built with `cargo build --release -p emberd --target
+    /// TRIPLE` in the Ember source tree around the current directory (cross targets need
+    /// `scripts/install-cross.sh`). The tarball is written to a `.part` file and renamed when
+    /// complete. Boards: rpi5, rpi4, rpi-zero-2w, rpi3-armv7, x86_64-pty, or a profile file.
+    Package {
+        /// Board name (boards/NAME.toml) or the path of a profile.
+        #[arg(long, value_name = "NAME|FILE")]
+        board: String,
+        /// The emberd binary to bundle (checked to be built for the board's architecture).
+        #[arg(long)]
+        emberd: Option<PathBuf>,
+        /// An Ember image to bundle as the board's model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The tarball (default: ember-BOARD.tar.gz).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+    },
 }
 
 #[derive(Args)]
@@ -310,6 +335,13 @@ fn main() -> ExitCode {
         Command::Chat(args) => run_chat(&args),
         Command::Ask(args) => run_ask(&args),
         Command::Generate(args) => run_generate(&args),
+        Command::Package {
+            board,
+            emberd,
+            model,
+            output,
+            quiet,
+        } => run_package(&board, emberd, model, output, quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -318,6 +350,37 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_package(
+    board: &str,
+    emberd: Option<PathBuf>,
+    model: Option<PathBuf>,
+    output: Option<PathBuf>,
+    quiet: bool,
+) -> Result<()> {
+    let (board, profile) = ember_board::Board::find_with_text(board)?;
+    let output = output.unwrap_or_else(|| PathBuf::from(format!("ember-{}.tar.gz", board.name)));
+    let options = package::PackageOptions {
+        board,
+        profile,
+        emberd,
+        model,
+        output,
+        progress: !quiet,
+    };
+    let files = package::package(&options)?;
+    let size = std::fs::metadata(&options.output)?.len();
+    println!(
+        "{} ({}, for {}):",
+        options.output.display(),
+        ember_board::mib(size),
+        options.board.target
+    );
+    for file in files {
+        println!("  {file}");
+    }
+    Ok(())
 }
 
 fn run_fetch(model: Option<String>, recipe: Option<PathBuf>, quiet: bool) -> Result<()> {
