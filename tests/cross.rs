@@ -4,7 +4,7 @@
 //! tool, and `ember package` bundles it into a tarball whose binary runs.
 //!
 //! Needs the cross builds first: for each target T in `EMBER_CROSS_TARGETS` (comma-separated),
-//! `cargo build --release --target T -p emberd -p ember-tools` (see `scripts/install-cross.sh`
+//! `cargo build --profile dist --target T -p emberd -p ember-tools` (see `scripts/install-cross.sh`
 //! and `.ci/run`). Without `EMBER_CROSS_TARGETS` these tests say so and pass, unless
 //! `EMBER_REQUIRE_CROSS=1` (CI), which makes a missing build a failure.
 
@@ -19,7 +19,7 @@ use std::process::{Command, Output};
 /// One cross target: where its binaries are and how qemu runs them.
 struct Cross {
     target: String,
-    /// `target/<triple>/release`.
+    /// `target/<triple>/dist` (the profile `ember package` ships).
     dir: PathBuf,
     /// The runner from `.cargo/config.toml`, e.g. `qemu-aarch64-static -L /usr/aarch64-linux-gnu`.
     runner: Vec<String>,
@@ -82,11 +82,11 @@ fn cross_targets() -> Vec<Cross> {
             let runner = config["target"][target]["runner"]
                 .as_str()
                 .unwrap_or_else(|| panic!("no runner for {target} in .cargo/config.toml"));
-            let dir = target_dir.join(target).join("release");
+            let dir = target_dir.join(target).join("dist");
             for name in ["ember", "emberd"] {
                 assert!(
                     dir.join(name).exists(),
-                    "{} is missing: cargo build --release --target {target} -p emberd -p ember-tools",
+                    "{} is missing: cargo build --profile dist --target {target} -p emberd -p ember-tools",
                     dir.join(name).display()
                 );
             }

@@ -137,8 +137,8 @@ enum Command {
     /// board's profile, a systemd unit that serves its UART, an install note, and optionally a
     /// model image (checked against the board's memory budget).
     ///
-    /// Without --emberd the binary is built with `cargo build --release -p emberd --target
-    /// TRIPLE` in the Ember source tree around the current directory (cross targets need
+    /// Without --emberd the binary is built with `cargo build --profile dist -p emberd --target
+    /// TRIPLE` (release, stripped) in the Ember source tree around the current directory (cross targets need
     /// `scripts/install-cross.sh`). The tarball is written to a `.part` file and renamed when
     /// complete. Boards: rpi5, rpi4, rpi-zero-2w, rpi3-armv7, x86_64-pty, or a profile file.
     Package {

@@ -72,8 +72,8 @@ pub fn package(options: &PackageOptions) -> Result<Vec<String>> {
     let arch = elf_architecture(&emberd)?;
     if arch != target_architecture(&board.target) {
         bail!(
-            "{} is built for {arch}, but board {} runs {} (build it with `cargo build --release \
-             -p emberd --target {}`)",
+            "{} is built for {arch}, but board {} runs {} (build it with `cargo build --profile \
+             dist -p emberd --target {}`)",
             emberd.display(),
             board.name,
             board.target,
@@ -212,7 +212,7 @@ fn build_emberd(board: &Board) -> Result<PathBuf> {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"));
-    Ok(target_dir.join(&board.target).join("release/emberd"))
+    Ok(target_dir.join(&board.target).join("dist/emberd"))
 }
 
 /// The Ember source tree around the current directory.
