@@ -204,6 +204,17 @@ impl<const N: usize> FrameDecoder<N> {
         Self::default()
     }
 
+    /// Drops the bytes of an unfinished frame; true if there were any. A sender that gave up in
+    /// the middle of a frame (a write that timed out) leaves its start on the line, which would
+    /// otherwise spoil the next frame: call this when the line has been quiet for longer than
+    /// any frame takes to arrive.
+    pub fn discard_partial(&mut self) -> bool {
+        self.overflowed = false;
+        let had = !self.raw.is_empty();
+        self.raw.clear();
+        had
+    }
+
     /// Takes one byte from the line: `None` until a delimiter ends a frame, then the frame or why
     /// it was refused. Delimiters with nothing before them (an idle line) yield `None`.
     pub fn push(&mut self, byte: u8) -> Option<Result<Frame<'_>, FrameError>> {
@@ -255,6 +266,25 @@ mod tests {
         let mut out = [0u8; N + 8];
         let len = encode_frame(seq, payload, &mut scratch, &mut out).unwrap();
         out[..len].to_vec()
+    }
+
+    #[test]
+    fn the_start_of_an_abandoned_frame_is_discarded_and_the_next_frame_comes_through() {
+        let whole = frame_bytes(7, b"status");
+        let mut decoder = FrameDecoder::<N>::new();
+        assert!(!decoder.discard_partial());
+        for &byte in &frame_bytes(6, b"a token")[..5] {
+            assert!(decoder.push(byte).is_none());
+        }
+        assert!(decoder.discard_partial());
+        let mut yielded = Vec::new();
+        for &byte in &whole {
+            if let Some(frame) = decoder.push(byte) {
+                let frame = frame.unwrap();
+                yielded.push((frame.seq, frame.payload.to_vec()));
+            }
+        }
+        assert_eq!(yielded, [(7, b"status".to_vec())]);
     }
 
     /// Every frame the decoder yields from `stream`: (seq, payload) or the error.

@@ -60,6 +60,9 @@ struct Wire<P: ErrorType> {
     pending: VecDeque<u8>,
     /// The other end stopped taking bytes: output is dropped until it sends something.
     stalled: bool,
+    /// A write gave up partway, maybe inside a frame: the next frame starts with a delimiter so
+    /// the other end drops the torn one instead of merging the two.
+    torn: bool,
     /// The port failed for good.
     fatal: Option<P::Error>,
 }
@@ -125,11 +128,19 @@ impl<P: Read + Write + ReadReady> Wire<P> {
         if self.stalled || self.fatal.is_some() || bytes.is_empty() {
             return;
         }
-        match self.port.write_all(bytes) {
-            Ok(()) => {}
+        let result = if self.torn && self.mode == Mode::Frame {
+            self.port
+                .write_all(&[DELIMITER])
+                .and_then(|()| self.port.write_all(bytes))
+        } else {
+            self.port.write_all(bytes)
+        };
+        match result {
+            Ok(()) => self.torn = false,
             Err(e) if e.kind() == ErrorKind::TimedOut => {
                 log::warn!("the other end stopped reading: dropping output until it sends again");
                 self.stalled = true;
+                self.torn = true;
             }
             Err(e) => self.fatal = Some(e),
         }
@@ -201,6 +212,7 @@ impl<'m, P: Read + Write + ReadReady> Server<'m, P> {
                 writer: FrameWriter::new(),
                 pending: VecDeque::new(),
                 stalled: false,
+                torn: false,
                 fatal: None,
             },
             chat,

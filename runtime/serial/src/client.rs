@@ -147,6 +147,12 @@ impl Client {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if self.tty.read_timeout(&mut byte, left)? == 0 {
+                // The device writes a frame at once: a partial one that sat through a whole
+                // timeout is what remains of a write it abandoned (a stalled line). Dropped
+                // here, it cannot spoil the next frame.
+                if self.decoder.discard_partial() {
+                    self.damaged += 1;
+                }
                 return Err(ClientError::Timeout(timeout));
             }
             let Some(frame) = self.decoder.push(byte[0]) else {
