@@ -155,7 +155,7 @@ const EXPECTED_KERNELS: &[(&str, &str, &str, Option<&str>)] = &[
     ("rpi5", "neon-sdot", "dotprod", Some("Generic")),
     ("rpi4", "neon", "aarch64", Some("CortexA72")),
     ("rpi-zero-2w", "neon", "aarch64", Some("CortexA53")),
-    ("rpi3-armv7", "portable", "neon", None),
+    ("rpi3-armv7", "neon-armv7", "neon", None),
 ];
 
 #[test]
