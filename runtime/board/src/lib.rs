@@ -80,9 +80,6 @@ pub struct Board {
     pub max_baud: u32,
     /// Directory holding the board's models.
     pub slot_dir: PathBuf,
-    /// Extra `rustc` flags the board's builds need (checked against `.cargo/config.toml`).
-    #[serde(default)]
-    pub rustflags: Vec<String>,
     /// Environment variables for the engine (tract's CPU knobs), set unless already set.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -596,7 +593,7 @@ mod tests {
         assert!(error.to_string().contains("image 300.0 MiB"), "{error}");
     }
     #[test]
-    fn cross_targets_have_a_linker_a_runner_and_the_boards_rustflags() {
+    fn cross_targets_have_a_linker_and_a_qemu_runner() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cargo/config.toml");
         let config: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         for board in Board::all().unwrap() {
@@ -607,15 +604,6 @@ mod tests {
             assert!(target.get("linker").is_some(), "{}", board.target);
             let runner = target["runner"].as_str().unwrap();
             assert!(runner.starts_with("qemu-"), "{runner}");
-            let rustflags: Vec<String> = target
-                .get("rustflags")
-                .map(|flags| flags.clone().try_into().unwrap())
-                .unwrap_or_default();
-            assert_eq!(
-                rustflags, board.rustflags,
-                "{}: .cargo/config.toml",
-                board.name
-            );
         }
     }
 }

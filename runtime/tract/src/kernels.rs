@@ -16,7 +16,7 @@ pub enum Kernel {
     NeonDot,
     /// aarch64 NEON (every aarch64 core, e.g. Raspberry Pi 4 / Zero 2 W): `smull` + `sadalp`.
     Neon,
-    /// 32-bit ARM with NEON (armv7 builds for the Cortex-A7 ISA, e.g. a Pi 3 on a 32-bit OS):
+    /// 32-bit ARM with NEON (every armv7 Raspberry Pi, e.g. a Pi 3 on a 32-bit OS):
     /// `vmull.s8` + `vpadal.s16`.
     NeonArmv7,
     /// Plain Rust (auto-vectorized by the compiler for the target, e.g. NEON).
@@ -48,15 +48,15 @@ impl Kernel {
                 Kernel::Neon
             }
         }
-        // NEON is a build-time choice on 32-bit ARM (`.cargo/config.toml`: the Cortex-A7 ISA).
-        #[cfg(all(target_arch = "arm", target_feature = "neon"))]
+        #[cfg(target_arch = "arm")]
         {
-            Kernel::NeonArmv7
+            if armv7::has_neon() {
+                Kernel::NeonArmv7
+            } else {
+                Kernel::Portable
+            }
         }
-        #[cfg(not(any(
-            target_arch = "aarch64",
-            all(target_arch = "arm", target_feature = "neon")
-        )))]
+        #[cfg(not(any(target_arch = "aarch64", target_arch = "arm")))]
         Kernel::Portable
     }
 
@@ -85,17 +85,15 @@ impl Kernel {
             }
             kernels
         }
-        #[cfg(all(target_arch = "arm", target_feature = "neon"))]
+        #[cfg(target_arch = "arm")]
         {
             let mut kernels = portable;
-            kernels.push(Kernel::NeonArmv7);
+            if armv7::has_neon() {
+                kernels.push(Kernel::NeonArmv7);
+            }
             kernels
         }
-        #[cfg(not(any(
-            target_arch = "x86_64",
-            target_arch = "aarch64",
-            all(target_arch = "arm", target_feature = "neon")
-        )))]
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm")))]
         portable
     }
 
@@ -139,9 +137,9 @@ impl Kernel {
             #[cfg(target_arch = "aarch64")]
             // SAFETY: NEON is part of every aarch64 CPU; slices as above.
             Kernel::Neon => unsafe { arm::dot_neon(w, w_scales, quants, scales) },
-            #[cfg(all(target_arch = "arm", target_feature = "neon"))]
-            // SAFETY: this build targets NEON (a compile-time feature, so every CPU it runs on
-            // has it); the slices hold `blocks` full blocks (asserted above).
+            #[cfg(target_arch = "arm")]
+            // SAFETY: `detect`/`available` only return this kernel when the CPU reports NEON; the
+            // slices hold `blocks` full blocks (asserted above).
             Kernel::NeonArmv7 => unsafe { armv7::dot_neon(w, w_scales, quants, scales) },
             _ => dot_portable(w, w_scales, quants, scales),
         }
@@ -344,61 +342,76 @@ mod arm {
     }
 }
 
-#[cfg(all(target_arch = "arm", target_feature = "neon"))]
+#[cfg(target_arch = "arm")]
 mod armv7 {
+    /// Whether the CPU has NEON (the kernel's `HWCAP_NEON` bit).
+    pub(super) fn has_neon() -> bool {
+        const HWCAP_NEON: std::ffi::c_ulong = 1 << 12;
+        // SAFETY: getauxval only reads the auxiliary vector the kernel gave the process.
+        unsafe { libc::getauxval(libc::AT_HWCAP) & HWCAP_NEON != 0 }
+    }
+
     /// `Σ_j (w[j] − 128) · a[j]` over the 32-byte blocks at `w` and `a`.
     ///
-    /// The caller guarantees 32 readable bytes at each pointer and NEON.
+    /// The caller guarantees 32 readable bytes at each pointer and a CPU with NEON.
     #[inline(always)]
     unsafe fn block_sum(w: *const u8, a: *const i8) -> i32 {
         let sum: i32;
-        // The NEON intrinsics are not stable on 32-bit ARM; the instructions are.
-        // SAFETY: reads 32 bytes at `w` and at `a` (caller); NEON is enabled for this build;
-        // the registers it uses are declared clobbered.
+        // The armv7 target assumes no NEON and its intrinsics are not stable, so the block is
+        // assembly, told that NEON exists (`.fpu neon`); only q0–q6 (the target has 16 d
+        // registers below NEON's 32).
+        // SAFETY: reads 32 bytes at `w` and at `a` (caller); the CPU has NEON (caller); the
+        // registers it uses are declared clobbered, as the VFP d registers they are made of (a
+        // build without NEON does not know the q registers).
         unsafe {
             std::arch::asm!(
+                ".fpu neon",
                 "vld1.8 {{d0-d3}}, [{w}]",
                 "vld1.8 {{d4-d7}}, [{a}]",
                 // u − 128 as i8 is u with its top bit flipped.
-                "vmov.i8 q8, #0x80",
-                "veor q0, q0, q8",
-                "veor q1, q1, q8",
+                "vmov.i8 q4, #0x80",
+                "veor q0, q0, q4",
+                "veor q1, q1, q4",
                 // |(u − 128) · q| ≤ 128 · 127 fits i16; pairs are summed into i32 lanes.
-                "vmull.s8 q10, d0, d4",
-                "vmull.s8 q11, d1, d5",
-                "vmull.s8 q12, d2, d6",
-                "vmull.s8 q13, d3, d7",
-                "vpaddl.s16 q14, q10",
-                "vpadal.s16 q14, q11",
-                "vpadal.s16 q14, q12",
-                "vpadal.s16 q14, q13",
-                "vpadd.i32 d28, d28, d29",
-                "vpadd.i32 d28, d28, d28",
-                "vmov.32 {sum}, d28[0]",
+                "vmull.s8 q4, d0, d4",
+                "vmull.s8 q5, d1, d5",
+                "vpaddl.s16 q6, q4",
+                "vpadal.s16 q6, q5",
+                "vmull.s8 q4, d2, d6",
+                "vmull.s8 q5, d3, d7",
+                "vpadal.s16 q6, q4",
+                "vpadal.s16 q6, q5",
+                "vpadd.i32 d12, d12, d13",
+                "vpadd.i32 d12, d12, d12",
+                "vmov.32 {sum}, d12[0]",
                 w = in(reg) w,
                 a = in(reg) a,
                 sum = out(reg) sum,
-                out("q0") _,
-                out("q1") _,
-                out("q2") _,
-                out("q3") _,
-                out("q8") _,
-                out("q10") _,
-                out("q11") _,
-                out("q12") _,
-                out("q13") _,
-                out("q14") _,
+                out("d0") _,
+                out("d1") _,
+                out("d2") _,
+                out("d3") _,
+                out("d4") _,
+                out("d5") _,
+                out("d6") _,
+                out("d7") _,
+                out("d8") _,
+                out("d9") _,
+                out("d10") _,
+                out("d11") _,
+                out("d12") _,
+                out("d13") _,
                 options(pure, readonly, nostack, preserves_flags),
             );
         }
         sum
     }
 
-    /// The caller guarantees that every slice holds `a_scales.len()` blocks.
+    /// The caller guarantees NEON and that every slice holds `a_scales.len()` blocks.
     pub(super) unsafe fn dot_neon(w: &[u8], w_scales: &[f32], a: &[i8], a_scales: &[f32]) -> f32 {
         let mut total = 0.0;
         for b in 0..a_scales.len() {
-            // SAFETY: block b lies within both slices (caller); NEON is enabled for this build.
+            // SAFETY: block b lies within both slices; the CPU has NEON (caller).
             let sum = unsafe { block_sum(w.as_ptr().add(32 * b), a.as_ptr().add(32 * b)) };
             total += w_scales[b] * a_scales[b] * sum as f32;
         }
