@@ -2,18 +2,11 @@
 //! and `ember package` (a tarball that unpacks into a runnable emberd with its profile).
 
 use ember_e2e::{
-    Running, binary, ember, ember_at, golden_chat_reply, last_json_line, repo_root, serve_on_pty,
-    stdout_of, tiny_image,
+    Running, binary, dry_run_field, ember, ember_at, fresh_temp_dir, golden_chat_reply,
+    last_json_line, repo_root, serve_on_pty, stdout_of, tiny_image, unpack,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ember-boards-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn emberd(args: &[&str]) -> Output {
     Command::new(binary("emberd"))
@@ -62,7 +55,7 @@ fn emberd_serves_the_golden_reply_with_the_development_board() {
 
 #[test]
 fn a_model_over_the_boards_memory_budget_is_refused_naming_both_sizes() {
-    let dir = temp_dir("budget");
+    let dir = fresh_temp_dir("boards-budget");
     let image = tiny_image().0;
     let image_bytes = std::fs::metadata(&image).unwrap().len();
     let profile = profile_with_budget(&dir, 1);
@@ -97,12 +90,7 @@ fn the_dry_run_prints_the_plan_without_serving() {
     ]);
     let stdout = stdout_of(&output);
     let field = |name: &str| {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_else(|| panic!("no {name} in {stdout}"))
-            .trim()
-            .to_string()
+        dry_run_field(&stdout, name).unwrap_or_else(|| panic!("no {name} in {stdout}"))
     };
     assert!(field("board").starts_with("x86_64-pty"), "{stdout}");
     assert_eq!(field("serial"), "a PTY pair at 115200 baud");
@@ -130,7 +118,7 @@ fn the_dry_run_prints_the_plan_without_serving() {
 
 #[test]
 fn bad_board_arguments_get_clear_errors() {
-    let dir = temp_dir("bad");
+    let dir = fresh_temp_dir("boards-bad");
     let image = tiny_image().0;
     let image = image.to_str().unwrap();
     let broken = dir.join("broken.toml");
@@ -172,7 +160,7 @@ fn tar_listing(tarball: &Path) -> Vec<String> {
 
 #[test]
 fn a_package_for_the_development_board_unpacks_into_a_working_emberd() {
-    let dir = temp_dir("package");
+    let dir = fresh_temp_dir("boards-package");
     let image = tiny_image().0;
     let tarball = dir.join("dev.tar.gz");
     let report = stdout_of(&ember(&[
@@ -208,14 +196,7 @@ fn a_package_for_the_development_board_unpacks_into_a_working_emberd() {
     assert!(listing[0].starts_with("-rwxr-xr-x"), "{}", listing[0]);
     assert!(listing[1].starts_with("-rw-r--r--"), "{}", listing[1]);
 
-    let status = Command::new("tar")
-        .arg("-xzf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    unpack(&tarball, &dir);
     let root = dir.join("ember-x86_64-pty");
     assert_eq!(
         std::fs::read(root.join("bin/emberd")).unwrap(),
@@ -252,7 +233,7 @@ fn a_package_for_the_development_board_unpacks_into_a_working_emberd() {
 
 #[test]
 fn packaging_refuses_a_wrong_binary_a_model_over_budget_and_a_damaged_model() {
-    let dir = temp_dir("refuse");
+    let dir = fresh_temp_dir("boards-refuse");
     let image = tiny_image().0;
     let emberd = binary("emberd");
     let tarball = dir.join("out.tar.gz");

@@ -10,8 +10,9 @@
 
 use ember_board::Board;
 use ember_e2e::{
-    Running, assert_greedy_matches_golden, binary, ember, ember_at, golden_chat_reply,
-    last_json_line, repo_root, serve_on_pty, stdout_of, tiny_golden, tiny_image,
+    Running, assert_greedy_matches_golden, binary, dry_run_field, ember, ember_at, fresh_temp_dir,
+    golden_chat_reply, last_json_line, repo_root, serve_on_pty, stdout_of, tiny_golden, tiny_image,
+    unpack,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -99,17 +100,10 @@ fn cross_targets() -> Vec<Cross> {
         .collect()
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ember-cross-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn the_cross_built_ember_writes_the_tiny_model_and_generates_the_golden_tokens() {
     for cross in cross_targets() {
-        let dir = temp_dir(&cross.target);
+        let dir = fresh_temp_dir(&format!("cross-{}", cross.target));
         let gguf = dir.join("tiny.gguf");
         let image = dir.join("tiny.ember");
         stdout_of(&cross.run(
@@ -172,12 +166,7 @@ fn each_board_gets_its_kernels_on_its_emulated_cpu() {
                 .unwrap();
             let stdout = stdout_of(&output);
             eprintln!("{} on qemu -cpu {cpu:?}:\n{stdout}", board.name);
-            let field = |name: &str| {
-                stdout
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(|v| v.trim().to_string())
-            };
+            let field = |name: &str| dry_run_field(&stdout, name);
             let (_, int8, isa, tuned) = EXPECTED_KERNELS
                 .iter()
                 .find(|(name, ..)| *name == board.name)
@@ -232,7 +221,7 @@ fn a_package_for_each_arm_board_holds_an_emberd_that_runs_there() {
     let image = tiny_image().0;
     for cross in cross_targets() {
         let board = &cross.boards()[0];
-        let dir = temp_dir(&format!("package-{}", board.name));
+        let dir = fresh_temp_dir(&format!("cross-package-{}", board.name));
         let tarball = dir.join("ember.tar.gz");
         stdout_of(&ember(&[
             "package",
@@ -246,14 +235,7 @@ fn a_package_for_each_arm_board_holds_an_emberd_that_runs_there() {
             tarball.to_str().unwrap(),
             "--quiet",
         ]));
-        let status = Command::new("tar")
-            .arg("-xzf")
-            .arg(&tarball)
-            .arg("-C")
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        unpack(&tarball, &dir);
         let root = dir.join(format!("ember-{}", board.name));
         // The ELF header's e_machine: 0xb7 AArch64, 0x28 ARM (the ELF specification).
         let binary = std::fs::read(root.join("bin/emberd")).unwrap();

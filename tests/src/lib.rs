@@ -255,6 +255,34 @@ pub fn golden_chat_reply(prompt: &str) -> String {
         .decode(&ids(&case["exact"]["reply_ids"]))
 }
 
+/// A fresh, empty directory for one test (`name`) of this test process.
+pub fn fresh_temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ember-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Unpacks a `.tar.gz` into `dir` with the system's `tar` (not Ember's code).
+pub fn unpack(tarball: &Path, dir: &Path) {
+    let status = Command::new("tar")
+        .arg("-xzf")
+        .arg(tarball)
+        .arg("-C")
+        .arg(dir)
+        .status()
+        .expect("tar runs");
+    assert!(status.success(), "tar -xzf {} failed", tarball.display());
+}
+
+/// The value of the line `name …` in `emberd --dry-run`'s output, if present.
+pub fn dry_run_field(stdout: &str, name: &str) -> Option<String> {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().to_string())
+}
+
 /// A child process, killed when dropped.
 pub struct Running(pub std::process::Child);
 

@@ -319,6 +319,17 @@ impl Board {
         Ok(())
     }
 
+    /// The board's architecture as Rust names it (`std::env::consts::ARCH`: `aarch64`, `arm`,
+    /// `x86_64`).
+    pub fn architecture(&self) -> &str {
+        let arch = self.target.split('-').next().unwrap_or_default();
+        if arch.starts_with("armv7") {
+            "arm"
+        } else {
+            arch
+        }
+    }
+
     /// Threads for the model: the profile's, else `available`.
     pub fn threads_or(&self, available: usize) -> usize {
         self.threads.unwrap_or(available).max(1)
@@ -470,6 +481,14 @@ mod tests {
             assert!(!board.description.is_empty());
         }
         assert_eq!(Board::all().unwrap().len(), BUILTIN.len());
+    }
+
+    #[test]
+    fn architectures_are_named_as_rust_names_them() {
+        let arch = |name| Board::builtin(name).unwrap().architecture().to_string();
+        assert_eq!(arch("rpi5"), "aarch64");
+        assert_eq!(arch("rpi3-armv7"), "arm");
+        assert_eq!(arch("x86_64-pty"), "x86_64");
     }
 
     #[test]

@@ -272,13 +272,7 @@ fn run(args: Args) -> Result<()> {
 /// Sets the board's CPU knobs for tract (unless the environment already has them), and warns when
 /// the board is for another architecture than this build.
 fn use_board_cpu_settings(board: &Board) {
-    let board_arch = board.target.split('-').next().unwrap_or_default();
-    let board_arch = if board_arch.starts_with("armv7") {
-        "arm"
-    } else {
-        board_arch
-    };
-    if board_arch != std::env::consts::ARCH {
+    if board.architecture() != std::env::consts::ARCH {
         log::warn!(
             "board {} is {}, this emberd is {}: its memory budget applies, its CPU settings do not",
             board.name,

@@ -52,16 +52,6 @@ pub fn elf_architecture(path: &Path) -> Result<&'static str> {
     })
 }
 
-/// The Rust architecture name of a target triple (`armv7-…` is `arm`).
-pub fn target_architecture(target: &str) -> &str {
-    let arch = target.split('-').next().unwrap_or(target);
-    if arch.starts_with("armv7") {
-        "arm"
-    } else {
-        arch
-    }
-}
-
 /// Writes the tarball and returns the files it holds (paths inside it).
 pub fn package(options: &PackageOptions) -> Result<Vec<String>> {
     let board = &options.board;
@@ -70,7 +60,7 @@ pub fn package(options: &PackageOptions) -> Result<Vec<String>> {
         None => build_emberd(board)?,
     };
     let arch = elf_architecture(&emberd)?;
-    if arch != target_architecture(&board.target) {
+    if arch != board.architecture() {
         bail!(
             "{} is built for {arch}, but board {} runs {} (build it with `cargo build --profile \
              dist -p emberd --target {}`)",
@@ -363,13 +353,6 @@ mod tests {
             device_unit(Path::new("/dev/serial/by-id/usb-FTDI_x-if00")),
             "dev-serial-by\\x2did-usb\\x2dFTDI_x\\x2dif00.device"
         );
-    }
-
-    #[test]
-    fn targets_name_their_architecture() {
-        assert_eq!(target_architecture("armv7-unknown-linux-gnueabihf"), "arm");
-        assert_eq!(target_architecture("aarch64-unknown-linux-gnu"), "aarch64");
-        assert_eq!(target_architecture("x86_64-unknown-linux-gnu"), "x86_64");
     }
 
     #[test]
