@@ -136,10 +136,10 @@ fn bad_board_arguments_get_clear_errors() {
             vec!["--board", "/nonexistent/board.toml", "--model", image],
             "cannot read board profile /nonexistent/board.toml",
         ),
-        // Without --model the board's slot holds the model; none is installed here.
+        // Without --model the board's slot directory holds the model; none is installed here.
         (
             vec!["--board", "x86_64-pty", "--dry-run"],
-            "cannot load model /var/lib/ember/model.ember",
+            "cannot use the slot directory /var/lib/ember",
         ),
     ];
     for (args, message) in cases {

@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic "EMBERIMG"
-//!      8     2  format version (little-endian u16), currently 1
+//!      8     2  format version (little-endian u16), currently 4
 //!     10     2  reserved, zero
 //!     12     4  manifest length in bytes (u32)
 //!     16    32  SHA-256 of the manifest bytes
@@ -20,7 +20,7 @@ use core::fmt;
 /// The eight bytes every Ember image starts with.
 pub const IMAGE_MAGIC: [u8; 8] = *b"EMBERIMG";
 /// The image format version this code reads and writes.
-pub const IMAGE_VERSION: u16 = 3;
+pub const IMAGE_VERSION: u16 = 4;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 64;
 /// Sections start on multiples of this (cache lines; 4-byte scales stay aligned for mmap).
@@ -193,6 +193,20 @@ mod manifest {
         pub tensors: Vec<TensorEntry>,
         /// Every section of the file.
         pub sections: Vec<SectionEntry>,
+        /// What a device runs before it switches to this image.
+        pub self_test: SelfTest,
+    }
+
+    /// A prompt and the tokens the int8 engine generated for it greedily when the image was
+    /// made. A device that has received the image runs it on trial and switches to it only if
+    /// it generates the same tokens: the weights arrived intact *and* its engine computes them
+    /// the way the host's did.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct SelfTest {
+        /// Plain text (no chat template), tokenized as the model's prompts are.
+        pub prompt: String,
+        /// The greedy continuation, up to the end-of-sequence token (not included).
+        pub tokens: Vec<u32>,
     }
 
     /// A Llama-family decoder's shape.

@@ -4,6 +4,7 @@
 //!   repetition penalty) with a seeded generator that gives the same tokens on every platform.
 //! - [`chat`]: renders a conversation with the model's chat template (ChatML).
 //! - [`utf8`]: assembles streamed token bytes into whole UTF-8 characters.
+//! - [`flash`]: the device's model slots and the rules of flashing an image over the line.
 //! - [`image`]: the Ember image header (and, with `alloc`, its manifest).
 //! - [`frame`]: frame-mode framing for the serial line (COBS, sequence numbers, CRC32).
 //! - [`line`]: line mode: a line editor for people at a serial console, and slash commands.
@@ -25,6 +26,7 @@ extern crate alloc;
 mod fmt;
 
 pub mod chat;
+pub mod flash;
 pub mod frame;
 pub mod image;
 pub mod line;

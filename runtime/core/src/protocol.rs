@@ -9,13 +9,14 @@
 //! [`Request::Hello`]; it answers [`Event::Hello`] and stays in frame mode until
 //! [`Request::Goodbye`].
 
+use crate::flash::{BlockEncoding, FlashOutcome, MAX_CHUNK, Position, Slot};
 use crate::frame::{self, FrameError};
 use core::fmt;
 use heapless::{String, Vec};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this core speaks. A peer with another version must say goodbye.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Most encoded bytes in one frame, delimiter included, in either direction.
 pub const MAX_FRAME: usize = 2048;
 /// Most bytes of text in a chat request or a system prompt.
@@ -58,6 +59,76 @@ pub enum Request {
     Status,
     /// Leaves frame mode: the device answers [`Event::Goodbye`] and returns to line mode.
     Goodbye,
+    /// Starts (or resumes) sending an image into the device's other slot; answered with
+    /// [`Event::FlashNext`] (where to start) or an [`Event::Error`] refusing the image.
+    FlashBegin(FlashBegin),
+    /// A piece of one block of the image; answered with [`Event::FlashNext`].
+    FlashChunk(FlashChunk),
+    /// Every block is sent: verify the image, boot it on trial, and switch to it if its
+    /// self-test passes. Answered with [`Event::FlashStage`]s, then [`Event::FlashDone`] or an
+    /// [`Event::Error`].
+    FlashCommit,
+    /// Forgets the image being received; answered with [`Event::Done`].
+    FlashAbort,
+}
+
+/// What the host declares before sending an image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlashBegin {
+    /// Length of the whole image in bytes.
+    pub image_len: u64,
+    /// SHA-256 of the whole image (uncompressed).
+    pub sha256: [u8; 32],
+    /// The image's 64-byte header (magic, version, manifest length and hash, file length), so
+    /// the device can refuse an image it cannot use before receiving it.
+    pub header: Vec<u8, 64>,
+    /// An ed25519 signature of [`crate::flash::signed_message`], if the image was signed.
+    pub signature: Option<Signature>,
+}
+
+/// An ed25519 signature (64 bytes, as two halves for the encoding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    /// The first 32 bytes (R).
+    pub r: [u8; 32],
+    /// The last 32 bytes (S).
+    pub s: [u8; 32],
+}
+
+impl Signature {
+    /// The signature from its 64 bytes.
+    pub fn from_bytes(bytes: &[u8; 64]) -> Self {
+        let mut r = [0u8; 32];
+        let mut s = [0u8; 32];
+        r.copy_from_slice(&bytes[..32]);
+        s.copy_from_slice(&bytes[32..]);
+        Signature { r, s }
+    }
+
+    /// Its 64 bytes.
+    pub fn to_bytes(&self) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        out[..32].copy_from_slice(&self.r);
+        out[32..].copy_from_slice(&self.s);
+        out
+    }
+}
+
+/// A piece of one block of an image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlashChunk {
+    /// Image offset of the block (a multiple of [`crate::flash::FLASH_BLOCK`]).
+    pub offset: u64,
+    /// Where `data` starts in the encoded block.
+    pub at: u32,
+    /// How the block is encoded.
+    pub encoding: BlockEncoding,
+    /// Length of the whole encoded block.
+    pub encoded_len: u32,
+    /// CRC-32 of `data` (as in frames).
+    pub crc32: u32,
+    /// The bytes.
+    pub data: Vec<u8, MAX_CHUNK>,
 }
 
 /// A user message and how to answer it.
@@ -137,6 +208,30 @@ pub enum Event {
     },
     /// Answers [`Request::Goodbye`]; the device is back in line mode.
     Goodbye,
+    /// Answers [`Request::FlashBegin`] and [`Request::FlashChunk`]: the next position of the
+    /// image the device needs (the image length when it has every block).
+    FlashNext(Position),
+    /// A commit is under way (the next stage takes a while).
+    FlashStage {
+        /// What the device is doing.
+        stage: FlashStage,
+    },
+    /// The committed image passed its self-test and is now served.
+    FlashDone {
+        /// The slot now active.
+        slot: Slot,
+        /// SHA-256 of the new image's manifest (the new [`Hello::model_hash`]).
+        model_hash: [u8; 32],
+    },
+}
+
+/// The stages of a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FlashStage {
+    /// Checking the image's SHA-256, section hashes and signature.
+    Verifying,
+    /// Loading the new image and running its self-test (chat pauses).
+    Testing,
 }
 
 /// The device's greeting.
@@ -152,6 +247,10 @@ pub struct Hello {
     pub context_length: u32,
     /// Most encoded bytes per frame the device accepts.
     pub max_frame: u32,
+    /// The slot being served, or none when the device serves a fixed file and cannot be flashed.
+    pub slot: Option<Slot>,
+    /// How the last flash ended (none if the device never flashed).
+    pub last_flash: Option<FlashOutcome>,
 }
 
 /// Why a reply ended.
@@ -237,6 +336,25 @@ pub enum ErrorCode {
     Stalled,
     /// The engine failed.
     Engine,
+    /// The device serves a fixed file: it has no slots to flash.
+    FlashUnavailable,
+    /// A chunk or commit arrived with no transfer under way.
+    NoTransfer,
+    /// The image cannot be used: bad header, wrong version, a length that disagrees with its
+    /// header, or a section that fails its hash.
+    ImageRejected,
+    /// The image does not fit the device (its storage or its memory budget).
+    ImageTooLarge,
+    /// The received image's SHA-256 is not the one declared.
+    HashMismatch,
+    /// The device holds a public key and the image is unsigned or its signature is wrong.
+    SignatureRejected,
+    /// The new image failed its self-test; the device went back to the previous one.
+    SelfTestFailed,
+    /// The device could not write its storage.
+    Storage,
+    /// A chunk failed its CRC, did not decompress to its block, or does not fit the transfer.
+    ChunkRejected,
 }
 
 /// Why a message could not be encoded or decoded.
@@ -348,6 +466,15 @@ mod tests {
         truncated(&s)
     }
 
+    fn bytes32(g: &mut Gen) -> [u8; 32] {
+        core::array::from_fn(|_| u8::arbitrary(g))
+    }
+
+    fn bytes<const N: usize>(g: &mut Gen) -> Vec<u8, N> {
+        let v = StdVec::<u8>::arbitrary(g);
+        v.into_iter().take(N).collect()
+    }
+
     fn float(g: &mut Gen) -> f32 {
         // Finite values only: NaN != NaN would fail the equality check, not the codec.
         let f = f32::arbitrary(g);
@@ -375,7 +502,7 @@ mod tests {
 
     impl Arbitrary for Request {
         fn arbitrary(g: &mut Gen) -> Self {
-            match u8::arbitrary(g) % 7 {
+            match u8::arbitrary(g) % 11 {
                 0 => Request::Hello {
                     protocol_version: u16::arbitrary(g),
                 },
@@ -388,7 +515,30 @@ mod tests {
                 3 => Request::Reset,
                 4 => Request::SetSystem { text: text(g) },
                 5 => Request::Status,
-                _ => Request::Goodbye,
+                6 => Request::Goodbye,
+                7 => Request::FlashBegin(FlashBegin {
+                    image_len: u64::arbitrary(g),
+                    sha256: bytes32(g),
+                    header: bytes(g),
+                    signature: bool::arbitrary(g).then(|| Signature {
+                        r: bytes32(g),
+                        s: bytes32(g),
+                    }),
+                }),
+                8 => Request::FlashChunk(FlashChunk {
+                    offset: u64::arbitrary(g),
+                    at: u32::arbitrary(g),
+                    encoding: if bool::arbitrary(g) {
+                        BlockEncoding::Raw
+                    } else {
+                        BlockEncoding::Zstd
+                    },
+                    encoded_len: u32::arbitrary(g),
+                    crc32: u32::arbitrary(g),
+                    data: bytes(g),
+                }),
+                9 => Request::FlashCommit,
+                _ => Request::FlashAbort,
             }
         }
     }
@@ -412,14 +562,31 @@ mod tests {
                 ErrorCode::UnsupportedVersion,
                 ErrorCode::Stalled,
                 ErrorCode::Engine,
+                ErrorCode::FlashUnavailable,
+                ErrorCode::NoTransfer,
+                ErrorCode::ImageRejected,
+                ErrorCode::ImageTooLarge,
+                ErrorCode::HashMismatch,
+                ErrorCode::SignatureRejected,
+                ErrorCode::SelfTestFailed,
+                ErrorCode::Storage,
+                ErrorCode::ChunkRejected,
             ];
-            match u8::arbitrary(g) % 11 {
+            let slot = |g: &mut Gen| if bool::arbitrary(g) { Slot::A } else { Slot::B };
+            let outcomes = [
+                FlashOutcome::Activated,
+                FlashOutcome::SelfTestFailed,
+                FlashOutcome::TrialInterrupted,
+            ];
+            match u8::arbitrary(g) % 14 {
                 0 => Event::Hello(Hello {
                     protocol_version: u16::arbitrary(g),
                     model_name: text(g),
                     model_hash: core::array::from_fn(|_| u8::arbitrary(g)),
                     context_length: u32::arbitrary(g),
                     max_frame: u32::arbitrary(g),
+                    slot: bool::arbitrary(g).then(|| slot(g)),
+                    last_flash: bool::arbitrary(g).then(|| *g.choose(&outcomes).unwrap()),
                 }),
                 1 => Event::Token { text: text(g) },
                 2 => Event::SynthesizeStart,
@@ -452,7 +619,22 @@ mod tests {
                     code: *g.choose(&codes).unwrap(),
                     detail: text(g),
                 },
-                _ => Event::Goodbye,
+                10 => Event::Goodbye,
+                11 => Event::FlashNext(Position {
+                    offset: u64::arbitrary(g),
+                    at: u32::arbitrary(g),
+                }),
+                12 => Event::FlashStage {
+                    stage: if bool::arbitrary(g) {
+                        FlashStage::Verifying
+                    } else {
+                        FlashStage::Testing
+                    },
+                },
+                _ => Event::FlashDone {
+                    slot: slot(g),
+                    model_hash: bytes32(g),
+                },
             }
         }
     }
@@ -529,6 +711,26 @@ mod tests {
             detail: truncated(&"z".repeat(MAX_DETAIL)),
         };
         assert!(writer.encode(&error).unwrap().len() <= MAX_FRAME);
+        // The worst chunk: every field at its widest, data that COBS cannot shorten.
+        let chunk = Request::FlashChunk(FlashChunk {
+            offset: u64::MAX,
+            at: u32::MAX,
+            encoding: BlockEncoding::Zstd,
+            encoded_len: u32::MAX,
+            crc32: u32::MAX,
+            data: core::iter::repeat_n(0xFF, MAX_CHUNK).collect(),
+        });
+        assert!(writer.encode(&chunk).unwrap().len() <= MAX_FRAME);
+        let begin = Request::FlashBegin(FlashBegin {
+            image_len: u64::MAX,
+            sha256: [0xFF; 32],
+            header: core::iter::repeat_n(0xFF, 64).collect(),
+            signature: Some(Signature {
+                r: [0xFF; 32],
+                s: [0xFF; 32],
+            }),
+        });
+        assert!(writer.encode(&begin).unwrap().len() <= MAX_FRAME);
     }
 
     /// The bytes `docs/PROTOCOL.md` shows, computed independently with Python (`zlib.crc32`
@@ -537,11 +739,11 @@ mod tests {
     fn frames_match_the_documented_bytes() {
         let mut writer = FrameWriter::new();
         let hello = Request::Hello {
-            protocol_version: 1,
+            protocol_version: PROTOCOL_VERSION,
         };
         assert_eq!(
             writer.encode(&hello).unwrap(),
-            [0x01, 0x01, 0x01, 0x06, 0x01, 0x8a, 0xef, 0x43, 0x56, 0x00]
+            [0x01, 0x01, 0x01, 0x06, 0x02, 0x30, 0xbe, 0x4a, 0xcf, 0x00]
         );
         let mut writer = FrameWriter::new();
         assert_eq!(

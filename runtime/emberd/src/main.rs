@@ -2,17 +2,19 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use ember_board::{Board, ModelNeeds, Serial};
+use ember_board::{Board, MemoryPlan, ModelNeeds, Serial};
 use ember_core::chat::ChatTemplate;
+use ember_core::flash::{FlashOutcome, Slot};
 use ember_core::image::ImageHeader;
-use ember_core::protocol::{self, Hello, MAX_FRAME, PROTOCOL_VERSION};
+use ember_core::protocol::{self, ErrorCode, Event, Hello, MAX_FRAME, PROTOCOL_VERSION};
 use ember_core::sampler::SamplingConfig;
 use ember_engine::{ChatSession, ModelFile, WeightSource};
+use ember_flash::SlotDir;
 use ember_serial::{PtyPair, Tty};
 use ember_tract::{CpuReport, TractModel};
-use emberd::server::{Server, Settings};
+use emberd::server::{Exit, Server, Settings, Wire};
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -35,10 +37,15 @@ struct Args {
     /// line, baud, threads, memory budget and model slot; the options below override it.
     #[arg(long, value_name = "NAME|FILE")]
     board: Option<String>,
-    /// The Ember image to serve (made by `ember quantize`; default with --board:
-    /// SLOT_DIR/model.ember).
-    #[arg(long, required_unless_present = "board")]
+    /// Serve this Ember image (made by `ember quantize`) as it is; such a device cannot be
+    /// flashed. Without it emberd serves the active slot of --slot-dir (or the board's).
+    #[arg(long, conflicts_with = "slot_dir")]
     model: Option<PathBuf>,
+    /// The model slots: serve the active one (SLOT_DIR/slot-a.ember on a first start) and take
+    /// new images over the line into the other (default with --board: the board's slot_dir).
+    /// A SLOT_DIR/flash.pub key makes the device take signed images only.
+    #[arg(long, value_name = "SLOT_DIR")]
+    slot_dir: Option<PathBuf>,
     /// Serial device, e.g. /dev/ttyAMA0 or /dev/ttyUSB0.
     #[arg(long, required_unless_present_any = ["pty", "board"], conflicts_with = "pty")]
     port: Option<PathBuf>,
@@ -48,6 +55,10 @@ struct Args {
     /// Make a PTY pair and serve on it; its device path is printed on stdout.
     #[arg(long)]
     pty: bool,
+    /// With --pty: also point this symbolic link at the PTY (replaced at every start, so a
+    /// host can find a restarted emberd at the same path, like a serial adapter plugged back).
+    #[arg(long, requires = "pty", value_name = "PATH")]
+    pty_link: Option<PathBuf>,
     /// Worker threads for the model (default: the board's, else all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -117,45 +128,12 @@ fn run(args: Args) -> Result<()> {
     if let Some(board) = &board {
         use_board_cpu_settings(board);
     }
-    let model_path = match (&args.model, &board) {
-        (Some(path), _) => path.clone(),
-        (None, Some(board)) => board.slot_dir.join("model.ember"),
-        (None, None) => bail!("--model is required without --board"),
-    };
-    let context = || format!("cannot load model {}", model_path.display());
-    let file = ModelFile::open(&model_path).with_context(context)?;
-    let ModelFile::Image(image) = &file else {
-        bail!(
-            "{} is a GGUF file; emberd serves Ember images (make one with `ember quantize`)",
-            model_path.display()
-        );
-    };
-    let config = image.config().with_context(context)?;
     if args.context == Some(0) {
         bail!("--context must be at least 1");
     }
-    let plan = match &board {
-        Some(board) => {
-            let needs = ModelNeeds {
-                image_bytes: image.file_size(),
-                cache_bytes_per_position: config.cache_bytes_per_position(),
-                context_length: config.context_length,
-            };
-            let plan = board
-                .plan_memory(&needs, args.context)
-                .with_context(|| format!("{} does not fit {}", model_path.display(), board.name))?;
-            log::info!("board {}: {plan}", board.name);
-            Some(plan)
-        }
-        None => None,
-    };
-    let capacity = match plan {
-        Some(plan) => plan.context,
-        None => args
-            .context
-            .unwrap_or(config.context_length)
-            .min(config.context_length),
-    };
+    if args.max_tokens == 0 {
+        bail!("--max-tokens must be at least 1");
+    }
     let threads = match args.threads {
         Some(0) => bail!("--threads must be at least 1"),
         Some(n) => n,
@@ -164,14 +142,122 @@ fn run(args: Args) -> Result<()> {
             board.as_ref().map_or(cores, |b| b.threads_or(cores))
         }
     };
+    let slot_dir = match (&args.slot_dir, &args.model, &board) {
+        (Some(dir), _, _) => Some(dir.clone()),
+        (None, Some(_), _) => None,
+        (None, None, Some(board)) => Some(board.slot_dir.clone()),
+        (None, None, None) => bail!("give --model FILE, --slot-dir DIR or --board"),
+    };
+    // An image must at least fit the budget beside the runtime; the trial boot checks the rest.
+    let max_image = board
+        .as_ref()
+        .map(|b| b.budget_bytes().saturating_sub(ember_board::RUNTIME_BYTES));
+    let mut slots = match &slot_dir {
+        Some(dir) => Some(
+            SlotDir::open(dir, max_image)
+                .with_context(|| format!("cannot use the slot directory {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let device = Device {
+        args: &args,
+        board: board.as_ref(),
+        threads,
+    };
     if args.dry_run {
+        let path = slots.as_ref().map_or_else(
+            || args.model.clone().unwrap_or_default(),
+            SlotDir::active_path,
+        );
+        return device.dry_run(&path, slots.as_ref());
+    }
+    let mut wire = None;
+    let mut notice = None;
+    loop {
+        let path = slots.as_ref().map_or_else(
+            || args.model.clone().unwrap_or_default(),
+            SlotDir::active_path,
+        );
+        match device.serve(&path, slots.as_mut(), &mut wire, notice.take(), start)? {
+            Exit::PortFailed(e) => return Err(e).context("the serial line failed"),
+            Exit::Trial(line, slot) => {
+                wire = Some(*line);
+                let slots = slots.as_mut().context("a trial boot without slots")?;
+                notice = Some(device.trial(slots, slot)?);
+            }
+        }
+    }
+}
+
+/// What emberd was asked to run on.
+struct Device<'a> {
+    args: &'a Args,
+    board: Option<&'a Board>,
+    threads: usize,
+}
+
+/// An image opened and checked against the board.
+struct Opened {
+    file: ModelFile,
+    plan: Option<MemoryPlan>,
+    capacity: usize,
+}
+
+impl Device<'_> {
+    /// Opens the image at `path` and plans its memory on the board.
+    fn open(&self, path: &Path) -> Result<Opened> {
+        let context = || format!("cannot load model {}", path.display());
+        let file = ModelFile::open(path).with_context(context)?;
+        let ModelFile::Image(image) = &file else {
+            bail!(
+                "{} is a GGUF file; emberd serves Ember images (make one with `ember quantize`)",
+                path.display()
+            );
+        };
+        let config = image.config().with_context(context)?;
+        let plan = match self.board {
+            Some(board) => {
+                let needs = ModelNeeds {
+                    image_bytes: image.file_size(),
+                    cache_bytes_per_position: config.cache_bytes_per_position(),
+                    context_length: config.context_length,
+                };
+                let plan = board
+                    .plan_memory(&needs, self.args.context)
+                    .with_context(|| format!("{} does not fit {}", path.display(), board.name))?;
+                log::info!("board {}: {plan}", board.name);
+                Some(plan)
+            }
+            None => None,
+        };
+        let capacity = match plan {
+            Some(plan) => plan.context,
+            None => self
+                .args
+                .context
+                .unwrap_or(config.context_length)
+                .min(config.context_length),
+        };
+        Ok(Opened {
+            file,
+            plan,
+            capacity,
+        })
+    }
+
+    fn dry_run(&self, path: &Path, slots: Option<&SlotDir>) -> Result<()> {
+        let opened = self.open(path)?;
+        let ModelFile::Image(image) = &opened.file else {
+            unreachable!("open() accepts images only");
+        };
+        let args = self.args;
         let cpu = CpuReport::detect();
         println!(
             "model    {} ({})",
-            model_path.display(),
+            path.display(),
             image.manifest().model_name
         );
-        match &board {
+        match self.board {
             Some(board) => {
                 println!(
                     "board    {} — {} ({})",
@@ -185,88 +271,192 @@ fn run(args: Args) -> Result<()> {
             }
             None => println!("board    none (no memory budget)"),
         }
-        println!("context  {capacity} positions");
-        if let Some(plan) = plan {
+        match slots {
+            Some(slots) => println!(
+                "slots    {}: slot {} active, {}",
+                slots.dir().display(),
+                slots.table().active,
+                if slots.requires_signature() {
+                    "signed images only"
+                } else {
+                    "unsigned images accepted"
+                }
+            ),
+            None => println!("slots    none (a fixed --model cannot be flashed)"),
+        }
+        println!("context  {} positions", opened.capacity);
+        if let Some(plan) = opened.plan {
             println!("memory   {plan}");
         }
-        println!("threads  {threads}");
+        println!("threads  {}", self.threads);
         println!("int8     {}", cpu.int8.name());
         println!("tract    {}", cpu.tract_isa);
         if let Some(kind) = &cpu.tract_cpu {
             println!("tuned    {kind}");
         }
-        return Ok(());
+        Ok(())
     }
-    let model = TractModel::load(image, threads).with_context(context)?;
-    let tokenizer = file.tokenizer().with_context(context)?;
-    ember_engine::memory::release_free_heap();
-    let template = match file.chat_template() {
-        Some(source) => ChatTemplate::from_jinja(source).with_context(context)?,
-        None => ChatTemplate::chatml(None),
-    };
-    let manifest = image.manifest();
-    let header = ImageHeader::parse(&image.mapping()[..]).with_context(context)?;
-    let mut session = model.session(capacity)?;
-    let hello = Hello {
-        protocol_version: PROTOCOL_VERSION,
-        model_name: protocol::truncated(&manifest.model_name),
-        model_hash: header.manifest_sha256,
-        context_length: capacity as u32,
-        max_frame: MAX_FRAME as u32,
-    };
-    let defaults = manifest.default_sampling;
-    let settings = Settings {
-        sampling: SamplingConfig {
-            temperature: args.temperature,
-            top_k: defaults.top_k,
-            top_p: defaults.top_p,
-            repetition_penalty: defaults.repetition_penalty,
-            seed: args.seed,
-            ..SamplingConfig::default()
-        },
-        max_tokens: args.max_tokens,
-        stops: Vec::new(),
-    };
-    settings
-        .sampling
-        .validate()
-        .context("invalid sampling settings")?;
-    if args.max_tokens == 0 {
-        bail!("--max-tokens must be at least 1");
-    }
-    let chat = ChatSession::new(&mut session, &tokenizer, template, args.system.clone());
 
-    let serial = match (&args.port, args.pty, &board) {
-        (Some(path), _, _) => Serial::Device(path.clone()),
-        (None, true, _) => Serial::Pty,
-        (None, false, Some(board)) => board.serial.clone(),
-        (None, false, None) => bail!("give --port DEVICE or --pty"),
-    };
-    let baud = args
-        .baud
-        .or(board.as_ref().map(|b| b.baud))
-        .unwrap_or(115_200);
-    let mut port = match &serial {
-        Serial::Device(path) => Tty::open(path, baud)?,
-        Serial::Pty => {
-            let pair = PtyPair::open().context("cannot create a PTY pair")?;
-            // The path goes to stdout alone, for scripts; everything else to stderr.
-            println!("{}", pair.path().display());
-            std::io::stdout().flush()?;
-            pair.into_master()?
+    /// Loads the image at `path` and serves it on the line (opened on first use) until the
+    /// line fails or a flashed image waits for its trial boot. `notice` is sent first.
+    fn serve(
+        &self,
+        path: &Path,
+        slots: Option<&mut SlotDir>,
+        wire: &mut Option<Wire<Tty>>,
+        notice: Option<Event>,
+        start: Instant,
+    ) -> Result<Exit<Tty>> {
+        let args = self.args;
+        let context = || format!("cannot load model {}", path.display());
+        let opened = self.open(path)?;
+        let ModelFile::Image(image) = &opened.file else {
+            unreachable!("open() accepts images only");
+        };
+        let model = TractModel::load(image, self.threads).with_context(context)?;
+        let tokenizer = opened.file.tokenizer().with_context(context)?;
+        ember_engine::memory::release_free_heap();
+        let template = match opened.file.chat_template() {
+            Some(source) => ChatTemplate::from_jinja(source).with_context(context)?,
+            None => ChatTemplate::chatml(None),
+        };
+        let manifest = image.manifest();
+        let header = ImageHeader::parse(&image.mapping()[..]).with_context(context)?;
+        let capacity = opened.capacity;
+        let mut session = model.session(capacity)?;
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            model_name: protocol::truncated(&manifest.model_name),
+            model_hash: header.manifest_sha256,
+            context_length: capacity as u32,
+            max_frame: MAX_FRAME as u32,
+            slot: slots.as_ref().map(|s| s.table().active),
+            last_flash: slots.as_ref().and_then(|s| s.table().last),
+        };
+        let defaults = manifest.default_sampling;
+        let settings = Settings {
+            sampling: SamplingConfig {
+                temperature: args.temperature,
+                top_k: defaults.top_k,
+                top_p: defaults.top_p,
+                repetition_penalty: defaults.repetition_penalty,
+                seed: args.seed,
+                ..SamplingConfig::default()
+            },
+            max_tokens: args.max_tokens,
+            stops: Vec::new(),
+        };
+        settings
+            .sampling
+            .validate()
+            .context("invalid sampling settings")?;
+        let chat = ChatSession::new(&mut session, &tokenizer, template, args.system.clone());
+        let mut line = match wire.take() {
+            Some(line) => line,
+            None => Wire::new(self.open_line()?),
+        };
+        if let Some(notice) = notice {
+            line.announce(&notice);
         }
-    };
-    port.set_write_timeout(Duration::from_millis(args.write_timeout_ms));
-    log::info!(
-        "serving {} ({} threads, {} kernel, context {capacity}) on {} after {:.2} s",
-        manifest.model_name,
-        threads,
-        model.kernel().name(),
-        port.port(),
-        start.elapsed().as_secs_f64()
-    );
-    let error = Server::new(port, chat, hello, settings).run();
-    Err(error).context("the serial line failed")
+        log::info!(
+            "serving {} ({} threads, {} kernel, context {capacity}{}) after {:.2} s",
+            manifest.model_name,
+            self.threads,
+            model.kernel().name(),
+            slots
+                .as_ref()
+                .map_or(String::new(), |s| format!(", slot {}", s.table().active)),
+            start.elapsed().as_secs_f64()
+        );
+        Ok(Server::new(line, chat, hello, settings, slots).run())
+    }
+
+    /// Opens the serial line (or makes the PTY pair).
+    fn open_line(&self) -> Result<Tty> {
+        let args = self.args;
+        let serial = match (&args.port, args.pty, self.board) {
+            (Some(path), _, _) => Serial::Device(path.clone()),
+            (None, true, _) => Serial::Pty,
+            (None, false, Some(board)) => board.serial.clone(),
+            (None, false, None) => bail!("give --port DEVICE or --pty"),
+        };
+        let baud = args.baud.or(self.board.map(|b| b.baud)).unwrap_or(115_200);
+        let mut port = match &serial {
+            Serial::Device(path) => Tty::open(path, baud)?,
+            Serial::Pty => {
+                let pair = PtyPair::open().context("cannot create a PTY pair")?;
+                if let Some(link) = &args.pty_link {
+                    link_to(link, pair.path())?;
+                }
+                // The path goes to stdout alone, for scripts; everything else to stderr.
+                println!("{}", pair.path().display());
+                std::io::stdout().flush()?;
+                pair.into_master()?
+            }
+        };
+        port.set_write_timeout(Duration::from_millis(args.write_timeout_ms));
+        log::info!("on {}", port.port());
+        Ok(port)
+    }
+
+    /// Boots the image in `slot` on trial: it must fit the board and pass its self-test to
+    /// become active; otherwise the device goes back to the active slot. Returns what to tell
+    /// the host.
+    fn trial(&self, slots: &mut SlotDir, slot: Slot) -> Result<Event> {
+        let path = slots.path(slot);
+        let started = Instant::now();
+        match self.self_test(&path) {
+            Ok(model_hash) => {
+                slots.activate()?;
+                log::info!(
+                    "flash: slot {slot} passed its self-test in {:.2} s and is active",
+                    started.elapsed().as_secs_f64()
+                );
+                Ok(Event::FlashDone { slot, model_hash })
+            }
+            Err(e) => {
+                slots.roll_back(FlashOutcome::SelfTestFailed)?;
+                let detail = format!("slot {} stays active: {e:#}", slots.table().active);
+                log::warn!("flash: slot {slot} failed its trial: {detail}");
+                Ok(Event::Error {
+                    code: ErrorCode::SelfTestFailed,
+                    detail: protocol::truncated(&detail),
+                })
+            }
+        }
+    }
+
+    /// Opens the image at `path`, checks it against the board, runs its self-test; returns
+    /// its manifest hash.
+    fn self_test(&self, path: &Path) -> Result<[u8; 32]> {
+        let opened = self.open(path)?;
+        let ModelFile::Image(image) = &opened.file else {
+            unreachable!("open() accepts images only");
+        };
+        let tokenizer = opened.file.tokenizer()?;
+        let tokens = ember_tract::self_test(image, &tokenizer, self.threads)?;
+        let expected = &image.manifest().self_test;
+        if tokens != expected.tokens {
+            bail!(
+                "self-test failed: {:?} continued as {:?}, the image expects {:?}",
+                expected.prompt,
+                tokenizer.decode(&tokens),
+                tokenizer.decode(&expected.tokens)
+            );
+        }
+        Ok(ImageHeader::parse(&image.mapping()[..])?.manifest_sha256)
+    }
+}
+
+/// Points the symbolic link `link` at `target`, replacing it atomically.
+fn link_to(link: &Path, target: &Path) -> Result<()> {
+    let mut temp = link.as_os_str().to_owned();
+    temp.push(".new");
+    let temp = PathBuf::from(temp);
+    let _ = std::fs::remove_file(&temp);
+    std::os::unix::fs::symlink(target, &temp)
+        .and_then(|()| std::fs::rename(&temp, link))
+        .with_context(|| format!("cannot link {} to {}", link.display(), target.display()))
 }
 
 /// Sets the board's CPU knobs for tract (unless the environment already has them), and warns when

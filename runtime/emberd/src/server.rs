@@ -8,16 +8,18 @@
 //! generated and the device keeps reading: Ctrl-C (line mode) or `Cancel` (frame mode) stops it.
 
 use embedded_io::{Error as _, ErrorKind, ErrorType, Read, ReadReady, Write};
+use ember_core::flash::Slot;
 use ember_core::frame::{DELIMITER, FrameDecoder};
 use ember_core::line::{self, Command, LineEditor, LineEvent, Setting};
 use ember_core::protocol::{
-    self, ChatOptions, EndReason, ErrorCode, Event, FrameWriter, Hello, MAX_DELTA, MAX_FRAME,
-    MAX_SENTENCE, ProtocolError, ReplyStats, Request, Status,
+    self, ChatOptions, EndReason, ErrorCode, Event, FlashStage, FrameWriter, Hello, MAX_DELTA,
+    MAX_FRAME, MAX_SENTENCE, ProtocolError, ReplyStats, Request, Status,
 };
 use ember_core::sampler::SamplingConfig;
 use ember_core::sentence::SentenceSplitter;
 use ember_core::stop::StopFilter;
 use ember_engine::{ChatSession, EngineError, FinishReason, GenerateOptions};
+use ember_flash::{ChunkReply, SlotDir};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::ops::ControlFlow;
@@ -50,8 +52,10 @@ enum Mode {
     Frame,
 }
 
-/// The port and everything about the bytes on it.
-struct Wire<P: ErrorType> {
+/// The port and everything about the bytes on it. It outlives a [`Server`]: when the device
+/// switches to a newly flashed model, the next server takes the line over as it was (mode,
+/// frame numbers, unread bytes).
+pub struct Wire<P: ErrorType> {
     port: P,
     mode: Mode,
     frames: FrameDecoder<MAX_FRAME>,
@@ -68,6 +72,27 @@ struct Wire<P: ErrorType> {
 }
 
 impl<P: Read + Write + ReadReady> Wire<P> {
+    /// A line in line mode on `port`.
+    pub fn new(port: P) -> Self {
+        Wire {
+            port,
+            mode: Mode::Line,
+            frames: FrameDecoder::new(),
+            writer: FrameWriter::new(),
+            pending: VecDeque::new(),
+            stalled: false,
+            torn: false,
+            fatal: None,
+        }
+    }
+
+    /// Sends an event if the line is in frame mode.
+    pub fn announce(&mut self, event: &Event) {
+        if self.mode == Mode::Frame {
+            self.send(event);
+        }
+    }
+
     /// The next byte, waiting for it.
     fn next_byte(&mut self) -> Result<u8, P::Error> {
         loop {
@@ -189,52 +214,67 @@ struct Turn<'t> {
     sentences: bool,
 }
 
+/// Why a server stopped.
+pub enum Exit<P: ErrorType> {
+    /// The port failed (a hang-up).
+    PortFailed(P::Error),
+    /// A flashed image was verified and waits in `slot` for its trial boot; the line goes on.
+    Trial(Box<Wire<P>>, Slot),
+}
+
 /// The chat device: a conversation with the model, served over a port.
 pub struct Server<'m, P: ErrorType> {
     wire: Wire<P>,
     chat: ChatSession<'m>,
     hello: Hello,
     settings: Settings,
+    slots: Option<&'m mut SlotDir>,
     line: LineEditor<MAX_LINE>,
     session: u32,
     last: Option<ReplyStats>,
     replies: u32,
+    trial: Option<Slot>,
 }
 
 impl<'m, P: Read + Write + ReadReady> Server<'m, P> {
-    /// A server for `chat` on `port`; `hello` is what it tells programs about itself.
-    pub fn new(port: P, chat: ChatSession<'m>, hello: Hello, settings: Settings) -> Self {
+    /// A server for `chat` on `wire`; `hello` is what it tells programs about itself. With
+    /// `slots` it can be flashed.
+    pub fn new(
+        wire: Wire<P>,
+        chat: ChatSession<'m>,
+        hello: Hello,
+        settings: Settings,
+        slots: Option<&'m mut SlotDir>,
+    ) -> Self {
         Server {
-            wire: Wire {
-                port,
-                mode: Mode::Line,
-                frames: FrameDecoder::new(),
-                writer: FrameWriter::new(),
-                pending: VecDeque::new(),
-                stalled: false,
-                torn: false,
-                fatal: None,
-            },
+            wire,
             chat,
             hello,
             settings,
+            slots,
             line: LineEditor::new(),
             session: 0,
             last: None,
             replies: 0,
+            trial: None,
         }
     }
 
-    /// Serves until the port fails (a hang-up); returns that error.
-    pub fn run(mut self) -> P::Error {
-        self.wire.text(&format!(
-            "\nEmber: {} is listening. Type a message; /help lists the commands.\n{PROMPT}",
-            self.hello.model_name
-        ));
+    /// Serves until the port fails (a hang-up) or a flashed image waits for its trial boot.
+    pub fn run(mut self) -> Exit<P> {
+        if self.wire.mode == Mode::Line {
+            self.wire.text(&format!(
+                "\nEmber: {} is listening. Type a message; /help lists the commands.\n{PROMPT}",
+                self.hello.model_name
+            ));
+        }
         loop {
+            if let Some(slot) = self.trial {
+                return Exit::Trial(Box::new(self.wire), slot);
+            }
             let byte = match self.wire.next_byte() {
                 Ok(byte) => byte,
-                Err(e) => return e,
+                Err(e) => return Exit::PortFailed(e),
             };
             // Someone is there again.
             self.wire.stalled = false;
@@ -244,7 +284,7 @@ impl<'m, P: Read + Write + ReadReady> Server<'m, P> {
                 Mode::Frame => self.take_frame(byte),
             }
             if let Some(e) = self.wire.fatal.take() {
-                return e;
+                return Exit::PortFailed(e);
             }
         }
     }
@@ -414,6 +454,34 @@ impl<'m, P: Read + Write + ReadReady> Server<'m, P> {
                 self.wire.mode = Mode::Line;
                 self.wire.text(&format!("\n{PROMPT}"));
             }
+            Request::FlashCommit => self.commit(),
+            flash => take_flash(&mut self.wire, self.slots.as_deref_mut(), flash),
+        }
+    }
+
+    /// Verifies the received image and, if it holds up, leaves serving for its trial boot.
+    fn commit(&mut self) {
+        let Some(slots) = self.slots.as_deref_mut() else {
+            return flash_unavailable(&mut self.wire);
+        };
+        let wire = &mut self.wire;
+        let verifying = || {
+            wire.send(&Event::FlashStage {
+                stage: FlashStage::Verifying,
+            })
+        };
+        match slots.commit(verifying) {
+            Ok(slot) => {
+                log::info!("flash: image in slot {slot} verified; trial boot");
+                self.wire.send(&Event::FlashStage {
+                    stage: FlashStage::Testing,
+                });
+                self.trial = Some(slot);
+            }
+            Err(e) => {
+                log::warn!("flash: commit refused: {e}");
+                self.wire.error(e.code(), &e.to_string());
+            }
         }
     }
 
@@ -440,6 +508,7 @@ impl<'m, P: Read + Write + ReadReady> Server<'m, P> {
         let mut splitter = SentenceSplitter::<MAX_SENTENCE>::new();
         let status = self.status();
         let wire = &mut self.wire;
+        let mut slots = self.slots.as_deref_mut();
         let mut first_token = None;
         let mut cancel_requested = false;
         let result = self.chat.say(turn.text, &turn.options, &mut |piece| {
@@ -451,7 +520,7 @@ impl<'m, P: Read + Write + ReadReady> Server<'m, P> {
                 return ControlFlow::Break(FinishReason::Stop);
             }
             while let Some(byte) = wire.poll_byte() {
-                cancel_requested |= take_busy(wire, byte, &status);
+                cancel_requested |= take_busy(wire, slots.as_deref_mut(), byte, &status);
             }
             if cancel_requested || wire.stalled || wire.fatal.is_some() {
                 return ControlFlow::Break(FinishReason::Cancelled);
@@ -558,8 +627,14 @@ fn send_sentence<P: Read + Write + ReadReady>(wire: &mut Wire<P>, sentence: &str
     });
 }
 
-/// Handles a byte that arrives during a reply; true when it asks to cancel.
-fn take_busy<P: Read + Write + ReadReady>(wire: &mut Wire<P>, byte: u8, status: &Status) -> bool {
+/// Handles a byte that arrives during a reply; true when it asks to cancel. Flash transfers go
+/// on during a reply (a commit waits for its end).
+fn take_busy<P: Read + Write + ReadReady>(
+    wire: &mut Wire<P>,
+    slots: Option<&mut SlotDir>,
+    byte: u8,
+    status: &Status,
+) -> bool {
     wire.stalled = false;
     if wire.mode != Mode::Frame {
         // People cancel with Ctrl-C; anything else typed during a reply is ignored.
@@ -572,6 +647,12 @@ fn take_busy<P: Read + Write + ReadReady>(wire: &mut Wire<P>, byte: u8, status: 
             wire.send(&Event::Status(*status));
             false
         }
+        Some(Ok(
+            flash @ (Request::FlashBegin(_) | Request::FlashChunk(_) | Request::FlashAbort),
+        )) => {
+            take_flash(wire, slots, flash);
+            false
+        }
         Some(Ok(_)) => {
             wire.error(ErrorCode::Busy, "a reply is in progress: cancel it first");
             false
@@ -581,6 +662,56 @@ fn take_busy<P: Read + Write + ReadReady>(wire: &mut Wire<P>, byte: u8, status: 
             false
         }
     }
+}
+
+/// Answers a flash request other than a commit.
+fn take_flash<P: Read + Write + ReadReady>(
+    wire: &mut Wire<P>,
+    slots: Option<&mut SlotDir>,
+    request: Request,
+) {
+    let Some(slots) = slots else {
+        return flash_unavailable(wire);
+    };
+    let result = match request {
+        Request::FlashBegin(begin) => slots.begin(&begin).map(|position| {
+            log::info!(
+                "flash: receiving {} bytes from offset {}",
+                begin.image_len,
+                position.offset
+            );
+            Event::FlashNext(position)
+        }),
+        Request::FlashChunk(chunk) => match slots.chunk(&chunk) {
+            Ok(ChunkReply::Next(position)) => Ok(Event::FlashNext(position)),
+            Ok(ChunkReply::Quiet) => return,
+            Err(e) => {
+                log::debug!("flash: {e}");
+                wire.error(e.code(), &e.to_string());
+                // Where to go on from (the start of the damaged block).
+                match slots.position() {
+                    Some(position) => Ok(Event::FlashNext(position)),
+                    None => return,
+                }
+            }
+        },
+        Request::FlashAbort => slots.abort().map(|()| Event::Done),
+        _ => return,
+    };
+    match result {
+        Ok(event) => wire.send(&event),
+        Err(e) => {
+            log::warn!("flash: {e}");
+            wire.error(e.code(), &e.to_string());
+        }
+    }
+}
+
+fn flash_unavailable<P: Read + Write + ReadReady>(wire: &mut Wire<P>) {
+    wire.error(
+        ErrorCode::FlashUnavailable,
+        "this device serves a fixed --model file and has no slots to flash",
+    );
 }
 
 fn millis(d: Duration) -> u32 {

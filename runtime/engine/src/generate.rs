@@ -185,3 +185,33 @@ pub fn generate_until(
         finish,
     })
 }
+
+/// The prompt `ember quantize` stores as an image's self-test.
+pub const SELF_TEST_PROMPT: &str = "Once upon a time, in a small village by the sea,";
+/// Most tokens of a self-test's greedy continuation.
+pub const SELF_TEST_TOKENS: usize = 8;
+/// Context positions a self-test runs in (its prompt and continuation must fit).
+pub const SELF_TEST_CONTEXT: usize = 256;
+
+/// The greedy continuation of the plain-text `prompt` (after the beginning-of-sequence token
+/// when `add_bos`), at most [`SELF_TEST_TOKENS`] tokens: what an image's self-test records
+/// when the image is made and compares on the device before switching to it.
+pub fn self_test_tokens(
+    model: &mut dyn LanguageModel,
+    tokenizer: &Tokenizer,
+    prompt: &str,
+    add_bos: bool,
+) -> Result<Vec<u32>, EngineError> {
+    let mut ids = Vec::new();
+    if add_bos && let Some(bos) = tokenizer.bos_id() {
+        ids.push(bos);
+    }
+    ids.extend(tokenizer.encode(prompt)?);
+    let options = GenerateOptions {
+        max_tokens: SELF_TEST_TOKENS,
+        sampling: SamplingConfig::default(),
+    };
+    model.reset();
+    let generation = generate(model, tokenizer, &ids, &options, &mut |_| {})?;
+    Ok(generation.tokens)
+}

@@ -20,7 +20,8 @@ pub use chat::ChatSession;
 pub use config::ModelConfig;
 pub use error::EngineError;
 pub use generate::{
-    FinishReason, GenerateOptions, Generation, LanguageModel, Stats, generate, generate_until,
+    FinishReason, GenerateOptions, Generation, LanguageModel, SELF_TEST_CONTEXT, SELF_TEST_PROMPT,
+    SELF_TEST_TOKENS, Stats, generate, generate_until, self_test_tokens,
 };
 pub use reference::{KvCache, ReferenceModel, ReferenceSession};
 pub use source::{ModelFile, WeightSource};

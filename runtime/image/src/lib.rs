@@ -7,7 +7,7 @@
 
 use ember_core::image::{
     HEADER_LEN, IMAGE_VERSION, ImageError, ImageHeader, Manifest, SECTION_ALIGN, SectionEntry,
-    TensorEncoding, TensorEntry, TokenizerData, align_up,
+    SelfTest, TensorEncoding, TensorEntry, TokenizerData, align_up,
 };
 use sha2::{Digest, Sha256};
 use std::{
@@ -349,8 +349,13 @@ impl ImageWriter {
         self.tensors.push(tensor);
     }
 
+    /// Sets what a device runs before switching to the image.
+    pub fn set_self_test(&mut self, self_test: SelfTest) {
+        self.manifest.self_test = self_test;
+    }
+
     /// The whole image.
-    pub fn to_bytes(mut self) -> Vec<u8> {
+    pub fn to_bytes(&mut self) -> Vec<u8> {
         let tokenizer = self.tokenizer.encode();
         self.manifest.tensors = self.tensor_entries();
         let mut weights = Vec::new();
@@ -359,64 +364,66 @@ impl ImageWriter {
             weights.resize((entry.offset + entry.length) as usize, 0);
         }
         self.manifest.tokenizer.section = "tokenizer".into();
-        let mut bodies = vec![("tokenizer", tokenizer)];
-        if let Some(graph) = self.graph.take() {
+        let mut bodies: Vec<(&str, &[u8])> = vec![("tokenizer", &tokenizer)];
+        if let Some(graph) = &self.graph {
             bodies.push((GRAPH_SECTION, graph));
         }
-        bodies.push((WEIGHTS_SECTION, weights));
-        // The manifest's length depends on the offsets it holds: lay out with placeholder
-        // offsets, then again with the real ones until the length is stable.
-        let mut manifest_len = 0u64;
-        loop {
-            let mut offset = align_up(HEADER_LEN as u64 + manifest_len);
-            self.manifest.sections = bodies
-                .iter()
-                .map(|(name, body)| {
-                    let entry = SectionEntry {
-                        name: (*name).into(),
-                        offset,
-                        length: body.len() as u64,
-                        sha256: sha256(body),
-                    };
-                    offset = align_up(offset + body.len() as u64);
-                    entry
-                })
-                .collect();
-            let encoded = self.manifest.to_bytes().len() as u64;
-            if encoded == manifest_len {
-                break;
-            }
-            manifest_len = encoded;
-        }
-        let manifest = self.manifest.to_bytes();
-        let last = self
-            .manifest
-            .sections
-            .last()
-            .map_or(0, |s| s.offset + s.length);
-        let header = ImageHeader {
-            version: IMAGE_VERSION,
-            manifest_len: manifest.len() as u32,
-            manifest_sha256: sha256(&manifest),
-            file_len: last,
-        };
-        let mut out = Vec::with_capacity(last as usize);
-        out.extend_from_slice(&header.to_bytes());
-        out.extend_from_slice(&manifest);
-        for ((_, body), section) in bodies.iter().zip(&self.manifest.sections) {
-            out.resize(section.offset as usize, 0);
-            out.extend_from_slice(body);
-        }
-        out
+        bodies.push((WEIGHTS_SECTION, &weights));
+        assemble(&mut self.manifest, &bodies)
     }
 
     /// Writes the image to `path` through [`write_atomically`], so an interrupted write never
     /// leaves a damaged image under the final name.
-    pub fn write(self, path: &Path) -> Result<u64, ImageFileError> {
+    pub fn write(&mut self, path: &Path) -> Result<u64, ImageFileError> {
         let bytes = self.to_bytes();
         write_atomically(path, &bytes)?;
         Ok(bytes.len() as u64)
     }
+}
+
+/// Lays out an image: the header, `manifest` (its `sections` are replaced by `bodies`, in
+/// order, each on a 64-byte boundary with its SHA-256), then the bodies.
+pub fn assemble(manifest: &mut Manifest, bodies: &[(&str, &[u8])]) -> Vec<u8> {
+    // The manifest's length depends on the offsets it holds: lay out with placeholder
+    // offsets, then again with the real ones until the length is stable.
+    let mut manifest_len = 0u64;
+    loop {
+        let mut offset = align_up(HEADER_LEN as u64 + manifest_len);
+        manifest.sections = bodies
+            .iter()
+            .map(|(name, body)| {
+                let entry = SectionEntry {
+                    name: (*name).into(),
+                    offset,
+                    length: body.len() as u64,
+                    sha256: sha256(body),
+                };
+                offset = align_up(offset + body.len() as u64);
+                entry
+            })
+            .collect();
+        let encoded = manifest.to_bytes().len() as u64;
+        if encoded == manifest_len {
+            break;
+        }
+        manifest_len = encoded;
+    }
+    let manifest_bytes = manifest.to_bytes();
+    let last = manifest.sections.last().map_or(0, |s| s.offset + s.length);
+    let header = ImageHeader {
+        version: IMAGE_VERSION,
+        manifest_len: manifest_bytes.len() as u32,
+        manifest_sha256: sha256(&manifest_bytes),
+        file_len: last,
+    };
+    let mut out = Vec::with_capacity(last as usize);
+    out.extend_from_slice(&header.to_bytes());
+    out.extend_from_slice(&manifest_bytes);
+    for ((_, body), section) in bodies.iter().zip(&manifest.sections) {
+        out.resize(section.offset as usize, 0);
+        out.extend_from_slice(body);
+    }
+    out
 }
 
 /// Writes `bytes` to `path` through `<path>.part`, synced and then renamed into place: readers

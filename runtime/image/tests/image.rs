@@ -2,7 +2,7 @@
 //! never a panic.
 
 use ember_core::image::{
-    Architecture, ImageError, Manifest, SamplingDefaults, TensorEncoding, TokenizerData,
+    Architecture, ImageError, Manifest, SamplingDefaults, SelfTest, TensorEncoding, TokenizerData,
     TokenizerSpec,
 };
 use ember_image::{EncodedTensor, Image, ImageWriter, decode_tensor, parse};
@@ -41,6 +41,10 @@ fn manifest() -> Manifest {
         quantization: "int8-block32".into(),
         tensors: vec![],
         sections: vec![],
+        self_test: SelfTest {
+            prompt: "a".into(),
+            tokens: vec![0, 0],
+        },
     }
 }
 

@@ -54,6 +54,7 @@ pub struct Client {
     next_seq: Option<u16>,
     damaged: u64,
     lost: u64,
+    sent: u64,
 }
 
 impl Client {
@@ -77,10 +78,13 @@ impl Client {
                 model_hash: [0; 32],
                 context_length: 0,
                 max_frame: 0,
+                slot: None,
+                last_flash: None,
             },
             next_seq: None,
             damaged: 0,
             lost: 0,
+            sent: 0,
         };
         for _ in 0..HELLO_ATTEMPTS {
             // A delimiter first: in line mode it tells the device a frame follows; in frame mode
@@ -126,10 +130,16 @@ impl Client {
         (self.damaged, self.lost)
     }
 
+    /// Bytes written to the line so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent
+    }
+
     /// Sends one request.
     pub fn send(&mut self, request: &Request) -> Result<(), ClientError> {
         let frame = self.writer.encode(request)?;
         self.tty.write_all(frame)?;
+        self.sent += frame.len() as u64;
         Ok(())
     }
 
@@ -142,18 +152,33 @@ impl Client {
     /// The next event, waiting at most `timeout`. Damaged frames and frames that are not events
     /// are skipped (and counted, see [`Client::line_errors`]).
     pub fn recv(&mut self, timeout: Duration) -> Result<Event, ClientError> {
-        let deadline = Instant::now() + timeout;
-        let mut byte = [0u8; 1];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if self.tty.read_timeout(&mut byte, left)? == 0 {
+        match self.next_event(timeout)? {
+            Some(event) => Ok(event),
+            None => {
                 // The device writes a frame at once: a partial one that sat through a whole
                 // timeout is what remains of a write it abandoned (a stalled line). Dropped
                 // here, it cannot spoil the next frame.
                 if self.decoder.discard_partial() {
                     self.damaged += 1;
                 }
-                return Err(ClientError::Timeout(timeout));
+                Err(ClientError::Timeout(timeout))
+            }
+        }
+    }
+
+    /// An event whose bytes have already arrived, without waiting (a frame still arriving is
+    /// kept for the next call).
+    pub fn poll(&mut self) -> Result<Option<Event>, ClientError> {
+        self.next_event(Duration::ZERO)
+    }
+
+    fn next_event(&mut self, timeout: Duration) -> Result<Option<Event>, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut byte = [0u8; 1];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.tty.read_timeout(&mut byte, left)? == 0 {
+                return Ok(None);
             }
             let Some(frame) = self.decoder.push(byte[0]) else {
                 continue;
@@ -169,7 +194,7 @@ impl Client {
             }
             self.next_seq = Some(frame.seq.wrapping_add(1));
             match protocol::decode::<Event>(frame.payload) {
-                Ok(event) => return Ok(event),
+                Ok(event) => return Ok(Some(event)),
                 Err(_) => self.damaged += 1,
             }
         }

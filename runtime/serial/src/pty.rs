@@ -41,6 +41,11 @@ impl PtyPair {
         &self.path
     }
 
+    /// Another descriptor of the master side (blocking), for a thread of its own.
+    pub(crate) fn master_clone(&self) -> std::io::Result<OwnedFd> {
+        self.master.try_clone()
+    }
+
     /// The master side as a [`Tty`]. The device side stays open inside it, so the line does not
     /// read as hung up while no one has the device open.
     pub fn into_master(self) -> std::io::Result<Tty> {

@@ -46,6 +46,8 @@ fn a_frame_the_device_abandoned_halfway_does_not_swallow_the_next_one() {
             model_hash: [7; 32],
             context_length: 512,
             max_frame: MAX_FRAME as u32,
+            slot: None,
+            last_flash: None,
         });
         line.write_all(writer.encode(&hello).unwrap()).unwrap();
         // Half a frame, then nothing: the write that gave up.

@@ -5,8 +5,9 @@ use crate::graph::WEIGHTS_FILE;
 use crate::kernels::Kernel;
 use crate::ops::{self, MappedTensors};
 use crate::pb::{self, ModelProto};
-use ember_engine::{EngineError, LanguageModel, ModelConfig};
+use ember_engine::{EngineError, LanguageModel, ModelConfig, SELF_TEST_CONTEXT, self_test_tokens};
 use ember_image::{GRAPH_SECTION, Image, WEIGHTS_SECTION};
+use ember_tokenizer::Tokenizer;
 use prost::Message;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -274,4 +275,24 @@ impl LanguageModel for TractSession<'_> {
             .collect();
         self.position = 0;
     }
+}
+
+/// The tokens `image`'s self-test generates on this machine: its manifest's prompt continued
+/// greedily by the int8 engine. `ember quantize` records them; a device that receives the image
+/// compares them before switching to it.
+pub fn self_test(
+    image: &Image,
+    tokenizer: &Tokenizer,
+    threads: usize,
+) -> Result<Vec<u32>, EngineError> {
+    let model = TractModel::load(image, threads)?;
+    let manifest = image.manifest();
+    let context = SELF_TEST_CONTEXT.min(model.config().context_length);
+    let mut session = model.session(context)?;
+    self_test_tokens(
+        &mut session,
+        tokenizer,
+        &manifest.self_test.prompt,
+        manifest.tokenizer.add_bos,
+    )
 }

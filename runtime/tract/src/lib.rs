@@ -16,7 +16,7 @@ pub mod kernels;
 pub mod ops;
 
 pub use cpu::CpuReport;
-pub use engine::{TractModel, TractSession};
+pub use engine::{TractModel, TractSession, self_test};
 pub use graph::GraphError;
 /// ONNX protobuf types (from tract-onnx).
 pub use tract_onnx::pb;

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod fetch;
+pub mod flash;
 pub mod model;
 pub mod package;
 pub mod quantize;

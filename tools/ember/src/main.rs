@@ -10,7 +10,7 @@ use ember_core::{
 use ember_engine::{ChatSession, GenerateOptions, generate};
 use ember_gguf::GgufFile;
 use ember_image::Image;
-use ember_tools::{bench, fetch, model::LoadedModel, package, quantize, remote, synth};
+use ember_tools::{bench, fetch, flash, model::LoadedModel, package, quantize, remote, synth};
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Instant};
 
 /// Ember: a chat language model on a small board, driven over a serial line.
@@ -155,6 +155,78 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
         /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Join two PTYs like a serial cable at a baud rate, for measuring flashing and chat on a
+    /// line as slow as a real one (a bare PTY pair moves bytes at memory speed).
+    ///
+    /// Prints the device's end and the host's end (`device PATH`, `host PATH`), then carries
+    /// bytes both ways at baud/10 bytes per second until killed. A receiver that does not read in
+    /// time loses bytes, like a UART without flow control.
+    Line {
+        /// The line's rate.
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
+        /// Flip a bit in every Nth byte the host sends (fault injection; 0: never).
+        #[arg(long, default_value_t = 0)]
+        corrupt_every: u64,
+        /// Lose every Nth byte the host sends (fault injection; 0: never).
+        #[arg(long, default_value_t = 0)]
+        drop_every: u64,
+    },
+    /// Make an ed25519 key pair for signing images: NAME.key (secret, mode 0600) and NAME.pub.
+    ///
+    /// A device holding NAME.pub as SLOT_DIR/flash.pub takes only images signed with NAME.key.
+    Keygen {
+        /// Path and name of the pair, without extension.
+        #[arg(short, long, default_value = "ember-signing")]
+        output: PathBuf,
+    },
+    /// Sign an Ember image (checked whole first): writes IMAGE.sig, which `ember flash` sends.
+    Sign {
+        /// The image.
+        image: PathBuf,
+        /// The secret key (from `ember keygen`).
+        #[arg(short, long)]
+        key: PathBuf,
+        /// Where the signature goes (default: IMAGE.sig).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Flash an Ember image onto devices over their serial lines (A/B slots, verified,
+    /// resumable).
+    ///
+    /// The image is checked, compressed (zstd, per 64 KiB block) and sent into each device's
+    /// inactive slot; a broken line or a restarted device is reconnected and the transfer
+    /// resumes where the device stopped. The device verifies the image (SHA-256, section hashes,
+    /// the signature if it holds a key), boots it on trial, and switches to it only if its
+    /// self-test passes; otherwise it keeps the old model. Several --port flash a fleet at once.
+    Flash {
+        /// The image (IMAGE.sig, if present, is sent as its signature).
+        image: PathBuf,
+        /// Serial device of a device running emberd; repeat for several.
+        #[arg(long, required = true)]
+        port: Vec<PathBuf>,
+        /// Baud rate of the ports.
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
+        /// Signature file (default: IMAGE.sig if it exists).
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        /// zstd level (1–22; 0: send blocks uncompressed).
+        #[arg(long, default_value_t = flash::DEFAULT_LEVEL)]
+        level: i32,
+        /// Bytes sent ahead of the device's answers.
+        #[arg(long, default_value_t = flash::DEFAULT_WINDOW)]
+        window: usize,
+        /// Give up on a device after this many seconds without progress (disconnected).
+        #[arg(long, default_value_t = 60)]
+        patience: u64,
+        /// Print the reports as JSON lines on stdout.
+        #[arg(long)]
+        json: bool,
+        /// No progress bars.
         #[arg(long, short)]
         quiet: bool,
     },
@@ -342,6 +414,42 @@ fn main() -> ExitCode {
             output,
             quiet,
         } => run_package(&board, emberd, model, output, quiet),
+        Command::Line {
+            baud,
+            corrupt_every,
+            drop_every,
+        } => run_line(
+            baud,
+            ember_serial::Faults {
+                corrupt_every,
+                drop_every,
+            },
+        ),
+        Command::Keygen { output } => run_keygen(&output),
+        Command::Sign { image, key, output } => run_sign(&image, &key, output),
+        Command::Flash {
+            image,
+            port,
+            baud,
+            signature,
+            level,
+            window,
+            patience,
+            json,
+            quiet,
+        } => run_flash(
+            &image,
+            &port,
+            signature,
+            level,
+            flash::FlashOptions {
+                baud,
+                window,
+                patience: std::time::Duration::from_secs(patience),
+            },
+            json,
+            quiet,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -350,6 +458,153 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_line(baud: u32, faults: ember_serial::Faults) -> Result<()> {
+    if baud < 300 {
+        bail!("--baud must be at least 300");
+    }
+    let line = ember_serial::SimulatedLine::open(baud, faults).context("cannot open PTYs")?;
+    println!("device {}", line.device_path().display());
+    println!("host {}", line.host_path().display());
+    std::io::stdout().flush()?;
+    loop {
+        std::thread::park();
+    }
+}
+
+fn run_keygen(output: &std::path::Path) -> Result<()> {
+    let (secret, public) = flash::keygen(output)?;
+    println!(
+        "wrote {} (secret: keep it off the devices) and {} (install as SLOT_DIR/flash.pub)",
+        secret.display(),
+        public.display()
+    );
+    Ok(())
+}
+
+fn run_sign(image: &std::path::Path, key: &std::path::Path, output: Option<PathBuf>) -> Result<()> {
+    let output = output.unwrap_or_else(|| flash::signature_path(image));
+    let public = flash::sign(image, key, &output)?;
+    let public: String = public
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    println!("wrote {} (public key {public})", output.display());
+    Ok(())
+}
+
+fn run_flash(
+    image: &std::path::Path,
+    ports: &[PathBuf],
+    signature: Option<PathBuf>,
+    level: i32,
+    options: flash::FlashOptions,
+    json: bool,
+    quiet: bool,
+) -> Result<()> {
+    if !(0..=22).contains(&level) {
+        bail!("--level must be 0 to 22");
+    }
+    if options.window < ember_core::flash::MAX_CHUNK {
+        bail!(
+            "--window must be at least one chunk ({} bytes)",
+            ember_core::flash::MAX_CHUNK
+        );
+    }
+    let signature_file = signature.or_else(|| {
+        let path = flash::signature_path(image);
+        path.exists().then_some(path)
+    });
+    let signature = signature_file
+        .as_deref()
+        .map(flash::read_signature)
+        .transpose()?;
+    let prepared = flash::Prepared::new(image, signature, level, quiet)?;
+    if !quiet {
+        eprintln!(
+            "{}: {} bytes, {} compressed ({:.1}%), {}",
+            image.display(),
+            prepared.image_len,
+            prepared.encoded_len(),
+            100.0 * prepared.encoded_len() as f64 / prepared.image_len as f64,
+            match &signature_file {
+                Some(path) => format!("signed ({})", path.display()),
+                None => "unsigned".into(),
+            }
+        );
+    }
+    let bars = indicatif::MultiProgress::new();
+    if quiet {
+        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:>14} {bar:30} {binary_bytes:>10}/{binary_total_bytes} {binary_bytes_per_sec:>12} ETA {eta:>4} {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ports
+            .iter()
+            .map(|port| {
+                let bar = bars.add(
+                    indicatif::ProgressBar::new(prepared.image_len)
+                        .with_style(style.clone())
+                        .with_prefix(port.display().to_string()),
+                );
+                let (prepared, options) = (&prepared, &options);
+                scope.spawn(move || {
+                    let result = flash::flash(port, prepared, options, &bar);
+                    bar.finish_and_clear();
+                    result
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| panic!("a flashing thread panicked"))
+            })
+            .collect()
+    });
+    let mut failed = 0;
+    for result in results {
+        match result {
+            Ok(report) => {
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    println!(
+                        "{}: slot {} active (model {}) after {:.1} s: {} image bytes as {} on the wire ({:.1}% compressed), {:.0} image bytes/s, {} reconnects, {} re-sends{}",
+                        report.port,
+                        report.slot,
+                        &report.model_hash[..16],
+                        report.seconds,
+                        report.image_bytes,
+                        report.wire_bytes,
+                        100.0 * report.compression_ratio,
+                        report.image_bytes_per_second,
+                        report.reconnects,
+                        report.resends,
+                        if report.resumed_from > 0 {
+                            format!(", resumed at byte {}", report.resumed_from)
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} devices were not flashed", ports.len());
+    }
+    Ok(())
 }
 
 fn run_package(
@@ -415,7 +670,8 @@ fn run_quantize(
     let start = Instant::now();
     let gguf =
         GgufFile::open(model).with_context(|| format!("cannot load model {}", model.display()))?;
-    let size = quantize::quantize(&gguf, output, !quiet)?;
+    let threads = use_threads(threads)?;
+    let size = quantize::quantize(&gguf, output, !quiet, threads)?;
     let image = Image::open(output)?;
     image.verify()?;
     println!(
@@ -426,7 +682,7 @@ fn run_quantize(
         start.elapsed().as_secs_f64()
     );
     if !no_report {
-        let q = quantize::measure_quality(&gguf, &image, use_threads(threads)?)?;
+        let q = quantize::measure_quality(&gguf, &image, threads)?;
         println!(
             "quality of the int8 engine vs the f32 reference on the GGUF ({} teacher-forced positions): top-1 agreement {:.1}%, mean KL {:.2e} nats, max logit error {:.3e}",
             q.positions,

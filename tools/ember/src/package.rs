@@ -257,8 +257,8 @@ SupplementaryGroups=dialout
 Restart=always
 RestartSec=2
 Environment=EMBER_LOG=info
-# emberd reads its model and writes nothing but the serial line.
-ReadOnlyPaths={slot_dir}
+# emberd writes nothing but the serial line and its model slots (flashing).
+ReadWritePaths={slot_dir}
 ProtectSystem=strict
 ProtectHome=yes
 NoNewPrivileges=yes
@@ -297,10 +297,10 @@ pub fn install_note(board: &Board, with_model: bool) -> String {
     };
     let model = if with_model {
         format!(
-            "sudo install -o ember -m 644 model.ember {slot}/model.ember   # checked against the memory budget\n"
+            "sudo install -o ember -m 644 model.ember {slot}/slot-a.ember   # checked against the memory budget\n"
         )
     } else {
-        format!("# then copy an Ember image (`ember quantize`) to {slot}/model.ember\n")
+        format!("# then copy an Ember image (`ember quantize`) to {slot}/slot-a.ember\n")
     };
     format!(
         "# Ember on {description}\n\n\

@@ -9,8 +9,12 @@
 //! the f32 reference on the GGUF.
 
 use anyhow::{Result, bail};
-use ember_core::image::{Manifest, SamplingDefaults, TensorEncoding, TokenizerData, TokenizerSpec};
-use ember_engine::{LanguageModel, ModelConfig, ReferenceModel, ReferenceSession};
+use ember_core::image::{
+    Manifest, SamplingDefaults, SelfTest, TensorEncoding, TokenizerData, TokenizerSpec,
+};
+use ember_engine::{
+    LanguageModel, ModelConfig, ModelFile, ReferenceModel, ReferenceSession, SELF_TEST_PROMPT,
+};
 use ember_gguf::{GgufError, GgufFile, TensorInfo, TensorType, dequantize};
 use ember_image::{EncodedTensor, Image, ImageWriter};
 use ember_tokenizer::{Tokenizer, Vocabulary};
@@ -132,6 +136,11 @@ fn manifest_and_vocabulary(
         quantization: SCHEME.into(),
         tensors: Vec::new(),
         sections: Vec::new(),
+        // Filled in once the image exists (see `quantize`).
+        self_test: SelfTest {
+            prompt: SELF_TEST_PROMPT.into(),
+            tokens: Vec::new(),
+        },
     };
     Ok((manifest, data))
 }
@@ -191,7 +200,10 @@ pub fn measure_quality(gguf: &GgufFile, image: &Image, threads: usize) -> Result
 }
 
 /// Writes the image of the GGUF `file` to `output` and returns its size.
-pub fn quantize(file: &GgufFile, output: &Path, progress: bool) -> Result<u64> {
+///
+/// The image is written twice: first without its self-test's tokens (to `<output>.trial`), so
+/// the int8 engine can run it and generate them, then with them under the final name.
+pub fn quantize(file: &GgufFile, output: &Path, progress: bool, threads: usize) -> Result<u64> {
     let vocabulary = Vocabulary::from_gguf(file.metadata())?;
     // The tokenizer must build before anything is written.
     Tokenizer::from_vocabulary(vocabulary.clone())?;
@@ -216,6 +228,25 @@ pub fn quantize(file: &GgufFile, output: &Path, progress: bool) -> Result<u64> {
         &config,
         &writer.tensor_entries(),
     )?);
+    let mut trial = output.as_os_str().to_owned();
+    trial.push(".trial");
+    let trial = std::path::PathBuf::from(trial);
+    writer.write(&trial)?;
+    let tokens = self_test_of(&trial, threads);
+    let _ = std::fs::remove_file(&trial);
+    writer.set_self_test(SelfTest {
+        prompt: SELF_TEST_PROMPT.into(),
+        tokens: tokens?,
+    });
     let size = writer.write(output)?;
     Ok(size)
+}
+
+/// The greedy tokens the int8 engine generates for [`SELF_TEST_PROMPT`] on the image at `path`.
+fn self_test_of(path: &Path, threads: usize) -> Result<Vec<u32>> {
+    let file = ModelFile::open(path)?;
+    let ModelFile::Image(image) = &file else {
+        bail!("{} is not an Ember image", path.display());
+    };
+    Ok(ember_tract::self_test(image, &file.tokenizer()?, threads)?)
 }
