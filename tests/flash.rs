@@ -91,11 +91,25 @@ fn emberd_on_link(slots: &Path, link: &Path, extra: &[&str]) -> Running {
 
 /// `ember ask` of the probe prompt: the reply's text.
 fn ask(port: &Path) -> String {
+    ask_at(port, 115_200)
+}
+
+/// [`ask`] at `baud`.
+fn ask_at(port: &Path, baud: u32) -> String {
     let (prompt, _) = probe();
     let max_tokens = tiny_golden()["max_tokens"].to_string();
+    let baud = baud.to_string();
     let output = ember_at(
         port,
-        &["ask", "--max-tokens", &max_tokens, "--json", &prompt],
+        &[
+            "ask",
+            "--baud",
+            &baud,
+            "--max-tokens",
+            &max_tokens,
+            "--json",
+            &prompt,
+        ],
         "",
     );
     let stdout = stdout_of(&output);
@@ -337,6 +351,7 @@ fn bad_images_are_refused_and_the_device_keeps_its_model() {
     prepared.sha256[0] ^= 1;
     let options = ember_tools::flash::FlashOptions {
         baud: 115_200,
+        max_baud: 115_200,
         window: ember_tools::flash::DEFAULT_WINDOW,
         patience: Duration::from_secs(20),
     };
@@ -504,10 +519,13 @@ fn simulated_line(baud: u32, extra: &[&str]) -> (Running, PathBuf, PathBuf) {
     (Running(child), device, host)
 }
 
-/// `emberd --slot-dir SLOTS --port DEVICE`, with its log lines sent to `log` as they come.
+/// `emberd --slot-dir SLOTS --port DEVICE --baud BAUD EXTRA…`, with its log lines sent to
+/// `log` as they come.
 fn emberd_on_port(
     slots: &Path,
     device: &Path,
+    baud: u32,
+    extra: &[&str],
     log: Option<std::sync::mpsc::Sender<String>>,
 ) -> Running {
     let mut child = Command::new(binary("emberd"))
@@ -515,6 +533,8 @@ fn emberd_on_port(
         .arg(slots)
         .arg("--port")
         .arg(device)
+        .args(["--baud", &baud.to_string()])
+        .args(extra)
         .stderr(Stdio::piped())
         .spawn()
         .expect("emberd starts");
@@ -558,7 +578,8 @@ fn killing_emberd_during_transfer_and_switch_never_loses_the_model() {
     let (golden, other) = images();
     let slots = slot_dir("flash-kills", &other);
     // 460800 baud: the tiny image takes about 4 s on the wire, time for many kills.
-    let (_line, device, host) = simulated_line(460_800, &[]);
+    const BAUD: u32 = 460_800;
+    let (_line, device, host) = simulated_line(BAUD, &[]);
     let seed = std::env::var("EMBER_KILL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -570,7 +591,7 @@ fn killing_emberd_during_transfer_and_switch_never_loses_the_model() {
         });
     eprintln!("kill schedule seed {seed} (EMBER_KILL_SEED replays it)");
     let mut random = Lcg(seed);
-    let mut emberd = Some(emberd_on_port(&slots, &device, None));
+    let mut emberd = Some(emberd_on_port(&slots, &device, BAUD, &[], None));
     let mut flashing = Command::new(binary("ember"))
         .arg("flash")
         .arg(&golden)
@@ -589,7 +610,7 @@ fn killing_emberd_during_transfer_and_switch_never_loses_the_model() {
         kills += 1;
         assert_bootable(&slots);
         std::thread::sleep(Duration::from_millis(random.below(300)));
-        emberd = Some(emberd_on_port(&slots, &device, None));
+        emberd = Some(emberd_on_port(&slots, &device, BAUD, &[], None));
     }
     let output = flashing.wait_with_output().unwrap();
     let report = &reports(&output)[0];
@@ -599,14 +620,14 @@ fn killing_emberd_during_transfer_and_switch_never_loses_the_model() {
     assert!(report["reconnects"].as_u64().unwrap() >= 1, "{report}");
     assert_bootable(&slots);
     assert_eq!(table(&slots).active, Slot::B);
-    assert_eq!(ask(&host), probe().1);
+    assert_eq!(ask_at(&host, BAUD), probe().1);
 
     // Kills during the switch: right after the image is verified, while the new model loads
     // and runs its self-test. Flashing the other model back to slot A.
     for round in 0..3 {
         let (tx, rx) = std::sync::mpsc::channel();
         drop(emberd.take());
-        emberd = Some(emberd_on_port(&slots, &device, Some(tx)));
+        emberd = Some(emberd_on_port(&slots, &device, BAUD, &[], Some(tx)));
         let flashing = Command::new(binary("ember"))
             .arg("flash")
             .arg(&other)
@@ -627,7 +648,7 @@ fn killing_emberd_during_transfer_and_switch_never_loses_the_model() {
         assert_bootable(&slots);
         let state = table(&slots);
         eprintln!("round {round}: killed during the switch: {state:?}");
-        emberd = Some(emberd_on_port(&slots, &device, None));
+        emberd = Some(emberd_on_port(&slots, &device, BAUD, &[], None));
         let output = flashing.wait_with_output().unwrap();
         let report = &reports(&output)[0];
         assert_eq!(report["slot"], "A", "{report}");
@@ -637,18 +658,17 @@ fn killing_emberd_during_transfer_and_switch_never_loses_the_model() {
         let output = flash(&golden, &[&host], &["--baud", "460800"]);
         assert_eq!(reports(&output)[0]["slot"], "B");
     }
-    assert_eq!(ask(&host), probe().1);
+    assert_eq!(ask_at(&host, BAUD), probe().1);
 }
 
 #[test]
 fn corrupted_and_dropped_bytes_are_detected_and_resent() {
     let (golden, other) = images();
     let slots = slot_dir("flash-faults", &other);
-    let (_line, device, host) = simulated_line(
-        921_600,
-        &["--corrupt-every", "20011", "--drop-every", "30011"],
-    );
-    let _emberd = emberd_on_port(&slots, &device, None);
+    const BAUD: u32 = 921_600;
+    let (_line, device, host) =
+        simulated_line(BAUD, &["--corrupt-every", "20011", "--drop-every", "30011"]);
+    let _emberd = emberd_on_port(&slots, &device, BAUD, &[], None);
     let output = flash(&golden, &[&host], &["--baud", "921600"]);
     let report = &reports(&output)[0];
     assert_eq!(report["slot"], "B", "{report}");
@@ -734,5 +754,57 @@ fn flashing_during_a_reply_does_not_disturb_it() {
             }
             event => panic!("unexpected {event:?}"),
         }
+    }
+}
+
+#[test]
+fn the_line_switches_to_the_fastest_rate_that_gets_through() {
+    let (golden, other) = images();
+    let slots = slot_dir("flash-baud", &other);
+    // Both ends start at 115200; the device may go to 3 Mbaud, the cable carries 921600.
+    let (_line, device, host) = simulated_line(115_200, &["--max-baud", "921600"]);
+    let _emberd = emberd_on_port(&slots, &device, 115_200, &["--max-baud", "3000000"], None);
+    let client = connect(&host);
+    assert_eq!(client.hello().max_baud, 3_000_000);
+    drop(client);
+    let output = flash(&golden, &[&host], &[]);
+    let report = &reports(&output)[0];
+    // 3 Mbaud garbles, both ends fall back; 921600 gets through.
+    assert_eq!(report["baud"], 921_600, "{report}");
+    assert_eq!(report["slot"], "B");
+    // After the session the device is back at its own rate.
+    assert_eq!(ask_at(&host, 115_200), probe().1);
+}
+
+#[test]
+fn a_fleet_is_flashed_at_once() {
+    let (golden, other) = images();
+    let devices: Vec<(PathBuf, PathBuf)> = ["flash-fleet-1", "flash-fleet-2", "flash-fleet-3"]
+        .iter()
+        .map(|name| {
+            let slots = slot_dir(name, &other);
+            let link = slots.parent().unwrap().join("tty");
+            (slots, link)
+        })
+        .collect();
+    let _running: Vec<Running> = devices
+        .iter()
+        .map(|(slots, link)| emberd_on_link(slots, link, &[]))
+        .collect();
+    let ports: Vec<&Path> = devices.iter().map(|(_, link)| link.as_path()).collect();
+    let output = flash(&golden, &ports, &[]);
+    let mut reported: Vec<String> = reports(&output)
+        .iter()
+        .map(|r| {
+            assert_eq!(r["slot"], "B", "{r}");
+            r["port"].as_str().unwrap().to_string()
+        })
+        .collect();
+    reported.sort();
+    let mut expected: Vec<String> = ports.iter().map(|p| p.display().to_string()).collect();
+    expected.sort();
+    assert_eq!(reported, expected);
+    for port in ports {
+        assert_eq!(ask(port), probe().1);
     }
 }

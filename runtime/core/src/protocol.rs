@@ -70,7 +70,18 @@ pub enum Request {
     FlashCommit,
     /// Forgets the image being received; answered with [`Event::Done`].
     FlashAbort,
+    /// Asks the device to switch the line to `baud` (at most [`Hello::max_baud`]). The device
+    /// answers [`Event::BaudSwitch`] at the old rate, then switches and waits for a frame at the
+    /// new rate; if none arrives within [`BAUD_TRIAL_MS`] it returns to the old rate. The rate
+    /// lasts until [`Request::Goodbye`], which returns the line to the device's own rate.
+    SetBaud {
+        /// The new rate.
+        baud: u32,
+    },
 }
+
+/// How long a device waits for a frame at a new baud rate before it returns to the old one.
+pub const BAUD_TRIAL_MS: u32 = 2000;
 
 /// What the host declares before sending an image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -223,6 +234,11 @@ pub enum Event {
         /// SHA-256 of the new image's manifest (the new [`Hello::model_hash`]).
         model_hash: [u8; 32],
     },
+    /// Answers [`Request::SetBaud`]: the device switches to `baud` right after this frame.
+    BaudSwitch {
+        /// The new rate.
+        baud: u32,
+    },
 }
 
 /// The stages of a commit.
@@ -251,6 +267,8 @@ pub struct Hello {
     pub slot: Option<Slot>,
     /// How the last flash ended (none if the device never flashed).
     pub last_flash: Option<FlashOutcome>,
+    /// The fastest baud rate the device can switch the line to ([`Request::SetBaud`]).
+    pub max_baud: u32,
 }
 
 /// Why a reply ended.
@@ -502,7 +520,7 @@ mod tests {
 
     impl Arbitrary for Request {
         fn arbitrary(g: &mut Gen) -> Self {
-            match u8::arbitrary(g) % 11 {
+            match u8::arbitrary(g) % 12 {
                 0 => Request::Hello {
                     protocol_version: u16::arbitrary(g),
                 },
@@ -538,7 +556,10 @@ mod tests {
                     data: bytes(g),
                 }),
                 9 => Request::FlashCommit,
-                _ => Request::FlashAbort,
+                10 => Request::FlashAbort,
+                _ => Request::SetBaud {
+                    baud: u32::arbitrary(g),
+                },
             }
         }
     }
@@ -578,7 +599,7 @@ mod tests {
                 FlashOutcome::SelfTestFailed,
                 FlashOutcome::TrialInterrupted,
             ];
-            match u8::arbitrary(g) % 14 {
+            match u8::arbitrary(g) % 15 {
                 0 => Event::Hello(Hello {
                     protocol_version: u16::arbitrary(g),
                     model_name: text(g),
@@ -587,6 +608,7 @@ mod tests {
                     max_frame: u32::arbitrary(g),
                     slot: bool::arbitrary(g).then(|| slot(g)),
                     last_flash: bool::arbitrary(g).then(|| *g.choose(&outcomes).unwrap()),
+                    max_baud: u32::arbitrary(g),
                 }),
                 1 => Event::Token { text: text(g) },
                 2 => Event::SynthesizeStart,
@@ -631,9 +653,12 @@ mod tests {
                         FlashStage::Testing
                     },
                 },
-                _ => Event::FlashDone {
+                13 => Event::FlashDone {
                     slot: slot(g),
                     model_hash: bytes32(g),
+                },
+                _ => Event::BaudSwitch {
+                    baud: u32::arbitrary(g),
                 },
             }
         }

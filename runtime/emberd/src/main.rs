@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
     after_help = "Examples:\n  emberd --board rpi5                      (the board's UART, baud, threads and model slot)\n  \
 emberd --port /dev/ttyAMA0 --baud 115200 --model smollm2.ember\n  \
 emberd --pty --model smollm2.ember          (development: picocom the printed path)\n  \
+emberd --slot-dir slots --pty --pty-link /tmp/ember-tty   (flashable: `ember flash X.ember --port /tmp/ember-tty`)\n  \
 emberd --board rpi-zero-2w --model smollm2.ember --dry-run   (memory plan and kernels)\n\
 Boards: rpi5, rpi4, rpi-zero-2w, rpi3-armv7, x86_64-pty (profiles in boards/), or a profile file."
 )]
@@ -52,6 +53,10 @@ struct Args {
     /// Baud rate of --port (default: the board's, else 115200).
     #[arg(long)]
     baud: Option<u32>,
+    /// Fastest rate a program may switch the line to for a session, e.g. to flash a model
+    /// (default: the board's max_baud, else no switching).
+    #[arg(long)]
+    max_baud: Option<u32>,
     /// Make a PTY pair and serve on it; its device path is printed on stdout.
     #[arg(long)]
     pty: bool,
@@ -332,6 +337,7 @@ impl Device<'_> {
             max_frame: MAX_FRAME as u32,
             slot: slots.as_ref().map(|s| s.table().active),
             last_flash: slots.as_ref().and_then(|s| s.table().last),
+            max_baud: 0,
         };
         let defaults = manifest.default_sampling;
         let settings = Settings {
@@ -353,7 +359,18 @@ impl Device<'_> {
         let chat = ChatSession::new(&mut session, &tokenizer, template, args.system.clone());
         let mut line = match wire.take() {
             Some(line) => line,
-            None => Wire::new(self.open_line()?),
+            None => {
+                let (port, baud) = self.open_line()?;
+                let max_baud = args
+                    .max_baud
+                    .or(self.board.map(|b| b.max_baud))
+                    .unwrap_or(baud);
+                Wire::new(port, baud, max_baud)
+            }
+        };
+        let hello = Hello {
+            max_baud: line.max_baud(),
+            ..hello
         };
         if let Some(notice) = notice {
             line.announce(&notice);
@@ -371,8 +388,8 @@ impl Device<'_> {
         Ok(Server::new(line, chat, hello, settings, slots).run())
     }
 
-    /// Opens the serial line (or makes the PTY pair).
-    fn open_line(&self) -> Result<Tty> {
+    /// Opens the serial line (or makes the PTY pair); returns it and its baud rate.
+    fn open_line(&self) -> Result<(Tty, u32)> {
         let args = self.args;
         let serial = match (&args.port, args.pty, self.board) {
             (Some(path), _, _) => Serial::Device(path.clone()),
@@ -395,8 +412,8 @@ impl Device<'_> {
             }
         };
         port.set_write_timeout(Duration::from_millis(args.write_timeout_ms));
-        log::info!("on {}", port.port());
-        Ok(port)
+        log::info!("on {} at {baud} baud", port.port());
+        Ok((port, baud))
     }
 
     /// Boots the image in `slot` on trial: it must fit the board and pass its self-test to

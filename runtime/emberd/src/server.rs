@@ -41,6 +41,21 @@ pub struct Settings {
     pub stops: Vec<String>,
 }
 
+/// A port whose baud rate can change: a UART, or a PTY (where the rate is only a setting).
+pub trait Baud: ErrorType {
+    /// Waits until the bytes written have left, then switches to `baud`.
+    fn switch_to(&mut self, baud: u32) -> Result<(), Self::Error>;
+}
+
+impl Baud for ember_serial::Tty {
+    fn switch_to(&mut self, baud: u32) -> Result<(), Self::Error> {
+        self.drain()?;
+        // The last bytes may still sit in a USB adapter (or a simulated line): let them go.
+        std::thread::sleep(ember_serial::SWITCH_PAUSE);
+        self.set_baud(baud)
+    }
+}
+
 /// Where a reply goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -69,11 +84,15 @@ pub struct Wire<P: ErrorType> {
     torn: bool,
     /// The port failed for good.
     fatal: Option<P::Error>,
+    /// The line's rate now, the device's own rate (restored at Goodbye), the fastest allowed.
+    baud: u32,
+    base_baud: u32,
+    max_baud: u32,
 }
 
 impl<P: Read + Write + ReadReady> Wire<P> {
-    /// A line in line mode on `port`.
-    pub fn new(port: P) -> Self {
+    /// A line in line mode on `port`, at `baud`; programs may switch it up to `max_baud`.
+    pub fn new(port: P, baud: u32, max_baud: u32) -> Self {
         Wire {
             port,
             mode: Mode::Line,
@@ -83,7 +102,15 @@ impl<P: Read + Write + ReadReady> Wire<P> {
             stalled: false,
             torn: false,
             fatal: None,
+            baud,
+            base_baud: baud,
+            max_baud: max_baud.max(baud),
         }
+    }
+
+    /// The fastest rate programs may switch the line to.
+    pub fn max_baud(&self) -> u32 {
+        self.max_baud
     }
 
     /// Sends an event if the line is in frame mode.
@@ -236,7 +263,7 @@ pub struct Server<'m, P: ErrorType> {
     trial: Option<Slot>,
 }
 
-impl<'m, P: Read + Write + ReadReady> Server<'m, P> {
+impl<'m, P: Read + Write + ReadReady + Baud> Server<'m, P> {
     /// A server for `chat` on `wire`; `hello` is what it tells programs about itself. With
     /// `slots` it can be flashed.
     pub fn new(
@@ -452,10 +479,67 @@ impl<'m, P: Read + Write + ReadReady> Server<'m, P> {
                 log::info!("line mode");
                 self.wire.send(&Event::Goodbye);
                 self.wire.mode = Mode::Line;
+                if self.wire.baud != self.wire.base_baud {
+                    let base = self.wire.base_baud;
+                    self.set_line_baud(base);
+                }
                 self.wire.text(&format!("\n{PROMPT}"));
             }
+            Request::SetBaud { baud } => self.switch_baud(baud),
             Request::FlashCommit => self.commit(),
             flash => take_flash(&mut self.wire, self.slots.as_deref_mut(), flash),
+        }
+    }
+
+    /// Switches the line to `baud` and keeps it if a frame arrives at that rate in time.
+    fn switch_baud(&mut self, baud: u32) {
+        let wire = &mut self.wire;
+        if baud != wire.baud
+            && (baud > wire.max_baud || !ember_serial::STANDARD_BAUDS.contains(&baud))
+        {
+            let detail = format!(
+                "cannot switch to {baud} baud: this device takes standard rates up to {}",
+                wire.max_baud
+            );
+            return wire.error(ErrorCode::BadSetting, &detail);
+        }
+        wire.send(&Event::BaudSwitch { baud });
+        if baud == wire.baud {
+            return;
+        }
+        let old = wire.baud;
+        if !self.set_line_baud(baud) {
+            return;
+        }
+        // The host greets at the new rate; without a frame in time the line does not carry it.
+        let deadline = Instant::now() + Duration::from_millis(protocol::BAUD_TRIAL_MS.into());
+        while Instant::now() < deadline && self.wire.fatal.is_none() {
+            let Some(byte) = self.wire.poll_byte() else {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            };
+            if let Some(Ok(request)) = self.wire.decode(byte) {
+                log::info!("line switched to {baud} baud");
+                return self.request(request);
+            }
+        }
+        log::warn!("no frame arrived at {baud} baud: back to {old}");
+        self.set_line_baud(old);
+    }
+
+    /// Switches the port's rate (after the bytes written have left); false if the port refused.
+    fn set_line_baud(&mut self, baud: u32) -> bool {
+        match self.wire.port.switch_to(baud) {
+            Ok(()) => {
+                self.wire.baud = baud;
+                self.wire.pending.clear();
+                self.wire.frames = FrameDecoder::new();
+                true
+            }
+            Err(e) => {
+                log::warn!("cannot switch the line to {baud} baud: {e:?}");
+                false
+            }
         }
     }
 

@@ -597,3 +597,216 @@ fn free_space(dir: &Path) -> Result<u64, FlashError> {
     })?;
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ember_core::flash::FLASH_BLOCK;
+
+    /// A slot directory whose slot A holds some bytes (not parsed until a commit).
+    fn slots(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ember-flash-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("slot-a.ember"), b"the active image").unwrap();
+        dir
+    }
+
+    /// `len` bytes that compress somewhat, with a header that declares `len`.
+    fn image(len: usize) -> Vec<u8> {
+        let mut bytes: Vec<u8> = (0..len).map(|i| ((i * 7919) % 251 / 3) as u8).collect();
+        let header = ImageHeader {
+            version: ember_core::image::IMAGE_VERSION,
+            manifest_len: 0,
+            manifest_sha256: [0; 32],
+            file_len: len as u64,
+        };
+        bytes[..64].copy_from_slice(&header.to_bytes());
+        bytes
+    }
+
+    fn begin(bytes: &[u8]) -> FlashBegin {
+        FlashBegin {
+            image_len: bytes.len() as u64,
+            sha256: Sha256::digest(bytes).into(),
+            header: bytes[..64].iter().copied().collect(),
+            signature: None,
+        }
+    }
+
+    /// The chunks of block `index`, zstd-compressed (by the C library) when `zstd`.
+    fn block_chunks(bytes: &[u8], index: usize, zstd: bool) -> Vec<FlashChunk> {
+        let start = index * FLASH_BLOCK as usize;
+        let plain = &bytes[start..(start + FLASH_BLOCK as usize).min(bytes.len())];
+        let (encoding, data) = if zstd {
+            (BlockEncoding::Zstd, zstd::bulk::compress(plain, 3).unwrap())
+        } else {
+            (BlockEncoding::Raw, plain.to_vec())
+        };
+        data.chunks(ember_core::flash::MAX_CHUNK)
+            .enumerate()
+            .map(|(i, piece)| FlashChunk {
+                offset: start as u64,
+                at: (i * ember_core::flash::MAX_CHUNK) as u32,
+                encoding,
+                encoded_len: data.len() as u32,
+                crc32: crc32(&[piece]),
+                data: piece.iter().copied().collect(),
+            })
+            .collect()
+    }
+
+    fn send_block(slots: &mut SlotDir, bytes: &[u8], index: usize) -> ChunkReply {
+        let mut last = ChunkReply::Quiet;
+        for chunk in block_chunks(bytes, index, index.is_multiple_of(2)) {
+            last = slots.chunk(&chunk).unwrap();
+        }
+        last
+    }
+
+    #[test]
+    fn blocks_arrive_raw_and_compressed_and_a_restart_resumes_from_the_last_record() {
+        let dir = slots("resume");
+        let bytes = image(3 * 1024 * 1024 + 1000);
+        let mut slots = SlotDir::open(&dir, None).unwrap();
+        assert_eq!(slots.begin(&begin(&bytes)).unwrap(), Position::default());
+        for index in 0..20 {
+            let next = send_block(&mut slots, &bytes, index);
+            let offset = ((index + 1) * FLASH_BLOCK as usize) as u64;
+            assert_eq!(next, ChunkReply::Next(Position { offset, at: 0 }));
+        }
+        // 20 blocks arrived; the last record (every MiB) says 16.
+        drop(slots);
+        let mut slots = SlotDir::open(&dir, None).unwrap();
+        let resumed = slots.begin(&begin(&bytes)).unwrap();
+        assert_eq!(
+            resumed,
+            Position {
+                offset: PERSIST_EVERY,
+                at: 0
+            }
+        );
+        let blocks = bytes.len().div_ceil(FLASH_BLOCK as usize);
+        for index in 16..blocks {
+            send_block(&mut slots, &bytes, index);
+        }
+        assert_eq!(slots.position().unwrap().offset, bytes.len() as u64);
+        assert_eq!(std::fs::read(dir.join("slot-b.ember")).unwrap(), bytes);
+        assert_eq!(
+            slots.table().incoming.as_ref().unwrap().stored,
+            bytes.len() as u64
+        );
+        // Another image's transfer starts from scratch.
+        let other = image(100_000);
+        assert_eq!(slots.begin(&begin(&other)).unwrap(), Position::default());
+    }
+
+    #[test]
+    fn gaps_repeats_and_damage_get_the_needed_position() {
+        let dir = slots("gaps");
+        let bytes = image(300_000);
+        let mut slots = SlotDir::open(&dir, None).unwrap();
+        slots.begin(&begin(&bytes)).unwrap();
+        let block0 = block_chunks(&bytes, 0, false);
+        let block1 = block_chunks(&bytes, 1, true);
+        // A gap is reported once, then silence until the needed chunk comes.
+        let start = ChunkReply::Next(Position::default());
+        assert_eq!(slots.chunk(&block0[1]).unwrap(), start);
+        assert_eq!(slots.chunk(&block0[2]).unwrap(), ChunkReply::Quiet);
+        for chunk in &block0 {
+            slots.chunk(chunk).unwrap();
+        }
+        // A repeat of a stored chunk is ignored.
+        assert_eq!(slots.chunk(&block0[0]).unwrap(), ChunkReply::Quiet);
+        // A damaged chunk is refused; the block starts over.
+        let mut damaged = block1[0].clone();
+        damaged.data[3] ^= 0x40;
+        assert!(matches!(
+            slots.chunk(&damaged),
+            Err(FlashError::BadChunk(_))
+        ));
+        // A compressed block whose data is not zstd (right CRC, wrong bytes) is refused whole.
+        let mut garbage: Vec<FlashChunk> = block1.clone();
+        for chunk in &mut garbage {
+            chunk.data.iter_mut().for_each(|b| *b = !*b);
+            chunk.crc32 = crc32(&[&chunk.data]);
+        }
+        let mut result = Ok(ChunkReply::Quiet);
+        for chunk in &garbage {
+            result = slots.chunk(chunk);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert!(matches!(result, Err(FlashError::BadChunk(_))), "{result:?}");
+        let block_start = Position {
+            offset: FLASH_BLOCK as u64,
+            at: 0,
+        };
+        assert_eq!(slots.position(), Some(block_start));
+        // A chunk claiming a raw block of the wrong length is refused.
+        let mut wrong = block_chunks(&bytes, 1, false)[0].clone();
+        wrong.encoded_len += 1;
+        assert!(matches!(slots.chunk(&wrong), Err(FlashError::BadChunk(_))));
+        for index in 1..5 {
+            send_block(&mut slots, &bytes, index);
+        }
+        assert_eq!(std::fs::read(dir.join("slot-b.ember")).unwrap(), bytes);
+        // Committing checks the hash first: this one matches, and the bytes are no image.
+        assert!(matches!(slots.commit(|| {}), Err(FlashError::Rejected(_))));
+        assert_eq!(slots.table().incoming, None);
+    }
+
+    #[test]
+    fn begins_that_cannot_work_are_refused_up_front() {
+        let dir = slots("refusals");
+        let bytes = image(100_000);
+        let mut slots = SlotDir::open(&dir, Some(50_000)).unwrap();
+        assert!(matches!(
+            slots.begin(&begin(&bytes)),
+            Err(FlashError::TooLarge { limit: 50_000, .. })
+        ));
+        let mut short = begin(&bytes);
+        short.image_len -= 1;
+        assert!(matches!(
+            slots.begin(&short),
+            Err(FlashError::Rejected(ImageError::Truncated { .. }))
+        ));
+        assert!(matches!(
+            slots.chunk(&block_chunks(&bytes, 0, false)[0]),
+            Err(FlashError::NoTransfer)
+        ));
+        assert!(matches!(slots.commit(|| {}), Err(FlashError::NoTransfer)));
+        // A key makes signatures mandatory; a damaged table or key stops the device with a reason.
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let public: String = key
+            .verifying_key()
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        std::fs::write(dir.join(KEY_FILE), format!("# test key\n{public}\n")).unwrap();
+        let mut slots = SlotDir::open(&dir, None).unwrap();
+        assert!(matches!(
+            slots.begin(&begin(&image(1000))),
+            Err(FlashError::Unsigned)
+        ));
+        std::fs::write(dir.join(KEY_FILE), "not hex").unwrap();
+        assert!(matches!(
+            SlotDir::open(&dir, None),
+            Err(FlashError::BadKey { .. })
+        ));
+        std::fs::remove_file(dir.join(KEY_FILE)).unwrap();
+        std::fs::write(dir.join(TABLE_FILE), b"EMST garbage").unwrap();
+        assert!(matches!(
+            SlotDir::open(&dir, None),
+            Err(FlashError::Table { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(matches!(
+            SlotDir::open(&dir, None),
+            Err(FlashError::NoModel(_))
+        ));
+    }
+}

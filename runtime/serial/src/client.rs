@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 /// How often the greeting is tried before giving up.
 const HELLO_ATTEMPTS: u32 = 3;
+/// How long either end waits, after its last byte at the old rate left, before switching the
+/// line's rate (USB serial adapters hold bytes for a while; esptool waits as long).
+pub const SWITCH_PAUSE: Duration = Duration::from_millis(50);
 
 /// Why talking to the device failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +58,8 @@ pub struct Client {
     damaged: u64,
     lost: u64,
     sent: u64,
+    /// The line's rate (0: unknown, as for a PTY master).
+    baud: u32,
 }
 
 impl Client {
@@ -63,7 +68,9 @@ impl Client {
     pub fn connect(port: &Path, baud: u32, timeout: Duration) -> Result<Client, ClientError> {
         let mut tty = Tty::open(port, baud)?;
         tty.discard_input()?;
-        Client::over(tty, timeout)
+        let mut client = Client::over(tty, timeout)?;
+        client.baud = baud;
+        Ok(client)
     }
 
     /// Says hello over an open line.
@@ -80,32 +87,40 @@ impl Client {
                 max_frame: 0,
                 slot: None,
                 last_flash: None,
+                max_baud: 0,
             },
             next_seq: None,
             damaged: 0,
             lost: 0,
             sent: 0,
+            baud: 0,
         };
-        for _ in 0..HELLO_ATTEMPTS {
+        client.greet(timeout, HELLO_ATTEMPTS)?;
+        Ok(client)
+    }
+
+    /// Sends `0x00` + `Hello` up to `attempts` times, each waiting `timeout` for the greeting.
+    fn greet(&mut self, timeout: Duration, attempts: u32) -> Result<(), ClientError> {
+        for _ in 0..attempts {
             // A delimiter first: in line mode it tells the device a frame follows; in frame mode
             // it ends whatever partial frame the device holds.
-            client.tty.write_all(&[DELIMITER])?;
-            client.send(&Request::Hello {
+            self.tty.write_all(&[DELIMITER])?;
+            self.send(&Request::Hello {
                 protocol_version: PROTOCOL_VERSION,
             })?;
             let deadline = Instant::now() + timeout;
             while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-                match client.recv(left) {
+                match self.recv(left) {
                     Ok(Event::Hello(hello)) => {
                         if hello.protocol_version != PROTOCOL_VERSION {
-                            let _ = client.send(&Request::Goodbye);
+                            let _ = self.send(&Request::Goodbye);
                             return Err(ClientError::Version {
                                 device: hello.protocol_version,
                                 host: PROTOCOL_VERSION,
                             });
                         }
-                        client.hello = hello;
-                        return Ok(client);
+                        self.hello = hello;
+                        return Ok(());
                     }
                     // Leftovers of an earlier conversation.
                     Ok(_) => {}
@@ -115,9 +130,49 @@ impl Client {
             }
         }
         Err(ClientError::NoHello {
-            port: client.tty.port().to_string(),
-            waited: timeout * HELLO_ATTEMPTS,
+            port: self.tty.port().to_string(),
+            waited: timeout * attempts,
         })
+    }
+
+    /// The line's baud rate as this client set it (0 when it did not: a PTY master).
+    pub fn baud(&self) -> u32 {
+        self.baud
+    }
+
+    /// Asks the device to switch the line to `baud`, switches this end, and checks that the
+    /// device answers at the new rate. If it does not (the line cannot carry the rate), both
+    /// ends return to the old rate. Returns the rate in use afterwards.
+    pub fn switch_baud(&mut self, baud: u32) -> Result<u32, ClientError> {
+        let old = self.baud;
+        self.send(&Request::SetBaud { baud })?;
+        let answer = self.until(
+            Duration::from_secs(2),
+            |e| matches!(e, Event::BaudSwitch { .. } | Event::Error { .. }),
+            &mut |_| {},
+        )?;
+        if !matches!(answer, Event::BaudSwitch { baud: b } if b == baud) {
+            return Ok(old);
+        }
+        // The device lets the answer leave, waits a little (SWITCH_PAUSE), then switches.
+        std::thread::sleep(SWITCH_PAUSE);
+        self.tty.set_baud(baud)?;
+        self.tty.discard_input()?;
+        self.decoder.discard_partial();
+        self.baud = baud;
+        if self.greet(Duration::from_millis(300), 3).is_ok() {
+            return Ok(baud);
+        }
+        // The line does not carry the new rate: the device goes back once its trial ends.
+        self.tty.set_baud(old)?;
+        self.baud = old;
+        std::thread::sleep(Duration::from_millis(
+            u64::from(protocol::BAUD_TRIAL_MS) + 300,
+        ));
+        self.tty.discard_input()?;
+        self.decoder.discard_partial();
+        self.greet(Duration::from_secs(1), HELLO_ATTEMPTS)?;
+        Ok(old)
     }
 
     /// The device's greeting.

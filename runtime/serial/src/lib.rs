@@ -8,7 +8,7 @@ mod pty;
 mod sim;
 mod tty;
 
-pub use client::{Client, ClientError, describe_error};
+pub use client::{Client, ClientError, SWITCH_PAUSE, describe_error};
 pub use pty::PtyPair;
 pub use sim::{Faults, LineCounters, SimulatedLine};
-pub use tty::{Tty, TtyError};
+pub use tty::{STANDARD_BAUDS, Tty, TtyError};

@@ -46,6 +46,16 @@ impl PtyPair {
         self.master.try_clone()
     }
 
+    /// Another descriptor of the device side, to read the settings whoever opened it chose.
+    pub(crate) fn slave_clone(&self) -> std::io::Result<OwnedFd> {
+        self.slave.try_clone()
+    }
+
+    /// Sets the device side's baud rate (what a program that opens it finds).
+    pub(crate) fn set_baud(&self, baud: u32) -> std::io::Result<()> {
+        Ok(make_raw(&self.slave, Some(baud))?)
+    }
+
     /// The master side as a [`Tty`]. The device side stays open inside it, so the line does not
     /// read as hung up while no one has the device open.
     pub fn into_master(self) -> std::io::Result<Tty> {

@@ -2,10 +2,15 @@
 //! per byte at the baud rate), and a receiver that does not read in time loses bytes, as a
 //! UART without flow control does. Optional faults flip or drop bytes.
 //!
+//! Each end's baud rate is whatever the program that opened it set (as with two UARTs): when
+//! the two ends disagree, or the sender's rate is above what the cable carries, the receiver
+//! gets garbage, as it would from a real line.
+//!
 //! A PTY pair on its own moves bytes as fast as memory: useless for measuring how long a
 //! transfer takes on a real line. `ember line` puts emberd on one end and the host on the other.
 
 use crate::pty::PtyPair;
+use crate::tty::baud_of;
 use rustix::io::Errno;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -16,6 +21,8 @@ use std::time::{Duration, Instant};
 /// Faults one direction of the line injects.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Faults {
+    /// Fastest rate the cable carries cleanly (0: any).
+    pub max_baud: u32,
     /// Flip one bit of every Nth byte (0: never).
     pub corrupt_every: u64,
     /// Lose every Nth byte (0: never).
@@ -45,26 +52,28 @@ pub struct SimulatedLine {
 }
 
 impl SimulatedLine {
-    /// Opens the two PTYs and starts moving bytes at `baud`; `faults` apply to the bytes the
-    /// host sends.
+    /// Opens the two PTYs, both ends at `baud` until a program changes its end, and starts
+    /// moving bytes; `faults` apply to the bytes the host sends (`max_baud` to both directions).
     pub fn open(baud: u32, faults: Faults) -> std::io::Result<SimulatedLine> {
         let device = PtyPair::open()?;
         let host = PtyPair::open()?;
+        device.set_baud(baud)?;
+        host.set_baud(baud)?;
         let to_device = Arc::new(LineCounters::default());
         let to_host = Arc::new(LineCounters::default());
-        let bytes_per_second = baud as f64 / 10.0;
         spawn(
-            host.master_clone()?,
-            device.master_clone()?,
-            bytes_per_second,
+            [host.master_clone()?, host.slave_clone()?],
+            [device.master_clone()?, device.slave_clone()?],
             faults,
             Arc::clone(&to_device),
         );
         spawn(
-            device.master_clone()?,
-            host.master_clone()?,
-            bytes_per_second,
-            Faults::default(),
+            [device.master_clone()?, device.slave_clone()?],
+            [host.master_clone()?, host.slave_clone()?],
+            Faults {
+                max_baud: faults.max_baud,
+                ..Faults::default()
+            },
             Arc::clone(&to_host),
         );
         Ok(SimulatedLine {
@@ -87,24 +96,19 @@ impl SimulatedLine {
     }
 }
 
-fn spawn(
-    from: OwnedFd,
-    to: OwnedFd,
-    bytes_per_second: f64,
-    faults: Faults,
-    counters: Arc<LineCounters>,
-) {
-    std::thread::spawn(move || carry(&from, &to, bytes_per_second, faults, &counters));
+/// An end of the line: the PTY's master (where the bytes are) and its device side (whose
+/// settings say the end's baud rate).
+type End = [OwnedFd; 2];
+
+fn spawn(from: End, to: End, faults: Faults, counters: Arc<LineCounters>) {
+    std::thread::spawn(move || carry(&from, &to, faults, &counters));
 }
 
-/// Moves bytes from `from` to `to`, each delivered once the line has had time to send it.
-fn carry(
-    from: &OwnedFd,
-    to: &OwnedFd,
-    bytes_per_second: f64,
-    faults: Faults,
-    counters: &LineCounters,
-) {
+/// Moves bytes from `from` to `to`, each delivered once the line has had time to send it at the
+/// sender's rate; garbled when the rates differ or exceed the cable's.
+fn carry(from: &End, to: &End, faults: Faults, counters: &LineCounters) {
+    let [from, from_settings] = from;
+    let [to, to_settings] = to;
     let mut buf = [0u8; 64];
     let mut line_free = Instant::now();
     let mut seen = 0u64;
@@ -119,8 +123,17 @@ fn carry(
             Err(Errno::INTR | Errno::AGAIN) => continue,
             Err(_) => return,
         };
+        let sender = baud_of(from_settings).unwrap_or(115_200).max(50);
+        let receiver = baud_of(to_settings).unwrap_or(sender);
+        let garbled = sender != receiver || (faults.max_baud > 0 && sender > faults.max_baud);
+        let bytes_per_second = sender as f64 / 10.0;
         let mut bytes = Vec::with_capacity(n);
         for &b in &buf[..n] {
+            if garbled {
+                // What a UART makes of bits at the wrong rate: not the bytes sent.
+                bytes.push(b.rotate_left(3) ^ 0xA5);
+                continue;
+            }
             seen += 1;
             if faults.drop_every > 0 && seen.is_multiple_of(faults.drop_every) {
                 counters.faults.fetch_add(1, Ordering::Relaxed);

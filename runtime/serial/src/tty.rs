@@ -126,6 +126,24 @@ impl Tty {
         self.write_timeout = timeout;
     }
 
+    /// Switches the line to `baud` (bytes already written may still be leaving: see
+    /// [`Tty::drain`]).
+    pub fn set_baud(&mut self, baud: u32) -> Result<(), TtyError> {
+        make_raw(&self.fd, Some(baud)).map_err(|e| TtyError::Configure {
+            port: self.port.clone(),
+            baud,
+            source: e.into(),
+        })
+    }
+
+    /// Waits until every byte written has left (a PTY master has nothing to wait for).
+    pub fn drain(&mut self) -> Result<(), TtyError> {
+        match termios::tcdrain(&self.fd) {
+            Ok(()) | Err(Errno::NOTTY) | Err(Errno::INVAL) | Err(Errno::NOSYS) => Ok(()),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
     /// Throws away bytes received but not yet read.
     pub fn discard_input(&mut self) -> Result<(), TtyError> {
         match termios::tcflush(&self.fd, QueueSelector::IFlush) {
@@ -236,6 +254,17 @@ fn make_raw_with_tcgets(fd: BorrowedFd<'_>, baud: Option<u32>) -> Result<(), Err
         return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
     }
     Ok(())
+}
+
+/// The baud rates every Linux serial driver knows by name, slowest first.
+pub const STANDARD_BAUDS: [u32; 13] = [
+    9600, 19_200, 38_400, 57_600, 115_200, 230_400, 460_800, 921_600, 1_000_000, 1_500_000,
+    2_000_000, 3_000_000, 4_000_000,
+];
+
+/// The baud rate `fd` is set to (its output speed), if it can be read.
+pub(crate) fn baud_of(fd: impl AsFd) -> Option<u32> {
+    termios::tcgetattr(&fd).ok().map(|t| t.output_speed())
 }
 
 /// The C library's constant for a standard baud rate.

@@ -48,6 +48,7 @@ fn a_frame_the_device_abandoned_halfway_does_not_swallow_the_next_one() {
             max_frame: MAX_FRAME as u32,
             slot: None,
             last_flash: None,
+            max_baud: 0,
         });
         line.write_all(writer.encode(&hello).unwrap()).unwrap();
         // Half a frame, then nothing: the write that gave up.

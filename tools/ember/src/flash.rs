@@ -287,6 +287,8 @@ fn encode_block(plain: &[u8], level: i32) -> Block {
 pub struct FlashOptions {
     /// Baud rate of the port.
     pub baud: u32,
+    /// Fastest rate to switch the line to for the transfer (the device's limit applies too).
+    pub max_baud: u32,
     /// Encoded bytes sent ahead of the device's answers.
     pub window: usize,
     /// Give up when the device made no progress for this long (disconnected, silent).
@@ -320,6 +322,8 @@ pub struct FlashReport {
     pub reconnects: u32,
     /// Times the host went back to re-send (damaged or lost chunks, silence).
     pub resends: u32,
+    /// The baud rate the transfer ran at (after switching).
+    pub baud: u32,
     /// The slot now active.
     pub slot: String,
     /// SHA-256 of the active model's manifest.
@@ -389,6 +393,10 @@ struct Run<'a> {
     last_progress: Instant,
     /// A commit was sent (the device may have tried the image since).
     committed: bool,
+    /// The rate the line was switched to, if it was.
+    switched: Option<u32>,
+    /// The rate of the last transfer.
+    transfer_baud: u32,
 }
 
 impl Run<'_> {
@@ -398,6 +406,34 @@ impl Run<'_> {
             code,
             detail: detail.to_string(),
         }
+    }
+
+    /// Switches the line to the fastest rate both ends allow, stepping down when a rate does not
+    /// get through.
+    fn switch_up(&mut self) -> Result<(), ClientError> {
+        let Some(client) = self.client.as_mut() else {
+            return Ok(());
+        };
+        let base = client.baud();
+        let top = self.options.max_baud.min(client.hello().max_baud);
+        let ladder = std::iter::once(top).chain(
+            [921_600, 460_800, 230_400]
+                .into_iter()
+                .filter(|&rate| rate < top),
+        );
+        for rate in ladder.filter(|&rate| rate > base) {
+            if !ember_serial::STANDARD_BAUDS.contains(&rate) {
+                continue;
+            }
+            self.bar.set_message(format!("trying {rate} baud"));
+            if client.switch_baud(rate)? == rate {
+                self.switched = Some(rate);
+                break;
+            }
+        }
+        self.bar.set_message("");
+        self.transfer_baud = client.baud();
+        Ok(())
     }
 
     /// Sends `request` on the current connection.
@@ -432,9 +468,27 @@ impl Run<'_> {
     fn attempt(&mut self) -> Result<Attempt, FlashFailure> {
         let lost = |e: ClientError| Ok(Attempt::Lost(e.to_string()));
         if self.client.is_none() {
-            match Client::connect(self.port, self.options.baud, HELLO_TIMEOUT) {
-                Ok(client) => self.client = Some(client),
-                Err(e) => return lost(e),
+            // The device may still be at the rate we switched it to (we lost the line, it did
+            // not restart), or back at its own.
+            let rates = [Some(self.options.baud), self.switched.take()];
+            let mut last = None;
+            for baud in rates.into_iter().flatten() {
+                match Client::connect(self.port, baud, HELLO_TIMEOUT) {
+                    Ok(client) => {
+                        self.client = Some(client);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            if self.client.is_none() {
+                return match last {
+                    Some(e) => lost(e),
+                    None => Ok(Attempt::Lost("not connected".into())),
+                };
+            }
+            if let Err(e) = self.switch_up() {
+                return lost(e);
             }
         }
         let hello = self.client.as_ref().map(|c| c.hello().clone());
@@ -610,6 +664,8 @@ pub fn flash(
         transfer_end: None,
         last_progress: Instant::now(),
         committed: false,
+        switched: None,
+        transfer_baud: options.baud,
     };
     let mut reconnects = 0u32;
     let (slot, model_hash) = loop {
@@ -659,6 +715,7 @@ pub fn flash(
         resumed_from,
         reconnects,
         resends: run.resends,
+        baud: run.transfer_baud,
         slot: slot.to_string(),
         model_hash: hex(&model_hash),
     })

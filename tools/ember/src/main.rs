@@ -168,6 +168,9 @@ enum Command {
         /// The line's rate.
         #[arg(long, default_value_t = 115_200)]
         baud: u32,
+        /// Fastest rate the cable carries: an end sending faster is received as garbage (0: any).
+        #[arg(long, default_value_t = 0)]
+        max_baud: u32,
         /// Flip a bit in every Nth byte the host sends (fault injection; 0: never).
         #[arg(long, default_value_t = 0)]
         corrupt_every: u64,
@@ -211,6 +214,11 @@ enum Command {
         /// Baud rate of the ports.
         #[arg(long, default_value_t = 115_200)]
         baud: u32,
+        /// Fastest rate to switch the lines to for the transfer; each device's limit (its
+        /// board's max_baud) applies too, and a rate that does not get through is stepped down
+        /// from. The line returns to --baud afterwards. --max-baud equal to --baud: no switching.
+        #[arg(long, default_value_t = 4_000_000)]
+        max_baud: u32,
         /// Signature file (default: IMAGE.sig if it exists).
         #[arg(long)]
         signature: Option<PathBuf>,
@@ -416,11 +424,13 @@ fn main() -> ExitCode {
         } => run_package(&board, emberd, model, output, quiet),
         Command::Line {
             baud,
+            max_baud,
             corrupt_every,
             drop_every,
         } => run_line(
             baud,
             ember_serial::Faults {
+                max_baud,
                 corrupt_every,
                 drop_every,
             },
@@ -431,6 +441,7 @@ fn main() -> ExitCode {
             image,
             port,
             baud,
+            max_baud,
             signature,
             level,
             window,
@@ -444,6 +455,7 @@ fn main() -> ExitCode {
             level,
             flash::FlashOptions {
                 baud,
+                max_baud,
                 window,
                 patience: std::time::Duration::from_secs(patience),
             },
@@ -468,8 +480,28 @@ fn run_line(baud: u32, faults: ember_serial::Faults) -> Result<()> {
     println!("device {}", line.device_path().display());
     println!("host {}", line.host_path().display());
     std::io::stdout().flush()?;
+    // What crossed, on stderr, whenever it changed.
+    let mut last = String::new();
     loop {
-        std::thread::park();
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        let count = |c: &ember_serial::LineCounters| {
+            use std::sync::atomic::Ordering::Relaxed;
+            format!(
+                "{} bytes ({} faults injected, {} lost to a full receiver)",
+                c.delivered.load(Relaxed),
+                c.faults.load(Relaxed),
+                c.overrun.load(Relaxed)
+            )
+        };
+        let now = format!(
+            "host → device {}; device → host {}",
+            count(&line.to_device),
+            count(&line.to_host)
+        );
+        if now != last {
+            eprintln!("{now}");
+            last = now;
+        }
     }
 }
 
@@ -576,7 +608,7 @@ fn run_flash(
                     println!("{}", serde_json::to_string(&report)?);
                 } else {
                     println!(
-                        "{}: slot {} active (model {}) after {:.1} s: {} image bytes as {} on the wire ({:.1}% compressed), {:.0} image bytes/s, {} reconnects, {} re-sends{}",
+                        "{}: slot {} active (model {}) after {:.1} s: {} image bytes as {} on the wire ({:.1}% compressed) at {} baud, {:.0} image bytes/s, {} reconnects, {} re-sends{}",
                         report.port,
                         report.slot,
                         &report.model_hash[..16],
@@ -584,6 +616,7 @@ fn run_flash(
                         report.image_bytes,
                         report.wire_bytes,
                         100.0 * report.compression_ratio,
+                        report.baud,
                         report.image_bytes_per_second,
                         report.reconnects,
                         report.resends,

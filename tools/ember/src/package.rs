@@ -326,7 +326,12 @@ pub fn install_note(board: &Board, with_model: bool) -> String {
          systemctl status emberd; journalctl -u emberd\n\
          ```\n\n\
          From the host, over the adapter: `ember chat --port /dev/ttyUSB0 --baud {baud}`, or\n\
-         `picocom -b {baud} /dev/ttyUSB0` and type.\n",
+         `picocom -b {baud} /dev/ttyUSB0` and type.\n\n\
+         ## 4. New models\n\n\
+         `ember flash NEW.ember --port /dev/ttyUSB0` sends a model over the same line into the\n\
+         other slot of {slot}; the device switches once it has verified the image and run its\n\
+         self-test. To take signed images only, install the public key from `ember keygen`:\n\
+         `sudo install -o ember -m 644 fleet.pub {slot}/flash.pub`, then `ember sign` images.\n",
         description = board.description,
         target = board.target,
         name = board.name,
