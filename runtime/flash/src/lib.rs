@@ -392,7 +392,10 @@ impl SlotDir {
             )));
         }
         let here = transfer.position;
-        if (chunk.offset, chunk.at) < (here.offset, here.at) {
+        // Nothing is needed once every block is in: a late repeat.
+        if (chunk.offset, chunk.at) < (here.offset, here.at)
+            || here.offset >= transfer.incoming.image_len
+        {
             return Ok(ChunkReply::Quiet);
         }
         if (chunk.offset, chunk.at) > (here.offset, here.at) {

@@ -18,6 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// A gap longer than this between bytes means the line went idle (shorter ones are this
+/// thread's own scheduling, not the line's).
+const IDLE: Duration = Duration::from_millis(2);
+
 /// Faults one direction of the line injects.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Faults {
@@ -146,7 +150,14 @@ fn carry(from: &End, to: &End, faults: Faults, counters: &LineCounters) {
             }
             bytes.push(b);
         }
-        let start = line_free.max(Instant::now());
+        // A line busy since the last bytes sends these right after them (time this thread
+        // overslept is not lost on a real line); an idle line starts now.
+        let now = Instant::now();
+        let start = if now > line_free + IDLE {
+            now
+        } else {
+            line_free
+        };
         line_free = start + Duration::from_secs_f64(n as f64 / bytes_per_second);
         if let Some(wait) = line_free.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);

@@ -227,6 +227,9 @@ impl Prepared {
 
     /// The chunk at `position` and the position after it, or `None` at the end.
     fn chunk_at(&self, position: Position) -> Option<(FlashChunk, Position)> {
+        if position.offset >= self.image_len {
+            return None;
+        }
         let block = self
             .blocks
             .get((position.offset / FLASH_BLOCK as u64) as usize)?;
