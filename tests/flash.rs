@@ -550,6 +550,21 @@ fn emberd_on_port(
     Running(child)
 }
 
+/// `ember flash IMAGE --port PORT --baud BAUD`, running while the caller kills emberd; its JSON
+/// report comes on stdout.
+fn flash_in_background(image: &Path, port: &Path, baud: u32) -> std::process::Child {
+    Command::new(binary("ember"))
+        .arg("flash")
+        .arg(image)
+        .arg("--port")
+        .arg(port)
+        .args(["--baud", &baud.to_string()])
+        .args(["--json", "--quiet", "--patience", "60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ember flash starts")
+}
+
 /// The device's state is always usable: the table reads, the active slot holds an image whose
 /// every section matches its hash.
 fn assert_bootable(slots: &Path) {
@@ -592,15 +607,7 @@ fn killing_emberd_during_transfer_and_switch_never_loses_the_model() {
     eprintln!("kill schedule seed {seed} (EMBER_KILL_SEED replays it)");
     let mut random = Lcg(seed);
     let mut emberd = Some(emberd_on_port(&slots, &device, BAUD, &[], None));
-    let mut flashing = Command::new(binary("ember"))
-        .arg("flash")
-        .arg(&golden)
-        .arg("--port")
-        .arg(&host)
-        .args(["--baud", "460800", "--json", "--quiet", "--patience", "60"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("ember flash starts");
+    let mut flashing = flash_in_background(&golden, &host, BAUD);
 
     // Kills at random moments of the transfer.
     let mut kills = 0;
@@ -628,15 +635,7 @@ fn killing_emberd_during_transfer_and_switch_never_loses_the_model() {
         let (tx, rx) = std::sync::mpsc::channel();
         drop(emberd.take());
         emberd = Some(emberd_on_port(&slots, &device, BAUD, &[], Some(tx)));
-        let flashing = Command::new(binary("ember"))
-            .arg("flash")
-            .arg(&other)
-            .arg("--port")
-            .arg(&host)
-            .args(["--baud", "460800", "--json", "--quiet", "--patience", "60"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("ember flash starts");
+        let flashing = flash_in_background(&other, &host, BAUD);
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             match rx.recv_timeout(Duration::from_secs(1)) {
@@ -655,7 +654,7 @@ fn killing_emberd_during_transfer_and_switch_never_loses_the_model() {
         assert_eq!(report["model_hash"], manifest_hash(&other).as_str());
         assert_bootable(&slots);
         // And back to the golden model for the next round.
-        let output = flash(&golden, &[&host], &["--baud", "460800"]);
+        let output = flash(&golden, &[&host], &["--baud", &BAUD.to_string()]);
         assert_eq!(reports(&output)[0]["slot"], "B");
     }
     assert_eq!(ask_at(&host, BAUD), probe().1);

@@ -208,6 +208,16 @@ struct Opened {
     capacity: usize,
 }
 
+impl Opened {
+    /// The image (`Device::open` refuses anything else).
+    fn image(&self) -> &ember_image::Image {
+        match &self.file {
+            ModelFile::Image(image) => image,
+            ModelFile::Gguf(_) => unreachable!("Device::open accepts images only"),
+        }
+    }
+}
+
 impl Device<'_> {
     /// Opens the image at `path` and plans its memory on the board.
     fn open(&self, path: &Path) -> Result<Opened> {
@@ -252,9 +262,7 @@ impl Device<'_> {
 
     fn dry_run(&self, path: &Path, slots: Option<&SlotDir>) -> Result<()> {
         let opened = self.open(path)?;
-        let ModelFile::Image(image) = &opened.file else {
-            unreachable!("open() accepts images only");
-        };
+        let image = opened.image();
         let args = self.args;
         let cpu = CpuReport::detect();
         println!(
@@ -315,9 +323,7 @@ impl Device<'_> {
         let args = self.args;
         let context = || format!("cannot load model {}", path.display());
         let opened = self.open(path)?;
-        let ModelFile::Image(image) = &opened.file else {
-            unreachable!("open() accepts images only");
-        };
+        let image = opened.image();
         let model = TractModel::load(image, self.threads).with_context(context)?;
         let tokenizer = opened.file.tokenizer().with_context(context)?;
         ember_engine::memory::release_free_heap();
@@ -447,9 +453,7 @@ impl Device<'_> {
     /// its manifest hash.
     fn self_test(&self, path: &Path) -> Result<[u8; 32]> {
         let opened = self.open(path)?;
-        let ModelFile::Image(image) = &opened.file else {
-            unreachable!("open() accepts images only");
-        };
+        let image = opened.image();
         let tokenizer = opened.file.tokenizer()?;
         let tokens = ember_tract::self_test(image, &tokenizer, self.threads)?;
         let expected = &image.manifest().self_test;

@@ -138,19 +138,27 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Flash
     }
 }
 
-/// Reads a public key file: 64 hex digits (blank lines and `#` comments are ignored).
-pub fn read_public_key(path: &Path) -> Result<VerifyingKey, FlashError> {
-    let text = std::fs::read_to_string(path).map_err(io("read", path))?;
-    let bad = |reason: &str| FlashError::BadKey {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    };
+/// Reads a file of hex digits (Ember's key and signature files): blank lines and `#` comments
+/// are ignored; `None` if the rest is not hex.
+pub fn read_hex_file(path: &Path) -> Result<Option<Vec<u8>>, std::io::Error> {
+    let text = std::fs::read_to_string(path)?;
     let hex: String = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
-    let bytes = decode_hex(&hex).ok_or_else(|| bad("not hex"))?;
+    Ok(decode_hex(&hex))
+}
+
+/// Reads a public key file: 64 hex digits (blank lines and `#` comments are ignored).
+pub fn read_public_key(path: &Path) -> Result<VerifyingKey, FlashError> {
+    let bad = |reason: &str| FlashError::BadKey {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    };
+    let bytes = read_hex_file(path)
+        .map_err(io("read", path))?
+        .ok_or_else(|| bad("not hex"))?;
     let bytes: [u8; 32] = bytes
         .try_into()
         .map_err(|_| bad("not 32 bytes (64 hex digits)"))?;
@@ -183,10 +191,17 @@ pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), FlashErr
         .map_err(io("sync", dir))
 }
 
+/// The file of `slot` in the slot directory `dir`.
+fn slot_path(dir: &Path, slot: Slot) -> PathBuf {
+    dir.join(format!("slot-{}.ember", slot.as_str()))
+}
+
 /// An image being received into a slot.
 struct Transfer {
     incoming: Incoming,
+    /// The slot's file, open for writing at `path`.
     file: File,
+    path: PathBuf,
     position: Position,
     /// Encoding and encoded length of the block in progress (known from its first chunk).
     block_kind: Option<(BlockEncoding, u32)>,
@@ -269,7 +284,7 @@ impl SlotDir {
 
     /// The file of `slot`.
     pub fn path(&self, slot: Slot) -> PathBuf {
-        self.dir.join(format!("slot-{}.ember", slot.as_str()))
+        slot_path(&self.dir, slot)
     }
 
     /// The file of the active slot: what the device serves.
@@ -368,6 +383,7 @@ impl SlotDir {
         self.transfer = Some(Transfer {
             incoming,
             file,
+            path,
             position,
             block_kind: None,
             block: Vec::new(),
@@ -430,10 +446,10 @@ impl SlotDir {
         let Some(transfer) = &mut self.transfer else {
             return Ok(());
         };
-        let path = self
-            .dir
-            .join(format!("slot-{}.ember", transfer.incoming.slot.as_str()));
-        transfer.file.sync_data().map_err(io("sync", &path))?;
+        transfer
+            .file
+            .sync_data()
+            .map_err(io("sync", &transfer.path))?;
         transfer.incoming.stored = transfer.position.offset;
         let mut table = self.table.clone();
         table.incoming = Some(transfer.incoming.clone());
@@ -576,11 +592,7 @@ impl Transfer {
         };
         self.file
             .write_all_at(bytes, self.position.offset)
-            .map_err(|source| FlashError::Io {
-                action: "write",
-                path: PathBuf::from(format!("slot-{}.ember", self.incoming.slot.as_str())),
-                source,
-            })?;
+            .map_err(io("write", &self.path))?;
         self.position = Position {
             offset: self.position.offset + expected as u64,
             at: 0,

@@ -8,6 +8,7 @@
 //! there. A transfer cut off by a disconnect or a device restart resumes from what the device
 //! recorded (see `ember_core::flash`).
 
+use crate::fetch::hex;
 use anyhow::{Context, Result, bail};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use ember_core::flash::{
@@ -18,7 +19,7 @@ use ember_core::image::{HEADER_LEN, ImageHeader};
 use ember_core::protocol::{
     ErrorCode, Event, FlashBegin, FlashChunk, FlashStage, Request, Signature,
 };
-use ember_flash::decode_hex;
+use ember_flash::read_hex_file;
 use ember_serial::{Client, ClientError};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -39,10 +40,6 @@ const COMMIT_SILENCE: Duration = Duration::from_secs(30);
 const HELLO_TIMEOUT: Duration = Duration::from_millis(700);
 /// Pause between attempts to reach a device that went away.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// Makes a key pair: `<name>.key` (the secret, readable by its owner only) and `<name>.pub`.
 /// Refuses to overwrite either.
@@ -82,14 +79,9 @@ pub fn keygen(name: &Path) -> Result<(PathBuf, PathBuf)> {
 }
 
 fn key_hex(path: &Path) -> Result<Vec<u8>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let hex: String = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
-    decode_hex(&hex).with_context(|| format!("{} is not hex", path.display()))
+    read_hex_file(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .with_context(|| format!("{} is not hex", path.display()))
 }
 
 /// Reads a secret key written by [`keygen`].

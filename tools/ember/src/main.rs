@@ -518,12 +518,11 @@ fn run_keygen(output: &std::path::Path) -> Result<()> {
 fn run_sign(image: &std::path::Path, key: &std::path::Path, output: Option<PathBuf>) -> Result<()> {
     let output = output.unwrap_or_else(|| flash::signature_path(image));
     let public = flash::sign(image, key, &output)?;
-    let public: String = public
-        .as_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    println!("wrote {} (public key {public})", output.display());
+    println!(
+        "wrote {} (public key {})",
+        output.display(),
+        fetch::hex(public.as_bytes())
+    );
     Ok(())
 }
 
