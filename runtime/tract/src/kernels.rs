@@ -5,19 +5,31 @@
 //! 8-bit dot products (`q = round(x / d_a)`, `d_a = max|x| / 127`), so a block contributes
 //! `d_w · d_a · Σ (u − 128) · q`, an exact integer sum scaled once.
 
-/// Which dot-product implementation runs.
+/// Which dot-product implementation runs. Only detection makes one (`detect`, `available`), so
+/// a kernel in hand is one this CPU can run and its safe `dot` cannot reach an instruction the
+/// CPU lacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernel {
+pub struct Kernel(Isa);
+
+/// The instruction sets behind the kernels; private, so that safe code cannot name one the CPU
+/// lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
     /// x86-64 AVX-VNNI: `vpdpbusd` multiplies the u8 weights by the i8 activations directly.
+    #[cfg(target_arch = "x86_64")]
     AvxVnni,
     /// x86-64 AVX2: `vpmaddubsw` on sign-adjusted operands.
+    #[cfg(target_arch = "x86_64")]
     Avx2,
     /// aarch64 with the dot-product extension (Cortex-A76 and later, e.g. Raspberry Pi 5): `sdot`.
+    #[cfg(target_arch = "aarch64")]
     NeonDot,
     /// aarch64 NEON (every aarch64 core, e.g. Raspberry Pi 4 / Zero 2 W): `smull` + `sadalp`.
+    #[cfg(target_arch = "aarch64")]
     Neon,
     /// 32-bit ARM with NEON (every armv7 Raspberry Pi, e.g. a Pi 3 on a 32-bit OS):
     /// `vmull.s8` + `vpadal.s16`.
+    #[cfg(target_arch = "arm")]
     NeonArmv7,
     /// Plain Rust (auto-vectorized by the compiler for the target, e.g. NEON).
     Portable,
@@ -32,56 +44,56 @@ impl Kernel {
                 && std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
-                return Kernel::AvxVnni;
+                return Kernel(Isa::AvxVnni);
             }
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
-                return Kernel::Avx2;
+                return Kernel(Isa::Avx2);
             }
         }
         #[cfg(target_arch = "aarch64")]
         {
             if std::arch::is_aarch64_feature_detected!("dotprod") {
-                Kernel::NeonDot
+                Kernel(Isa::NeonDot)
             } else {
-                Kernel::Neon
+                Kernel(Isa::Neon)
             }
         }
         #[cfg(target_arch = "arm")]
         {
             if armv7::has_neon() {
-                Kernel::NeonArmv7
+                Kernel(Isa::NeonArmv7)
             } else {
-                Kernel::Portable
+                Kernel(Isa::Portable)
             }
         }
         #[cfg(not(any(target_arch = "aarch64", target_arch = "arm")))]
-        Kernel::Portable
+        Kernel(Isa::Portable)
     }
 
     /// Every kernel this CPU can run (for tests that compare them).
     pub fn available() -> Vec<Self> {
-        let portable = vec![Kernel::Portable];
+        let portable = vec![Kernel(Isa::Portable)];
         #[cfg(target_arch = "x86_64")]
         {
             let mut kernels = portable;
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
-                kernels.push(Kernel::Avx2);
+                kernels.push(Kernel(Isa::Avx2));
             }
-            if Kernel::detect() == Kernel::AvxVnni {
-                kernels.push(Kernel::AvxVnni);
+            if Kernel::detect() == Kernel(Isa::AvxVnni) {
+                kernels.push(Kernel(Isa::AvxVnni));
             }
             kernels
         }
         #[cfg(target_arch = "aarch64")]
         {
             let mut kernels = portable;
-            kernels.push(Kernel::Neon);
-            if Kernel::detect() == Kernel::NeonDot {
-                kernels.push(Kernel::NeonDot);
+            kernels.push(Kernel(Isa::Neon));
+            if Kernel::detect() == Kernel(Isa::NeonDot) {
+                kernels.push(Kernel(Isa::NeonDot));
             }
             kernels
         }
@@ -89,7 +101,7 @@ impl Kernel {
         {
             let mut kernels = portable;
             if armv7::has_neon() {
-                kernels.push(Kernel::NeonArmv7);
+                kernels.push(Kernel(Isa::NeonArmv7));
             }
             kernels
         }
@@ -100,12 +112,17 @@ impl Kernel {
     /// Short name for reports.
     pub fn name(self) -> &'static str {
         match self {
-            Kernel::AvxVnni => "avx-vnni",
-            Kernel::Avx2 => "avx2",
-            Kernel::NeonDot => "neon-sdot",
-            Kernel::Neon => "neon",
-            Kernel::NeonArmv7 => "neon-armv7",
-            Kernel::Portable => "portable",
+            #[cfg(target_arch = "x86_64")]
+            Kernel(Isa::AvxVnni) => "avx-vnni",
+            #[cfg(target_arch = "x86_64")]
+            Kernel(Isa::Avx2) => "avx2",
+            #[cfg(target_arch = "aarch64")]
+            Kernel(Isa::NeonDot) => "neon-sdot",
+            #[cfg(target_arch = "aarch64")]
+            Kernel(Isa::Neon) => "neon",
+            #[cfg(target_arch = "arm")]
+            Kernel(Isa::NeonArmv7) => "neon-armv7",
+            Kernel(Isa::Portable) => "portable",
         }
     }
 
@@ -123,24 +140,24 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `detect`/`available` only return this kernel when the CPU has AVX-VNNI,
             // AVX2 and FMA; the slices hold `blocks` full blocks (asserted above).
-            Kernel::AvxVnni => unsafe {
+            Kernel(Isa::AvxVnni) => unsafe {
                 let sums = &a.sums[row * blocks..][..blocks];
                 x86::dot_avxvnni(w, w_scales, quants, scales, sums)
             },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above, for AVX2 and FMA.
-            Kernel::Avx2 => unsafe { x86::dot_avx2(w, w_scales, quants, scales) },
+            Kernel(Isa::Avx2) => unsafe { x86::dot_avx2(w, w_scales, quants, scales) },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: `detect`/`available` only return this kernel when the CPU has the
             // dot-product extension; the slices hold `blocks` full blocks (asserted above).
-            Kernel::NeonDot => unsafe { arm::dot_sdot(w, w_scales, quants, scales) },
+            Kernel(Isa::NeonDot) => unsafe { arm::dot_sdot(w, w_scales, quants, scales) },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: NEON is part of every aarch64 CPU; slices as above.
-            Kernel::Neon => unsafe { arm::dot_neon(w, w_scales, quants, scales) },
+            Kernel(Isa::Neon) => unsafe { arm::dot_neon(w, w_scales, quants, scales) },
             #[cfg(target_arch = "arm")]
             // SAFETY: `detect`/`available` only return this kernel when the CPU reports NEON; the
             // slices hold `blocks` full blocks (asserted above).
-            Kernel::NeonArmv7 => unsafe { armv7::dot_neon(w, w_scales, quants, scales) },
+            Kernel(Isa::NeonArmv7) => unsafe { armv7::dot_neon(w, w_scales, quants, scales) },
             _ => dot_portable(w, w_scales, quants, scales),
         }
     }
