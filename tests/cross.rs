@@ -111,7 +111,7 @@ fn the_cross_built_ember_writes_the_tiny_model_and_generates_the_golden_tokens()
             &["synth", "-o", gguf.to_str().unwrap(), "--seed", "42"],
         ));
         assert_eq!(
-            ember_tools::fetch::sha256_file(&gguf).unwrap(),
+            ember_models::fetch::sha256_file(&gguf).unwrap(),
             tiny_golden()["model_sha256"].as_str().unwrap(),
             "{}: ember synth wrote another model than on x86",
             cross.target

@@ -5,8 +5,8 @@
 
 use ember_core::sampler::argmax;
 use ember_e2e::{
-    ember, ember_at, emberd_on_pty, last_json_line, smollm2, smollm2_image, smollm2_reference,
-    stdout_of,
+    binary, ember, ember_at, emberd_on_pty, last_json_line, serve_on_pty, smollm2, smollm2_image,
+    smollm2_reference, stdout_of,
 };
 use ember_engine::{LanguageModel, ReferenceModel, ReferenceSession};
 use ember_gguf::GgufFile;
@@ -146,6 +146,34 @@ fn follows_llama_cpp_native(model: &std::path::Path) -> Vec<usize> {
 /// Chatting with SmolLM2 on `emberd` over a PTY (`ember ask --port`, frame mode) gives the same
 /// replies as `ember generate --chat` on the image — replies checked against llama.cpp by
 /// `int8_greedy_chat_replies_follow_llama_cpp_native_up_to_near_ties`.
+/// Without --model, `ember generate` and `emberd` run the default model: SmolLM2's image, made
+/// in `$EMBER_HOME` on first use — the same image `ember quantize` makes from the fetched GGUF,
+/// giving the same reply here and over a serial line.
+#[test]
+fn the_default_model_is_smollm2s_image() {
+    let prompt =
+        "What is the capital of France? Answer in one sentence, then give one fun fact about it.";
+    let local = last_json_line(&stdout_of(&ember(&[
+        "generate", "--chat", "--prompt", prompt, "-n", "48", "--json",
+    ])));
+    let recipe = ember_models::fetch::recipe("smollm2-135m").unwrap();
+    let default = ember_models::default::image_path(&recipe);
+    assert!(default.is_file(), "{} was not made", default.display());
+    let hash = |image: &std::path::Path| {
+        let inspect = stdout_of(&ember(&["inspect", image.to_str().unwrap(), "--json"]));
+        serde_json::from_str::<serde_json::Value>(&inspect).unwrap()["manifest_sha256"].clone()
+    };
+    assert_eq!(hash(&default), hash(&smollm2_image().0));
+
+    let mut emberd = std::process::Command::new(binary("emberd"));
+    emberd.args(["--pty", "--max-tokens", "48"]);
+    let (_emberd, port) = serve_on_pty(emberd);
+    let output = ember_at(&port, &["ask", "--json", prompt], "");
+    let remote = last_json_line(&stdout_of(&output));
+    assert_eq!(remote["text"], local["text"]);
+    assert!(local["text"].as_str().unwrap().contains("Paris"), "{local}");
+}
+
 #[test]
 fn chat_with_smollm2_over_a_serial_line() {
     let image = smollm2_image().0;

@@ -130,7 +130,7 @@ fn bad_input_gives_clear_errors() {
 
 #[test]
 fn golden_model_is_the_one_llama_cpp_ran() {
-    let sha = ember_tools::fetch::sha256_file(&tiny_model()).unwrap();
+    let sha = ember_models::fetch::sha256_file(&tiny_model()).unwrap();
     assert_eq!(
         sha,
         tiny_golden()["model_sha256"].as_str().unwrap(),
@@ -382,7 +382,7 @@ fn reference_logits() -> (Vec<u32>, Vec<Vec<f32>>) {
     let file = ember_gguf::GgufFile::open(tiny_model()).unwrap();
     let tokenizer = ember_tokenizer::Tokenizer::from_gguf(file.metadata()).unwrap();
     let ids = tokenizer
-        .encode(ember_tools::quantize::QUALITY_TEXT)
+        .encode(ember_models::quantize::QUALITY_TEXT)
         .unwrap();
     let model = ember_engine::ReferenceModel::load(&file).unwrap();
     let logits = ember_engine::ReferenceSession::new(&model, ids.len())

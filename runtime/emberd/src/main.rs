@@ -13,6 +13,7 @@ use ember_flash::SlotDir;
 use ember_serial::{PtyPair, Tty};
 use ember_tract::{CpuReport, TractModel};
 use emberd::server::{Exit, Server, Settings, Wire};
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant};
     after_help = "Examples:\n  emberd --board rpi5                      (the board's UART, baud, threads and model slot)\n  \
 emberd --port /dev/ttyAMA0 --baud 115200 --model smollm2.ember\n  \
 emberd --pty --model smollm2.ember          (development: picocom the printed path)\n  \
+emberd --pty                                (the same with the default model, made on first use)\n  \
 emberd --slot-dir slots --pty --pty-link /tmp/ember-tty   (flashable: `ember flash X.ember --port /tmp/ember-tty`)\n  \
 emberd --board rpi-zero-2w --model smollm2.ember --dry-run   (memory plan and kernels)\n\
 Boards: rpi5, rpi4, rpi-zero-2w, rpi3-armv7, x86_64-pty (profiles in boards/), or a profile file."
@@ -39,7 +41,9 @@ struct Args {
     #[arg(long, value_name = "NAME|FILE")]
     board: Option<String>,
     /// Serve this Ember image (made by `ember quantize`) as it is; such a device cannot be
-    /// flashed. Without it emberd serves the active slot of --slot-dir (or the board's).
+    /// flashed. Without it emberd serves the active slot of --slot-dir (or the board's); with
+    /// none of the three, the default model (SmolLM2-135M-Instruct, fetched and quantized into
+    /// $EMBER_HOME on first use, as `ember chat` does).
     #[arg(long, conflicts_with = "slot_dir")]
     model: Option<PathBuf>,
     /// The model slots: serve the active one (SLOT_DIR/slot-a.ember on a first start) and take
@@ -147,11 +151,15 @@ fn run(args: Args) -> Result<()> {
             board.as_ref().map_or(cores, |b| b.threads_or(cores))
         }
     };
-    let slot_dir = match (&args.slot_dir, &args.model, &board) {
-        (Some(dir), _, _) => Some(dir.clone()),
-        (None, Some(_), _) => None,
-        (None, None, Some(board)) => Some(board.slot_dir.clone()),
-        (None, None, None) => bail!("give --model FILE, --slot-dir DIR or --board"),
+    let (slot_dir, model) = match (&args.slot_dir, &args.model, &board) {
+        (Some(dir), _, _) => (Some(dir.clone()), None),
+        (None, Some(model), _) => (None, Some(model.clone())),
+        (None, None, Some(board)) => (Some(board.slot_dir.clone()), None),
+        // Development on a computer: the default model, fetched and quantized on first use.
+        (None, None, None) => (
+            None,
+            Some(ember_models::default::default_model(false, threads)?.image),
+        ),
     };
     // An image must at least fit the budget beside the runtime; the trial boot checks the rest.
     let max_image = board
@@ -170,19 +178,17 @@ fn run(args: Args) -> Result<()> {
         threads,
     };
     if args.dry_run {
-        let path = slots.as_ref().map_or_else(
-            || args.model.clone().unwrap_or_default(),
-            SlotDir::active_path,
-        );
+        let path = slots
+            .as_ref()
+            .map_or_else(|| model.clone().unwrap_or_default(), SlotDir::active_path);
         return device.dry_run(&path, slots.as_ref());
     }
     let mut wire = None;
     let mut notice = None;
     loop {
-        let path = slots.as_ref().map_or_else(
-            || args.model.clone().unwrap_or_default(),
-            SlotDir::active_path,
-        );
+        let path = slots
+            .as_ref()
+            .map_or_else(|| model.clone().unwrap_or_default(), SlotDir::active_path);
         match device.serve(&path, slots.as_mut(), &mut wire, notice.take(), start)? {
             Exit::PortFailed(e) => return Err(e).context("the serial line failed"),
             Exit::Trial(line, slot) => {
@@ -191,6 +197,19 @@ fn run(args: Args) -> Result<()> {
                 notice = Some(device.trial(slots, slot)?);
             }
         }
+    }
+}
+
+/// Prints `text` on stdout; a closed stdout (`emberd --dry-run | head -1`, a script that read
+/// the PTY's path and left) is not an error.
+fn print_result(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => Ok(result?),
     }
 }
 
@@ -265,27 +284,32 @@ impl Device<'_> {
         let image = opened.image();
         let args = self.args;
         let cpu = CpuReport::detect();
-        println!(
+        let mut out = String::new();
+        writeln!(
+            out,
             "model    {} ({})",
             path.display(),
             image.manifest().model_name
-        );
+        )?;
         match self.board {
             Some(board) => {
-                println!(
+                writeln!(
+                    out,
                     "board    {} — {} ({})",
                     board.name, board.description, board.target
-                );
-                println!(
+                )?;
+                writeln!(
+                    out,
                     "serial   {} at {} baud",
                     board.serial,
                     args.baud.unwrap_or(board.baud)
-                );
+                )?;
             }
-            None => println!("board    none (no memory budget)"),
+            None => writeln!(out, "board    none (no memory budget)")?,
         }
         match slots {
-            Some(slots) => println!(
+            Some(slots) => writeln!(
+                out,
                 "slots    {}: slot {} active, {}",
                 slots.dir().display(),
                 slots.table().active,
@@ -294,20 +318,20 @@ impl Device<'_> {
                 } else {
                     "unsigned images accepted"
                 }
-            ),
-            None => println!("slots    none (a fixed --model cannot be flashed)"),
+            )?,
+            None => writeln!(out, "slots    none (a fixed --model cannot be flashed)")?,
         }
-        println!("context  {} positions", opened.capacity);
+        writeln!(out, "context  {} positions", opened.capacity)?;
         if let Some(plan) = opened.plan {
-            println!("memory   {plan}");
+            writeln!(out, "memory   {plan}")?;
         }
-        println!("threads  {}", self.threads);
-        println!("int8     {}", cpu.int8.name());
-        println!("tract    {}", cpu.tract_isa);
+        writeln!(out, "threads  {}", self.threads)?;
+        writeln!(out, "int8     {}", cpu.int8.name())?;
+        writeln!(out, "tract    {}", cpu.tract_isa)?;
         if let Some(kind) = &cpu.tract_cpu {
-            println!("tuned    {kind}");
+            writeln!(out, "tuned    {kind}")?;
         }
-        Ok(())
+        print_result(&out)
     }
 
     /// Loads the image at `path` and serves it on the line (opened on first use) until the
@@ -412,8 +436,7 @@ impl Device<'_> {
                     link_to(link, pair.path())?;
                 }
                 // The path goes to stdout alone, for scripts; everything else to stderr.
-                println!("{}", pair.path().display());
-                std::io::stdout().flush()?;
+                print_result(&format!("{}\n", pair.path().display()))?;
                 pair.into_master()?
             }
         };

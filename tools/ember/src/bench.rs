@@ -110,7 +110,7 @@ fn prompts(file: &ModelFile) -> Result<Vec<Vec<u32>>> {
     let short = tokenizer.encode(&short_text)?;
     let mut long = Vec::new();
     while long.len() < LONG_PROMPT_TOKENS {
-        long.extend(tokenizer.encode(crate::quantize::QUALITY_TEXT)?);
+        long.extend(tokenizer.encode(ember_models::quantize::QUALITY_TEXT)?);
     }
     long.truncate(LONG_PROMPT_TOKENS);
     Ok(vec![short, long])
@@ -196,7 +196,13 @@ pub fn bench(
 }
 
 /// The report as a table for people.
-pub fn table(report: &BenchReport) -> String {
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&table(self))
+    }
+}
+
+fn table(report: &BenchReport) -> String {
     let mut out = String::new();
     let peer = report.peer.as_ref();
     let row = |out: &mut String, label: &str, ours: f64, theirs: Option<f64>, digits: usize| {

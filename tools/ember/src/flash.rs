@@ -8,7 +8,6 @@
 //! there. A transfer cut off by a disconnect or a device restart resumes from what the device
 //! recorded (see `ember_core::flash`).
 
-use crate::fetch::hex;
 use anyhow::{Context, Result, bail};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use ember_core::flash::{
@@ -20,6 +19,7 @@ use ember_core::protocol::{
     ErrorCode, Event, FlashBegin, FlashChunk, FlashStage, Request, Signature,
 };
 use ember_flash::read_hex_file;
+use ember_models::fetch::hex;
 use ember_serial::{Client, ClientError};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -323,6 +323,31 @@ pub struct FlashReport {
     pub slot: String,
     /// SHA-256 of the active model's manifest.
     pub model_hash: String,
+}
+
+/// One line per device for people.
+impl std::fmt::Display for FlashReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: slot {} active (model {}) after {:.1} s: {} image bytes as {} on the wire ({:.1}% compressed) at {} baud, {:.0} image bytes/s, {} reconnects, {} re-sends",
+            self.port,
+            self.slot,
+            &self.model_hash[..self.model_hash.len().min(16)],
+            self.seconds,
+            self.image_bytes,
+            self.wire_bytes,
+            100.0 * self.compression_ratio,
+            self.baud,
+            self.image_bytes_per_second,
+            self.reconnects,
+            self.resends,
+        )?;
+        if self.resumed_from > 0 {
+            write!(f, ", resumed at byte {}", self.resumed_from)?;
+        }
+        Ok(())
+    }
 }
 
 /// Why flashing a device failed.

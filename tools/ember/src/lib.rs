@@ -1,13 +1,12 @@
-//! The library behind the host tool `ember`: model recipes and fetching, quantizing models into
-//! Ember images, synthetic test models, benchmarks, and talking to a device over a serial line.
+//! The library behind the host tool `ember`: running models here (benchmarks), synthetic test
+//! models, and devices: talking to one over a serial line, packaging for a board, flashing.
+//! Recipes, fetching and quantizing live in `ember-models`.
 
 #![warn(missing_docs)]
 
 pub mod bench;
-pub mod fetch;
 pub mod flash;
 pub mod model;
 pub mod package;
-pub mod quantize;
 pub mod remote;
 pub mod synth;

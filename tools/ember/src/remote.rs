@@ -2,10 +2,9 @@
 //! `ember ask --port`, `ember bench --port`.
 
 use anyhow::{Context, Result, bail};
-use ember_core::protocol::{self, ChatOptions, ChatRequest, EndReason, Event, ReplyStats, Request};
+use ember_core::protocol::{self, ChatOptions, ChatRequest, Event, ReplyStats, Request};
 use ember_serial::{Client, ClientError, describe_error};
 use serde::Serialize;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -172,7 +171,8 @@ pub struct RemoteOptions {
     pub system: Option<String>,
 }
 
-fn set_system(client: &mut Client, system: &str) -> Result<()> {
+/// Sets the device's system prompt (the conversation starts over).
+pub fn set_system(client: &mut Client, system: &str) -> Result<()> {
     if system.len() > protocol::MAX_TEXT {
         bail!("system prompt longer than {} bytes", protocol::MAX_TEXT);
     }
@@ -183,40 +183,25 @@ fn set_system(client: &mut Client, system: &str) -> Result<()> {
     Ok(())
 }
 
-/// `ember ask --port`: one question, the reply on stdout (or one JSON object).
+/// `ember ask --port`: one question; the reply's text goes to `on_text` as it streams. Ctrl-C
+/// cancels the reply. Says goodbye to the device afterwards.
 pub fn ask(
     port: &Path,
     baud: u32,
     question: &str,
     options: RemoteOptions,
-    json: bool,
-) -> Result<()> {
-    let mut client = connect(port, baud, json)?;
+    quiet: bool,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Received> {
+    let mut client = connect(port, baud, quiet)?;
     if let Some(system) = &options.system {
         set_system(&mut client, system)?;
     }
     let request = chat_request(new_session(), question, options.chat)?;
     let interrupt = interrupt_flag()?;
-    let mut stdout = std::io::stdout().lock();
-    let received = converse(&mut client, &request, Some(&interrupt), &mut |text| {
-        if !json {
-            let _ = stdout.write_all(text.as_bytes());
-            let _ = stdout.flush();
-        }
-    })?;
+    let received = converse(&mut client, &request, Some(&interrupt), on_text)?;
     client.goodbye(Duration::from_secs(5))?;
-    if json {
-        writeln!(stdout, "{}", serde_json::to_string(&received)?)?;
-    } else {
-        writeln!(stdout)?;
-        for error in &received.errors {
-            eprintln!("{error}");
-        }
-    }
-    if received.finish == EndReason::Error.as_str() {
-        bail!("the device could not answer");
-    }
-    Ok(())
+    Ok(received)
 }
 
 /// A flag that Ctrl-C sets (instead of ending the process).
@@ -227,70 +212,10 @@ pub fn interrupt_flag() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-/// `ember chat --port`: a conversation with the device, one line per message.
-pub fn chat(port: &Path, baud: u32, options: RemoteOptions, json: bool) -> Result<()> {
-    use std::io::{BufRead, IsTerminal};
-    let mut client = connect(port, baud, false)?;
-    if let Some(system) = &options.system {
-        set_system(&mut client, system)?;
-    }
-    let interactive = std::io::stdin().is_terminal();
-    if interactive {
-        eprintln!(
-            "type a message; Ctrl-C stops a reply, /reset starts over, /quit or Ctrl-D leaves."
-        );
-    }
-    let interrupt = interrupt_flag()?;
-    let session = new_session();
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
-    loop {
-        if interactive {
-            eprint!("you> ");
-        }
-        interrupt.store(false, Ordering::SeqCst);
-        let Some(line) = lines.next() else { break };
-        let line = line.context("cannot read stdin")?;
-        match line.trim() {
-            "" => continue,
-            "/quit" => break,
-            "/reset" => {
-                client.send(&Request::Reset)?;
-                client.until(SILENCE_TIMEOUT, |e| matches!(e, Event::Done), &mut |_| {})?;
-                eprintln!("(conversation reset)");
-                continue;
-            }
-            "/help" => {
-                eprintln!("/reset starts a new conversation, /quit leaves; Ctrl-C stops a reply");
-                continue;
-            }
-            _ => {}
-        }
-        let request = chat_request(session, &line, options.chat.clone())?;
-        let mut stdout = std::io::stdout().lock();
-        let received = converse(&mut client, &request, Some(&interrupt), &mut |text| {
-            let _ = stdout.write_all(text.as_bytes());
-            let _ = stdout.flush();
-        })?;
-        writeln!(stdout)?;
-        for error in &received.errors {
-            eprintln!("{error}");
-        }
-        if json {
-            writeln!(stdout, "{}", serde_json::to_string(&received)?)?;
-        } else if interactive {
-            let s = &received.stats;
-            eprintln!(
-                "[{}: {} prompt tokens, {} generated, first token {} ms, {:.1} tok/s]",
-                received.finish,
-                s.prompt_tokens,
-                s.generated_tokens,
-                s.time_to_first_token_ms,
-                s.decode_tokens_per_second
-            );
-        }
-    }
-    client.goodbye(Duration::from_secs(5))?;
+/// Starts the device's conversation over (its history and cache).
+pub fn reset(client: &mut Client) -> Result<()> {
+    client.send(&Request::Reset)?;
+    client.until(SILENCE_TIMEOUT, |e| matches!(e, Event::Done), &mut |_| {})?;
     Ok(())
 }
 
@@ -321,8 +246,14 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// `ember bench --port`: time to first token, to first sentence, and cancel latency.
-pub fn bench(port: &Path, baud: u32, runs: usize, prompt: &str, json: bool) -> Result<()> {
-    let mut client = connect(port, baud, json)?;
+pub fn bench(
+    port: &Path,
+    baud: u32,
+    runs: usize,
+    prompt: &str,
+    quiet: bool,
+) -> Result<SerialBench> {
+    let mut client = connect(port, baud, quiet)?;
     let model = client.hello().model_name.to_string();
     let mut samples = Vec::new();
     let mut rates = Vec::new();
@@ -394,27 +325,33 @@ pub fn bench(port: &Path, baud: u32, runs: usize, prompt: &str, json: bool) -> R
         tokens_per_second: median(rates),
         samples,
     };
-    if json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("model                  {}", report.model);
-        println!("runs                   {}", report.runs);
-        println!(
+    Ok(report)
+}
+
+/// The medians for people.
+impl std::fmt::Display for SerialBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "model                  {}", self.model)?;
+        writeln!(f, "runs                   {}", self.runs)?;
+        writeln!(
+            f,
             "time to first token    {:>8.1} ms   (target < 500)",
-            report.time_to_first_token_ms
-        );
-        println!(
+            self.time_to_first_token_ms
+        )?;
+        writeln!(
+            f,
             "time to first sentence {:>8.1} ms   (target < 1500)",
-            report.time_to_first_sentence_ms
-        );
-        println!(
+            self.time_to_first_sentence_ms
+        )?;
+        writeln!(
+            f,
             "cancel acknowledged    {:>8.1} ms   (target < 100; slowest {:.1} ms)",
-            report.cancel_ack_ms, report.cancel_ack_max_ms
-        );
-        println!(
+            self.cancel_ack_ms, self.cancel_ack_max_ms
+        )?;
+        write!(
+            f,
             "tokens per second      {:>8.1}      (seen on the host)",
-            report.tokens_per_second
-        );
+            self.tokens_per_second
+        )
     }
-    Ok(())
 }

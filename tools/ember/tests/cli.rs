@@ -50,8 +50,28 @@ fn help_explains_every_command() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&output.stdout);
-    for command in ["fetch", "synth", "generate"] {
-        assert!(help.contains(command), "{help}");
+    for text in [
+        "Models:",
+        "Run a model here:",
+        "Devices running emberd",
+        "fetch",
+        "synth",
+        "generate",
+        "chat --port",
+        "completions",
+    ] {
+        assert!(help.contains(text), "{help}");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        let script = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && script.contains("quantize") && script.contains("--model"),
+            "{shell}: {script}"
+        );
     }
     let output = Command::new(env!("CARGO_BIN_EXE_ember"))
         .args(["generate", "--help"])
@@ -135,4 +155,84 @@ fn a_wrong_checksum_is_refused_and_nothing_is_kept() {
         "{stderr}"
     );
     assert_no_model_left(&home);
+}
+
+/// Runs `ember ARGS` with a stdout whose reader is already gone (as in `ember … | head -1` once
+/// head has left) and `stdin` as input: it must end quietly, by success or by SIGPIPE as `ls`
+/// does, never with a panic or an error about the pipe.
+fn assert_quiet_on_closed_stdout(home: &Path, args: &[&str], stdin: &str) {
+    use std::io::Write;
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = ember(home)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ember runs");
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() || output.status.signal() == Some(13),
+        "ember {args:?} with a closed stdout: {} {stderr}",
+        output.status
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "ember {args:?}: {stderr}"
+    );
+}
+
+#[test]
+fn no_command_panics_on_a_closed_stdout() {
+    let home = temp_home("closed-stdout");
+    let path = |name: &str| home.join(name).to_str().unwrap().to_string();
+    let (gguf, image) = (path("tiny.gguf"), path("tiny.ember"));
+    for args in [
+        vec!["synth", "-o", &gguf],
+        vec!["quantize", &gguf, "-o", &image, "--no-report", "--quiet"],
+    ] {
+        let output = ember(&home).args(&args).output().unwrap();
+        assert!(output.status.success(), "ember {args:?}: {output:?}");
+    }
+    let (other, onnx, key) = (path("other.ember"), path("onnx"), path("key"));
+    let secret = format!("{key}.key");
+    let runs: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--help"], ""),
+        (vec!["generate", "--help"], ""),
+        (vec!["completions", "bash"], ""),
+        (vec!["synth", "-o", &gguf], ""),
+        (vec!["quantize", &gguf, "-o", &other, "--quiet"], ""),
+        (
+            vec!["quantize", &gguf, "-o", &other, "--quiet", "--json"],
+            "",
+        ),
+        (vec!["inspect", &image], ""),
+        (vec!["inspect", &image, "--json"], ""),
+        (vec!["export-onnx", &image, "-o", &onnx], ""),
+        (
+            vec!["generate", "--model", &image, "--prompt", "Once", "-n", "8"],
+            "",
+        ),
+        (
+            vec![
+                "generate", "--model", &gguf, "--prompt", "Once", "-n", "8", "--json",
+            ],
+            "",
+        ),
+        (
+            vec!["chat", "--model", &image, "-n", "8"],
+            "Hello\nAgain\n/quit\n",
+        ),
+        (vec!["bench", "--model", &image, "--decode-tokens", "4"], ""),
+        (vec!["keygen", "-o", &key], ""),
+        (vec!["sign", &image, "--key", &secret], ""),
+    ];
+    for (args, stdin) in runs {
+        assert_quiet_on_closed_stdout(&home, &args, stdin);
+    }
+    let _ = std::fs::remove_dir_all(&home);
 }

@@ -198,7 +198,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Makes sure the model of `recipe` is in the cache and returns its path. `progress` shows
-/// pip's output and a progress bar on stderr.
+/// pip's output and a progress bar on stderr (stdout is left alone).
 pub fn fetch(recipe: &Recipe, progress: bool) -> Result<PathBuf, FetchError> {
     let source = &recipe.source;
     let target = model_path(recipe);
@@ -216,6 +216,11 @@ pub fn fetch(recipe: &Recipe, progress: bool) -> Result<PathBuf, FetchError> {
     }
     let dir = target.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io_error("cannot create", dir))?;
+    // One fetch at a time per model: a second process waits here, then finds the model made.
+    let _lock = lock(dir)?;
+    if target.exists() && sha256_file(&target)? == source.member_sha256 {
+        return Ok(target);
+    }
 
     let download = dir.join(".download");
     let _ = fs::remove_dir_all(&download);
@@ -223,6 +228,14 @@ pub fn fetch(recipe: &Recipe, progress: bool) -> Result<PathBuf, FetchError> {
     let result = download_and_extract(recipe, &download, &target, progress);
     let _ = fs::remove_dir_all(&download);
     result.map(|()| target)
+}
+
+/// Holds an exclusive lock on `dir/.lock` until dropped, waiting for another process's.
+pub fn lock(dir: &Path) -> Result<File, FetchError> {
+    let path = dir.join(".lock");
+    let file = File::create(&path).map_err(io_error("cannot create", &path))?;
+    file.lock().map_err(io_error("cannot lock", &path))?;
+    Ok(file)
 }
 
 fn python() -> String {
@@ -268,8 +281,9 @@ fn download_and_extract(
         .arg(download)
         .arg(&spec)
         .stdin(Stdio::null())
+        // pip's messages are progress, not the result: stdout carries only the model's path.
         .stdout(if progress {
-            Stdio::inherit()
+            Stdio::from(io::stderr())
         } else {
             Stdio::null()
         })

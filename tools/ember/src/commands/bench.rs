@@ -1,0 +1,67 @@
+//! `ember bench`: speed and memory of a model run here beside llama.cpp, or of a device as a
+//! voice kiosk sees it.
+
+use super::DeviceArgs;
+use anyhow::Result;
+use ember_tools::{bench, remote};
+use std::path::PathBuf;
+
+/// Measure speed and memory here, beside llama.cpp on the same GGUF.
+///
+/// Load time, time to first token, prefill and decode speed (short and ~400-token context) and
+/// memory; with the `xllamacpp` wheel installed, llama.cpp on the same GGUF in the same run, and
+/// the ratios.
+///
+/// Without --model: the default model's image, and llama.cpp on the GGUF it was made from.
+/// With --port instead: a device running `emberd` on that serial line — time to first token,
+/// time to first sentence and how fast a cancel is acknowledged, as seen on the host (median of
+/// --runs).
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(short, long, conflicts_with = "port", help = super::MODEL_HELP)]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Replies measured on --port.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// GGUF for llama.cpp (default: the model itself when it is a GGUF, or the default model's).
+    #[arg(long)]
+    gguf: Option<PathBuf>,
+    /// Tokens generated per measurement.
+    #[arg(long, default_value_t = 32)]
+    decode_tokens: usize,
+    /// Worker threads for both engines (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `ember bench`.
+pub fn run(args: Args) -> Result<()> {
+    if let Some(port) = &args.device.port {
+        let report = remote::bench(
+            port,
+            args.device.baud,
+            args.runs,
+            bench::SERIAL_PROMPT,
+            args.json,
+        )?;
+        return super::emit(&report, args.json);
+    }
+    let threads = super::use_threads(args.threads)?;
+    let (model, gguf) = match args.model {
+        Some(model) => (model, args.gguf),
+        None => {
+            let prepared = ember_models::default::default_model(false, threads)?;
+            let gguf = args
+                .gguf
+                .or_else(|| prepared.gguf.exists().then_some(prepared.gguf));
+            (prepared.image, gguf)
+        }
+    };
+    let report = bench::bench(&model, gguf.as_deref(), threads, args.decode_tokens)?;
+    super::emit(&report, args.json)
+}

