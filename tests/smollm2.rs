@@ -174,6 +174,56 @@ fn the_default_model_is_smollm2s_image() {
     assert!(local["text"].as_str().unwrap().contains("Paris"), "{local}");
 }
 
+/// Ctrl-C during a reply of `ember chat --model` stops that reply (finish "cancelled") and the
+/// conversation goes on.
+#[test]
+fn ctrl_c_stops_a_local_chat_reply() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let image = smollm2_image().0;
+    let mut chat = Command::new(binary("ember"))
+        .args([
+            "chat",
+            "--model",
+            image.to_str().unwrap(),
+            "--json",
+            "-n",
+            "200",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdin = chat.stdin.take().unwrap();
+    let mut stdout = chat.stdout.take().unwrap();
+    stdin
+        .write_all(b"Tell me a long story about a dragon who learns to bake bread.\n")
+        .unwrap();
+    // The reply has begun once its first bytes arrive.
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &chat.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    stdin.write_all(b"Thank you.\n/quit\n").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert!(chat.wait().unwrap().success(), "{rest}");
+    let replies: Vec<serde_json::Value> = rest
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(replies.len(), 2, "{rest}");
+    assert_eq!(replies[0]["finish"], "cancelled", "{rest}");
+    assert!(replies[0]["stats"]["generated_tokens"].as_u64().unwrap() < 200);
+    assert_ne!(replies[1]["finish"], "cancelled", "{rest}");
+}
+
 #[test]
 fn chat_with_smollm2_over_a_serial_line() {
     let image = smollm2_image().0;

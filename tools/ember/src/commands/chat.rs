@@ -4,7 +4,7 @@ use super::{DeviceArgs, SamplingArgs};
 use anyhow::{Context, Result};
 use ember_core::chat::ChatTemplate;
 use ember_core::protocol::ChatOptions;
-use ember_engine::{ChatSession, GenerateOptions};
+use ember_engine::{ChatSession, FinishReason, GenerateOptions};
 use ember_serial::Client;
 use ember_tools::{model::LoadedModel, remote};
 use std::io::{BufRead, IsTerminal, Write};
@@ -19,7 +19,8 @@ use std::time::Duration;
 /// quantized into $EMBER_HOME on first use). With --port the conversation runs on a device
 /// running `emberd` on that serial line (frame mode; Ctrl-C stops a reply). The KV cache is
 /// kept across turns, so each turn prefills only its own tokens; when the context is full the
-/// oldest turns are dropped. Type /reset to start over, /quit (or Ctrl-D) to leave.
+/// oldest turns are dropped. Ctrl-C stops a reply; type /reset to start over, /quit (or Ctrl-D)
+/// to leave.
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(short, long, conflicts_with = "port", help = super::MODEL_HELP)]
@@ -55,8 +56,6 @@ trait Partner {
     fn say(&mut self, text: &str, on_text: &mut dyn FnMut(&str)) -> Result<(String, String)>;
     /// Starts over.
     fn reset(&mut self) -> Result<()>;
-    /// What /help says about stopping a reply.
-    fn help(&self) -> &'static str;
 }
 
 /// Runs `ember chat`.
@@ -110,6 +109,7 @@ pub fn run(args: Args) -> Result<()> {
             max_tokens: args.max_tokens,
             sampling,
         },
+        interrupt: remote::interrupt_flag()?,
     };
     converse(&mut local, args.json)
 }
@@ -119,8 +119,8 @@ fn converse(partner: &mut dyn Partner, json: bool) -> Result<()> {
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!(
-            "ember chat: type a message; {}, /reset starts over, /quit or Ctrl-D leaves.",
-            partner.help()
+            "ember chat: type a message; Ctrl-C stops a reply, /reset starts over, /quit or \
+             Ctrl-D leaves."
         );
     }
     let mut lines = std::io::stdin().lock().lines();
@@ -139,10 +139,7 @@ fn converse(partner: &mut dyn Partner, json: bool) -> Result<()> {
                 continue;
             }
             "/help" => {
-                eprintln!(
-                    "/reset starts a new conversation, /quit leaves; {}",
-                    partner.help()
-                );
+                eprintln!("/reset starts a new conversation, /quit leaves; Ctrl-C stops a reply");
                 continue;
             }
             _ => {}
@@ -166,13 +163,20 @@ fn converse(partner: &mut dyn Partner, json: bool) -> Result<()> {
 struct Local<'a> {
     chat: ChatSession<'a>,
     options: GenerateOptions,
+    /// Set by Ctrl-C: the reply stops at its next token.
+    interrupt: Arc<AtomicBool>,
 }
 
 impl Partner for Local<'_> {
     fn say(&mut self, text: &str, on_text: &mut dyn FnMut(&str)) -> Result<(String, String)> {
+        self.interrupt.store(false, Ordering::SeqCst);
         let reply = self.chat.say(text, &self.options, &mut |piece| {
             on_text(piece);
-            std::ops::ControlFlow::Continue(())
+            if self.interrupt.load(Ordering::SeqCst) {
+                std::ops::ControlFlow::Break(FinishReason::Cancelled)
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
         })?;
         let s = &reply.stats;
         let summary = format!(
@@ -185,10 +189,6 @@ impl Partner for Local<'_> {
     fn reset(&mut self) -> Result<()> {
         self.chat.reset();
         Ok(())
-    }
-
-    fn help(&self) -> &'static str {
-        "Ctrl-C leaves"
     }
 }
 
@@ -222,9 +222,5 @@ impl Partner for Device {
 
     fn reset(&mut self) -> Result<()> {
         remote::reset(&mut self.client)
-    }
-
-    fn help(&self) -> &'static str {
-        "Ctrl-C stops a reply"
     }
 }
