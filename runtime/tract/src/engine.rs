@@ -1,6 +1,7 @@
 //! Loads an image's ONNX graph into tract (optimized once, with symbolic lengths) and runs it
 //! with a KV cache that lives across calls.
 
+use crate::attention;
 use crate::graph::WEIGHTS_FILE;
 use crate::kernels::Kernel;
 use crate::ops::{self, MappedTensors};
@@ -115,6 +116,17 @@ impl TractModel {
         let mut proto = ModelProto::decode(image.section_bytes(graph))
             .map_err(|e| backend("the image's ONNX graph does not decode", e))?;
         let tensors = resolve_external_data(&mut proto, image)?;
+        let graph = proto
+            .graph
+            .as_mut()
+            .ok_or_else(|| backend("the image's ONNX model", "it has no graph"))?;
+        attention::keep_cache_in_place(
+            graph,
+            config.n_layers,
+            config.n_head / config.n_head_kv.max(1),
+            config.head_dim,
+        )
+        .map_err(|e| backend("the image's attention", e))?;
         let threads = threads.max(1);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -133,6 +145,8 @@ impl TractModel {
         onnx.op_register.insert("MatMulNBits", ops::build_matmul);
         onnx.op_register
             .insert("GatherBlockQuantized", ops::build_gather);
+        onnx.op_register
+            .insert(attention::OP_TYPE, attention::build);
         let parsed = mapped
             .install(|| onnx.parse(&proto, None))
             .map_err(|e| backend("tract cannot read the graph", e))?;
@@ -170,23 +184,19 @@ impl TractModel {
     pub fn session(&self, capacity: usize) -> Result<TractSession<'_>, EngineError> {
         let state = TypedSimpleState::new(&self.plan)
             .map_err(|e| backend("cannot start a tract session", e))?;
-        let mut session = TractSession {
+        Ok(TractSession {
             model: self,
             state,
-            cache: Vec::new(),
             position: 0,
             capacity: capacity.min(self.config.context_length),
-        };
-        session.reset();
-        Ok(session)
+        })
     }
 }
 
-/// One conversation: tract's state plus the KV cache (`past_key.i`/`past_value.i`).
+/// One conversation: tract's state, whose attention ops hold the KV cache in place.
 pub struct TractSession<'m> {
     model: &'m TractModel,
     state: TypedSimpleState,
-    cache: Vec<TValue>,
     position: usize,
     capacity: usize,
 }
@@ -229,7 +239,7 @@ impl LanguageModel for TractSession<'_> {
             .map(|p| p as i64)
             .collect();
         let shape = [1, tokens.len()];
-        let mut inputs: TVec<TValue> = tvec![
+        let inputs: TVec<TValue> = tvec![
             Tensor::from_shape(&shape, &ids)
                 .map_err(|e| backend("input", e))?
                 .into_tvalue(),
@@ -237,14 +247,13 @@ impl LanguageModel for TractSession<'_> {
                 .map_err(|e| backend("input", e))?
                 .into_tvalue(),
         ];
-        inputs.extend(self.cache.drain(..));
         // The whole run happens on a pool thread, so the matmuls split their rows across the pool
         // without handing the work to another thread and waiting for it.
         let state = &mut self.state;
-        let mut outputs = match self.model.pool.install(|| state.run(inputs)) {
+        let outputs = match self.model.pool.install(|| state.run(inputs)) {
             Ok(outputs) => outputs,
             Err(e) => {
-                // The cache went into the failed run: start over rather than keep a torn one.
+                // The cache may hold part of the failed run: start over rather than keep it.
                 self.reset();
                 return Err(backend("tract failed to run the model", e));
             }
@@ -253,26 +262,18 @@ impl LanguageModel for TractSession<'_> {
             .try_as_plain_ram()
             .and_then(|v| v.as_slice::<f32>().map(<[f32]>::to_vec))
             .map_err(|e| backend("logits", e))?;
-        self.cache = outputs.drain(1..).collect();
         self.position += tokens.len();
         Ok(logits)
     }
 
     fn reset(&mut self) {
-        let c = &self.model.config;
-        let empty = |shape: &[usize]| {
-            Tensor::zero::<f32>(shape)
-                .unwrap_or_else(|_| Tensor::default())
-                .into_tvalue()
-        };
-        // Per layer: keys [1, kv_heads, head_dim, 0], values [1, kv_heads, 0, head_dim].
-        let (keys, values) = (
-            empty(&[1, c.n_head_kv, c.head_dim, 0]),
-            empty(&[1, c.n_head_kv, 0, c.head_dim]),
-        );
-        self.cache = (0..c.n_layers)
-            .flat_map(|_| [keys.clone(), values.clone()])
-            .collect();
+        // A new state has empty caches; if tract cannot make one, the old one is cleared.
+        match TypedSimpleState::new(&self.model.plan) {
+            Ok(state) => self.state = state,
+            Err(_) => {
+                let _ = self.state.reset_turn();
+            }
+        }
         self.position = 0;
     }
 }

@@ -9,11 +9,17 @@
 
 #![warn(missing_docs)]
 
+mod attention;
 pub mod cpu;
 mod engine;
 pub mod graph;
 pub mod kernels;
 pub mod ops;
+
+/// The revision of the int8 engine's arithmetic, raised with every change that can alter the
+/// tokens it generates (and so the self-test tokens `ember quantize` records in an image).
+/// 1: tract's attention over concatenated caches; 2: Ember's attention over a cache in place.
+pub const ENGINE_REVISION: u32 = 2;
 
 pub use cpu::CpuReport;
 pub use engine::{TractModel, TractSession, self_test};

@@ -3,8 +3,9 @@
 //!
 //! On first use the recipe's GGUF is fetched and quantized into an image in Ember's cache
 //! (`$EMBER_HOME/images/NAME/`); later uses open that image at once. The image's file name
-//! carries what it was made from — the source's SHA-256, the image format version and the
-//! quantization scheme — so a new source or format makes a new image (the old one is removed).
+//! carries what it was made from — the source's SHA-256, the image format version, the
+//! quantization scheme and the revision of the engine that recorded its self-test — so a new
+//! source, format or engine makes a new image (the old one is removed).
 //! The image is written to a temporary name and renamed when complete, under a lock, so a
 //! half-written image is never used and two processes never make it twice.
 
@@ -37,9 +38,10 @@ pub fn image_path(recipe: &Recipe) -> PathBuf {
         .join("images")
         .join(&recipe.name)
         .join(format!(
-            "{}-{sha}-v{IMAGE_VERSION}-{}.ember",
+            "{}-{sha}-v{IMAGE_VERSION}-{}-e{}.ember",
             recipe.name,
-            quantize::SCHEME
+            quantize::SCHEME,
+            ember_tract::ENGINE_REVISION
         ))
 }
 
@@ -121,6 +123,10 @@ mod tests {
         let name = path.file_name().unwrap().to_str().unwrap();
         assert!(name.contains(&recipe.source.member_sha256[..16]), "{name}");
         assert!(name.contains(&format!("-v{IMAGE_VERSION}-")), "{name}");
+        assert!(
+            name.ends_with(&format!("-e{}.ember", ember_tract::ENGINE_REVISION)),
+            "{name}"
+        );
         assert!(name.ends_with(".ember"), "{name}");
         let mut other = recipe.clone();
         other.source.member_sha256 = "0".repeat(64);
