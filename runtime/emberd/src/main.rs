@@ -158,7 +158,7 @@ fn run(args: Args) -> Result<()> {
         // Development on a computer: the default model, fetched and quantized on first use.
         (None, None, None) => (
             None,
-            Some(ember_models::default::default_model(false, threads)?.image),
+            Some(ember_models::default::default_model(threads)?.image),
         ),
     };
     // An image must at least fit the budget beside the runtime; the trial boot checks the rest.

@@ -37,7 +37,6 @@ pub fn keep_cache_in_place(
     group: usize,
     head_dim: usize,
 ) -> Result<(), String> {
-    let mut removed = HashSet::new();
     for layer in 0..layers {
         let (present_key, present_value) = (
             format!("present_key.{layer}"),
@@ -89,16 +88,11 @@ pub fn keep_cache_in_place(
             ],
             ..Default::default()
         };
-        removed.extend([concat_key, concat_value]);
     }
-    let mut index = 0;
-    graph.node.retain(|_| {
-        index += 1;
-        !removed.contains(&(index - 1))
-    });
     graph.input.retain(|i| !i.name.starts_with("past_"));
     graph.output.retain(|o| !o.name.starts_with("present_"));
-    // Keep only what the remaining outputs need (ONNX nodes are in topological order).
+    // Keep only what the remaining outputs need (ONNX nodes are in topological order): the
+    // concatenations, the mask and the score products go.
     let mut needed: HashSet<String> = graph.output.iter().map(|o| o.name.clone()).collect();
     let mut keep = vec![false; graph.node.len()];
     for (i, node) in graph.node.iter().enumerate().rev() {

@@ -48,16 +48,12 @@ fn mapped_initializers(graph: &pb::GraphProto) -> HashSet<String> {
 /// Resolves the graph's external data against the image: initializers of the int8 ops become
 /// byte ranges of the mapping (their proto keeps no data), every other one is copied inline.
 fn resolve_external_data(
-    proto: &mut ModelProto,
+    graph: &mut pb::GraphProto,
     image: &Image,
 ) -> Result<HashMap<String, MappedTensor>, EngineError> {
     let weights = image.section(WEIGHTS_SECTION)?;
     let base = weights.offset as usize;
     let bytes = image.section_bytes(weights);
-    let graph = proto
-        .graph
-        .as_mut()
-        .ok_or_else(|| backend("the image's ONNX model", "it has no graph"))?;
     let mapped = mapped_initializers(graph);
     let mut tensors = HashMap::new();
     for init in &mut graph.initializer {
@@ -115,11 +111,11 @@ impl TractModel {
         let graph = image.section(GRAPH_SECTION)?;
         let mut proto = ModelProto::decode(image.section_bytes(graph))
             .map_err(|e| backend("the image's ONNX graph does not decode", e))?;
-        let tensors = resolve_external_data(&mut proto, image)?;
         let graph = proto
             .graph
             .as_mut()
             .ok_or_else(|| backend("the image's ONNX model", "it has no graph"))?;
+        let tensors = resolve_external_data(graph, image)?;
         attention::keep_cache_in_place(
             graph,
             config.n_layers,
@@ -267,12 +263,11 @@ impl LanguageModel for TractSession<'_> {
     }
 
     fn reset(&mut self) {
-        // A new state has empty caches; if tract cannot make one, the old one is cleared.
-        match TypedSimpleState::new(&self.model.plan) {
-            Ok(state) => self.state = state,
-            Err(_) => {
-                let _ = self.state.reset_turn();
-            }
+        // A new state starts with empty caches. Making one cannot fail for this plan (its ops'
+        // states are built infallibly); were it to, the old state would stay and the next call be
+        // refused, its positions not continuing the cache.
+        if let Ok(state) = TypedSimpleState::new(&self.model.plan) {
+            self.state = state;
         }
         self.position = 0;
     }

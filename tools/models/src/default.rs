@@ -45,14 +45,15 @@ pub fn image_path(recipe: &Recipe) -> PathBuf {
         ))
 }
 
-/// The default model, fetched and quantized on first use. Progress goes to stderr unless
-/// `quiet`; `threads` run the self-test the image carries.
-pub fn default_model(quiet: bool, threads: usize) -> Result<Prepared> {
-    prepare(&fetch::recipe(DEFAULT_MODEL)?, quiet, threads)
+/// The default model, fetched and quantized on first use (progress on stderr); `threads` run
+/// the self-test the image carries.
+pub fn default_model(threads: usize) -> Result<Prepared> {
+    prepare(&fetch::recipe(DEFAULT_MODEL)?, threads)
 }
 
-/// The image of `recipe`'s model, made (fetched and quantized) if the cache lacks it.
-pub fn prepare(recipe: &Recipe, quiet: bool, threads: usize) -> Result<Prepared> {
+/// The image of `recipe`'s model, made (fetched and quantized, progress on stderr) if the cache
+/// lacks it.
+pub fn prepare(recipe: &Recipe, threads: usize) -> Result<Prepared> {
     let image = image_path(recipe);
     let gguf = fetch::model_path(recipe);
     if image.exists() {
@@ -69,31 +70,27 @@ pub fn prepare(recipe: &Recipe, quiet: bool, threads: usize) -> Result<Prepared>
         // Another process made it while this one waited for the lock.
         return Ok(Prepared { image, gguf });
     }
-    if !quiet {
-        eprintln!(
-            "first use of {}: fetching and quantizing it into {} (once)",
-            recipe.name,
-            dir.display()
-        );
-    }
-    let gguf = fetch::fetch(recipe, !quiet)?;
+    eprintln!(
+        "first use of {}: fetching and quantizing it into {} (once)",
+        recipe.name,
+        dir.display()
+    );
+    let gguf = fetch::fetch(recipe, true)?;
     let start = Instant::now();
     let file =
         GgufFile::open(&gguf).with_context(|| format!("cannot load model {}", gguf.display()))?;
-    quantize::quantize(&file, &image, !quiet, threads).with_context(|| {
+    quantize::quantize(&file, &image, true, threads).with_context(|| {
         format!(
             "cannot quantize {} into {}",
             gguf.display(),
             image.display()
         )
     })?;
-    if !quiet {
-        eprintln!(
-            "made {} in {:.1} s",
-            image.display(),
-            start.elapsed().as_secs_f64()
-        );
-    }
+    eprintln!(
+        "made {} in {:.1} s",
+        image.display(),
+        start.elapsed().as_secs_f64()
+    );
     remove_stale_images(&image);
     Ok(Prepared { image, gguf })
 }

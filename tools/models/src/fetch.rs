@@ -202,6 +202,10 @@ pub fn hex(bytes: &[u8]) -> String {
 pub fn fetch(recipe: &Recipe, progress: bool) -> Result<PathBuf, FetchError> {
     let source = &recipe.source;
     let target = model_path(recipe);
+    let dir = target.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io_error("cannot create", dir))?;
+    // One fetch at a time per model: a second process waits here, then finds the model made.
+    let _lock = lock(dir)?;
     if target.exists() {
         let size = fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
         if size == source.member_size && sha256_file(&target)? == source.member_sha256 {
@@ -213,13 +217,6 @@ pub fn fetch(recipe: &Recipe, progress: bool) -> Result<PathBuf, FetchError> {
                 target.display()
             );
         }
-    }
-    let dir = target.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io_error("cannot create", dir))?;
-    // One fetch at a time per model: a second process waits here, then finds the model made.
-    let _lock = lock(dir)?;
-    if target.exists() && sha256_file(&target)? == source.member_sha256 {
-        return Ok(target);
     }
 
     let download = dir.join(".download");

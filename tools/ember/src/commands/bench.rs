@@ -55,7 +55,7 @@ pub fn run(args: Args) -> Result<()> {
     let (model, gguf) = match args.model {
         Some(model) => (model, args.gguf),
         None => {
-            let prepared = ember_models::default::default_model(false, threads)?;
+            let prepared = ember_models::default::default_model(threads)?;
             let gguf = args
                 .gguf
                 .or_else(|| prepared.gguf.exists().then_some(prepared.gguf));

@@ -91,7 +91,7 @@ pub fn use_threads(threads: Option<usize>) -> Result<usize> {
 pub fn model_or_default(model: Option<&Path>, threads: usize) -> Result<PathBuf> {
     match model {
         Some(path) => Ok(path.to_path_buf()),
-        None => Ok(ember_models::default::default_model(false, threads)?.image),
+        None => Ok(ember_models::default::default_model(threads)?.image),
     }
 }
 
