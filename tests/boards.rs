@@ -111,7 +111,7 @@ fn the_dry_run_prints_the_plan_without_serving() {
     );
     let int8 = field("int8");
     assert!(
-        ["avx-vnni", "avx2", "portable"].contains(&int8.as_str()),
+        ["avx512-vnni", "avx-vnni", "avx2", "portable"].contains(&int8.as_str()),
         "{int8}"
     );
 }

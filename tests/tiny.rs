@@ -284,6 +284,59 @@ fn bench_reports_both_contexts_and_the_peer() {
     }
 }
 
+/// `ember bench --profile` on the tiny image counts the ops a decoded token runs: per layer one
+/// attention op and four int8 matmuls (query/key/value fused, output, gate/up fused, down), plus
+/// the output projection — the load-time rewrites at work. On a GGUF it says why it cannot.
+#[test]
+fn bench_profile_counts_the_fused_ops_per_token() {
+    let (image, _) = tiny_image();
+    let layers = ember_image::Image::open(&image)
+        .unwrap()
+        .manifest()
+        .architecture
+        .n_layers as f64;
+    let report: serde_json::Value = serde_json::from_str(
+        stdout_of(&ember(&[
+            "bench",
+            "--model",
+            image.to_str().unwrap(),
+            "--decode-tokens",
+            "6",
+            "--profile",
+            "--json",
+        ]))
+        .trim(),
+    )
+    .unwrap();
+    let profile = &report["profile"];
+    assert_eq!(profile["tokens"], 5, "{profile}");
+    let per_token = |op: &str| {
+        profile["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["op"] == op)
+            .and_then(|k| k["ops_per_token"].as_f64())
+    };
+    assert_eq!(
+        per_token("EmberInt8MatMul"),
+        Some(4.0 * layers + 1.0),
+        "{profile}"
+    );
+    assert_eq!(per_token("EmberCachedAttention"), Some(layers), "{profile}");
+    let output = ember(&[
+        "bench",
+        "--model",
+        tiny_model().to_str().unwrap(),
+        "--decode-tokens",
+        "4",
+        "--profile",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("give it an Ember image"), "{stderr}");
+}
+
 /// Runs `ember chat --json` on the tiny model with `lines` as stdin; returns one JSON per reply.
 fn chat(lines: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     use std::io::Write;

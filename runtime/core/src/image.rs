@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic "EMBERIMG"
-//!      8     2  format version (little-endian u16), currently 4
+//!      8     2  format version (little-endian u16), currently 5
 //!     10     2  reserved, zero
 //!     12     4  manifest length in bytes (u32)
 //!     16    32  SHA-256 of the manifest bytes
@@ -20,7 +20,7 @@ use core::fmt;
 /// The eight bytes every Ember image starts with.
 pub const IMAGE_MAGIC: [u8; 8] = *b"EMBERIMG";
 /// The image format version this code reads and writes.
-pub const IMAGE_VERSION: u16 = 4;
+pub const IMAGE_VERSION: u16 = 5;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 64;
 /// Sections start on multiples of this (cache lines; 4-byte scales stay aligned for mmap).
@@ -168,9 +168,38 @@ impl ImageHeader {
 #[cfg(feature = "alloc")]
 pub use manifest::*;
 
+/// Rows an int8 tensor stores together, interleaved (one 512-bit vector of 32-bit lanes).
+pub const ROW_GROUP: usize = 16;
+
+/// Rows an int8 tensor of `rows` rows stores: whole groups of [`ROW_GROUP`].
+pub fn padded_rows(rows: u64) -> u64 {
+    rows.div_ceil(ROW_GROUP as u64) * ROW_GROUP as u64
+}
+
+/// Where the quantized value at `row`, `col` of an int8 tensor with `cols` columns is stored.
+///
+/// Group `row / 16` holds `16 · cols` bytes; within it each block of 32 columns is 512 bytes:
+/// eight runs of four columns, each run holding those four values of the group's 16 rows in row
+/// order (64 bytes). A kernel multiplies one run by four activation bytes broadcast to every
+/// 32-bit lane and gets 16 rows' partial sums at once.
+pub fn quant_index(cols: usize, row: usize, col: usize) -> usize {
+    let (group, lane) = (row / ROW_GROUP, row % ROW_GROUP);
+    let (block, within) = (col / 32, col % 32);
+    group * ROW_GROUP * cols
+        + block * 32 * ROW_GROUP
+        + (within / 4) * 4 * ROW_GROUP
+        + lane * 4
+        + within % 4
+}
+
+/// Where the scale of block `block` of `row` is stored: the 16 rows of a group side by side.
+pub fn scale_index(cols: usize, row: usize, block: usize) -> usize {
+    (row / ROW_GROUP) * ROW_GROUP * (cols / 32) + block * ROW_GROUP + row % ROW_GROUP
+}
+
 #[cfg(feature = "alloc")]
 mod manifest {
-    use super::{ImageError, SECTION_ALIGN};
+    use super::{ImageError, SECTION_ALIGN, padded_rows};
     use alloc::{string::String, vec::Vec};
     use serde::{Deserialize, Serialize};
 
@@ -279,15 +308,19 @@ mod manifest {
     /// How a tensor's values are stored.
     ///
     /// For the block encoding a tensor of `rows × cols` (`cols` a multiple of 32) is stored as
-    /// two arrays, each starting on a 64-byte boundary: the `rows × cols` quantized bytes, then
-    /// `rows × cols / 32` little-endian f32 scales. This is exactly the layout of ONNX
-    /// `com.microsoft.MatMulNBits` (bits 8, block 32, default zero point 128) and
-    /// `GatherBlockQuantized`, so the ONNX graph reads the weights section in place.
+    /// two arrays, each starting on a 64-byte boundary: the quantized bytes, then one
+    /// little-endian f32 scale per block of 32 — both with the rows taken in groups of
+    /// [`ROW_GROUP`](super::ROW_GROUP) and interleaved the way the int8 kernels stream them (see
+    /// [`quant_index`](super::quant_index) and [`scale_index`](super::scale_index)); a last partial group is padded with zero rows.
+    /// De-interleaved ([`TensorEntry::layout`]'s `standard` lengths), the arrays are exactly
+    /// ONNX `com.microsoft.MatMulNBits` (bits 8, block 32, default zero point 128) and
+    /// `GatherBlockQuantized`: `ember export-onnx` writes them so for onnxruntime.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
     pub enum TensorEncoding {
         /// Little-endian f32 values.
         F32,
-        /// Symmetric int8 in blocks of 32: value = scale · (u − 128), u a u8.
+        /// Symmetric int8 in blocks of 32: value = scale · (u − 128), u a u8; rows interleaved
+        /// in groups of [`ROW_GROUP`](super::ROW_GROUP).
         Int8Block32,
     }
 
@@ -327,21 +360,28 @@ mod manifest {
                 TensorEncoding::F32 => BlockLayout {
                     quants: (0, count * 4),
                     scales: (align_up(count * 4), 0),
+                    standard: (count * 4, 0),
                 },
-                TensorEncoding::Int8Block32 => BlockLayout {
-                    quants: (0, count),
-                    scales: (align_up(count), count / 32 * 4),
-                },
+                TensorEncoding::Int8Block32 => {
+                    let stored = cols * padded_rows(rows);
+                    BlockLayout {
+                        quants: (0, stored),
+                        scales: (align_up(stored), stored / 32 * 4),
+                        standard: (count, count / 32 * 4),
+                    }
+                }
             }
         }
     }
 
-    /// (offset, length) of a tensor's two arrays; an unused array has length 0.
+    /// (offset, length) of a tensor's two arrays as stored (an unused array has length 0), and
+    /// the two arrays' lengths in the standard row-major layout (without padding rows).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     #[allow(missing_docs)]
     pub struct BlockLayout {
         pub quants: (u64, u64),
         pub scales: (u64, u64),
+        pub standard: (u64, u64),
     }
 
     impl BlockLayout {
@@ -384,6 +424,40 @@ mod manifest {
         /// The tensor called `name`.
         pub fn tensor(&self, name: &str) -> Option<&TensorEntry> {
             self.tensors.iter().find(|t| t.name == name)
+        }
+    }
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interleaved_indices_cover_every_stored_byte_once() {
+        for (cols, rows) in [(32, 1), (64, 16), (96, 37), (576, 48)] {
+            let stored = cols * padded_rows(rows as u64) as usize;
+            let mut seen = alloc::vec![false; stored];
+            for row in 0..rows {
+                for col in 0..cols {
+                    let at = quant_index(cols, row, col);
+                    assert!(at < stored && !seen[at], "{cols}×{rows}: {row},{col}");
+                    seen[at] = true;
+                }
+            }
+            let mut scales = alloc::vec![false; stored / 32];
+            for row in 0..rows {
+                for block in 0..cols / 32 {
+                    let at = scale_index(cols, row, block);
+                    assert!(
+                        at < stored / 32 && !scales[at],
+                        "{cols}×{rows}: {row},{block}"
+                    );
+                    scales[at] = true;
+                }
+            }
+            // Four columns of a row are adjacent; a run holds them for 16 rows side by side.
+            assert_eq!(quant_index(cols, 1, 0), 4);
+            assert_eq!(quant_index(cols, 0, 4), 64);
         }
     }
 }

@@ -1,15 +1,18 @@
-//! Attention over a KV cache that stays in place.
+//! Attention over a KV cache that stays in place, with RoPE, in one op per layer.
 //!
 //! The image's graph carries the cache as explicit inputs and outputs (`past_*` → `Concat` →
 //! `present_*`), which onnxruntime runs as it is. Run that way in tract, every step would copy
 //! the whole cache into a new tensor and repack it for the two matrix products, so decoding
-//! slows as the context grows. When tract loads the graph, [`keep_cache_in_place`] replaces each
-//! layer's cache concatenation, masked scores, softmax and weighted sum with one
-//! [`CachedAttention`] node: a stateful op whose state holds that layer's keys and values for
-//! the session, appended in place as positions arrive and read where they lie.
+//! slows as the context grows; and the rotations and head reshapes around it are some thirty
+//! small ops per layer. When tract loads the graph, [`keep_cache_in_place`] replaces everything
+//! between each layer's query/key/value projections and its output projection with one
+//! [`CachedAttention`] node: a stateful op that rotates the new queries and keys, appends keys
+//! and values to its session's cache in place and attends over the cache where it lies.
 
-use rayon::prelude::*;
+use crate::ops::MappedTensors;
+use crate::workers::Workers;
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::{AttributeProto, GraphProto, NodeProto, attribute_proto::AttributeType};
 use tract_onnx::prelude::*;
@@ -28,71 +31,79 @@ fn int_attr(name: &str, value: usize) -> AttributeProto {
 }
 
 /// Rewrites `graph` (built by [`crate::graph::build`]) so that each of its `layers` attends over
-/// a cache held in place by the session: one [`OP_TYPE`] node per layer takes the queries, the
-/// new keys and values and the positions, and the `past_*` inputs, `present_*` outputs and every
-/// node only they needed (the concatenations, the causal mask, the score products) go.
+/// a cache held in place by the session: one [`OP_TYPE`] node per layer takes the projected
+/// queries, keys and values, the positions and the RoPE tables, and feeds the output projection;
+/// the `past_*` inputs, `present_*` outputs and every node only they needed (rotations,
+/// reshapes, concatenations, the causal mask, the score products) go.
 pub fn keep_cache_in_place(
     graph: &mut GraphProto,
     layers: usize,
     group: usize,
     head_dim: usize,
 ) -> Result<(), String> {
+    let table = |hint: &str| {
+        graph
+            .initializer
+            .iter()
+            .find(|t| t.name.rsplit_once('_').map(|(name, _)| name) == Some(hint))
+            .map(|t| t.name.clone())
+            .ok_or_else(|| format!("the graph has no {hint} table"))
+    };
+    let (cos, sin) = (table("rope_cos")?, table("rope_sin")?);
     for layer in 0..layers {
-        let (present_key, present_value) = (
-            format!("present_key.{layer}"),
-            format!("present_value.{layer}"),
-        );
-        let find = |what: &str, test: &dyn Fn(&NodeProto) -> bool| {
+        let projection = |name: &str| {
+            let prefix = format!("blk.{layer}.{name}.weight.");
             graph
                 .node
                 .iter()
-                .position(test)
-                .ok_or_else(|| format!("layer {layer}: the graph has no {what}"))
+                .position(|n| {
+                    n.op_type == "MatMulNBits"
+                        && n.input.get(1).is_some_and(|i| i.starts_with(&prefix))
+                })
+                .ok_or_else(|| format!("layer {layer}: the graph has no {name} projection"))
         };
-        let produces = |name: &str| {
-            let name = name.to_string();
-            move |n: &NodeProto| n.op_type == "Concat" && n.output.first() == Some(&name)
-        };
-        let reads = |name: &str| {
-            let name = name.to_string();
-            move |n: &NodeProto| n.op_type == "MatMul" && n.input.get(1) == Some(&name)
-        };
-        let concat_key = find("key cache concatenation", &produces(&present_key))?;
-        let concat_value = find("value cache concatenation", &produces(&present_value))?;
-        let scores = find("product of queries and keys", &reads(&present_key))?;
-        let mixed = find("product of weights and values", &reads(&present_value))?;
-        let input = |node: usize, i: usize| {
+        let output = |node: usize| {
             graph.node[node]
-                .input
-                .get(i)
+                .output
+                .first()
                 .cloned()
-                .ok_or_else(|| format!("layer {layer}: node {node} lacks input {i}"))
+                .ok_or_else(|| format!("layer {layer}: node {node} has no output"))
         };
         let inputs = vec![
-            input(scores, 0)?,
-            input(concat_key, 1)?,
-            input(concat_value, 1)?,
+            output(projection("attn_q")?)?,
+            output(projection("attn_k")?)?,
+            output(projection("attn_v")?)?,
             "position_ids".to_string(),
+            cos.clone(),
+            sin.clone(),
         ];
-        let output = graph.node[mixed].output.clone();
-        graph.node[mixed] = NodeProto {
-            name: format!("attention.{layer}"),
-            op_type: OP_TYPE.into(),
-            domain: "ai.ember".into(),
-            input: inputs,
-            output,
-            attribute: vec![
-                int_attr("layer", layer),
-                int_attr("group", group),
-                int_attr("head_dim", head_dim),
-            ],
-            ..Default::default()
-        };
+        let attended = format!("attention.{layer}");
+        let out_projection = projection("attn_output")?;
+        let at = graph.node[out_projection]
+            .input
+            .first_mut()
+            .ok_or_else(|| format!("layer {layer}: the output projection has no input"))?;
+        *at = attended.clone();
+        graph.node.insert(
+            out_projection,
+            NodeProto {
+                name: attended.clone(),
+                op_type: OP_TYPE.into(),
+                domain: "ai.ember".into(),
+                input: inputs,
+                output: vec![attended],
+                attribute: vec![
+                    int_attr("layer", layer),
+                    int_attr("group", group),
+                    int_attr("head_dim", head_dim),
+                ],
+                ..Default::default()
+            },
+        );
     }
     graph.input.retain(|i| !i.name.starts_with("past_"));
     graph.output.retain(|o| !o.name.starts_with("present_"));
-    // Keep only what the remaining outputs need (ONNX nodes are in topological order): the
-    // concatenations, the mask and the score products go.
+    // Keep only what the remaining outputs need (ONNX nodes are in topological order).
     let mut needed: HashSet<String> = graph.output.iter().map(|o| o.name.clone()).collect();
     let mut keep = vec![false; graph.node.len()];
     for (i, node) in graph.node.iter().enumerate().rev() {
@@ -116,12 +127,13 @@ pub fn keep_cache_in_place(
 
 /// One layer's attention over the session's cache of its keys and values.
 ///
-/// Inputs: queries `[1, kv_heads, S · group, head_dim]` (the `group` query heads of each KV head
-/// stacked as rows, position by position), keys `[1, kv_heads, head_dim, S]`, values
-/// `[1, kv_heads, S, head_dim]`, positions `[1, S]` (consecutive, starting where the cache
-/// ends). Output: the attended values, shaped like the queries. Query position `p` sees the
-/// cached positions `0..=p`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Inputs: queries `[1, S, heads · head_dim]`, keys and values `[1, S, kv_heads · head_dim]` (as
+/// the projections make them, before RoPE), positions `[1, S]` (consecutive, starting where the
+/// cache ends), and RoPE's cosines and sines `[context, head_dim / 2]`. Query head `h` uses
+/// key/value head `h / group`; each adjacent pair `(a, b)` of a query or key head at position `p`
+/// becomes `(a·cos − b·sin, a·sin + b·cos)` with row `p` of the tables. Output: the attended
+/// values, shaped like the queries. Query position `p` sees the cached positions `0..=p`.
+#[derive(Debug, Clone)]
 pub struct CachedAttention {
     /// The layer: ops of different layers must never compare equal (tract merges equal ops).
     layer: usize,
@@ -129,7 +141,16 @@ pub struct CachedAttention {
     group: usize,
     /// Values per head.
     head_dim: usize,
+    /// Threads the query rows are split over.
+    workers: Arc<Workers>,
 }
+
+impl PartialEq for CachedAttention {
+    fn eq(&self, other: &Self) -> bool {
+        (self.layer, self.group, self.head_dim) == (other.layer, other.group, other.head_dim)
+    }
+}
+impl Eq for CachedAttention {}
 
 /// A session's cache for one layer: per key/value head, every position's key (and value) as
 /// `head_dim` consecutive values.
@@ -165,8 +186,8 @@ impl OpState for LayerCache {
         let op = op
             .downcast_ref::<CachedAttention>()
             .context("cached attention state given another op")?;
-        let (q, k, v, positions) = args_4!(inputs);
-        op.attend(self, &q, &k, &v, &positions)
+        let (q, k, v, positions, cos, sin) = args_6!(inputs);
+        op.attend(self, [&q, &k, &v], &positions, [&cos, &sin])
     }
 
     fn reset_lanes(&mut self, _lanes: &[LaneId]) -> TractResult<()> {
@@ -174,31 +195,45 @@ impl OpState for LayerCache {
     }
 }
 
+/// Rotates each adjacent pair of `head` by the angles whose cosines and sines are `cos`/`sin`,
+/// with the same f32 operations as the graph's RoPE nodes.
+fn rotate(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+    for ((pair, &c), &s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
+        let (a, b) = (pair[0], pair[1]);
+        pair[0] = a * c - b * s;
+        pair[1] = a * s + b * c;
+    }
+}
+
 impl CachedAttention {
     fn attend(
         &self,
         cache: &mut LayerCache,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
+        [q, k, v]: [&Tensor; 3],
         positions: &Tensor,
+        [cos, sin]: [&Tensor; 2],
     ) -> TractResult<TVec<TValue>> {
         let (group, hd) = (self.group, self.head_dim);
-        let &[1, kv_heads, rows, q_hd] = q.shape() else {
+        let &[1, steps, width] = q.shape() else {
             bail!("attention: queries of shape {:?}", q.shape());
         };
-        let steps = rows / group.max(1);
+        let heads = width / hd;
+        let kv_heads = heads / group;
         ensure!(
-            q_hd == hd
-                && rows == steps * group
-                && k.shape() == [1, kv_heads, hd, steps]
-                && v.shape() == [1, kv_heads, steps, hd]
-                && positions.len() == steps,
-            "attention: queries {:?}, keys {:?}, values {:?}, positions {:?} do not agree",
+            heads * hd == width
+                && kv_heads * group == heads
+                && k.shape() == [1, steps, kv_heads * hd]
+                && v.shape() == [1, steps, kv_heads * hd]
+                && positions.len() == steps
+                && cos.rank() == 2
+                && cos.shape()[1] * 2 == hd
+                && sin.shape() == cos.shape(),
+            "attention: queries {:?}, keys {:?}, values {:?}, positions {:?}, RoPE tables {:?} do not agree",
             q.shape(),
             k.shape(),
             v.shape(),
-            positions.shape()
+            positions.shape(),
+            cos.shape()
         );
         let positions = positions.cast_to::<i64>()?;
         let positions = positions.try_as_plain_ram()?.as_slice::<i64>()?;
@@ -210,6 +245,20 @@ impl CachedAttention {
                 .all(|(s, &p)| usize::try_from(p) == Ok(start + s)),
             "attention: positions {positions:?} do not continue the cache of {start} positions"
         );
+        let (cos, sin) = (
+            cos.try_as_plain_ram()?.as_slice::<f32>()?,
+            sin.try_as_plain_ram()?.as_slice::<f32>()?,
+        );
+        let half = hd / 2;
+        ensure!(
+            (start + steps) * half <= cos.len(),
+            "attention: position {} is beyond the RoPE tables",
+            start + steps - 1
+        );
+        let angles = |step: usize| {
+            let at = (start + step) * half;
+            (&cos[at..at + half], &sin[at..at + half])
+        };
         if cache.keys.len() != kv_heads {
             cache.keys = vec![Vec::new(); kv_heads];
             cache.values = vec![Vec::new(); kv_heads];
@@ -218,25 +267,41 @@ impl CachedAttention {
             k.try_as_plain_ram()?.as_slice::<f32>()?,
             v.try_as_plain_ram()?.as_slice::<f32>()?,
         );
-        for head in 0..kv_heads {
-            let keys = &k[head * hd * steps..][..hd * steps];
-            let cached = &mut cache.keys[head];
-            for s in 0..steps {
-                cached.extend((0..hd).map(|d| keys[d * steps + s]));
+        for step in 0..steps {
+            let (cos, sin) = angles(step);
+            for head in 0..kv_heads {
+                let at = (step * kv_heads + head) * hd;
+                let keys = &mut cache.keys[head];
+                keys.extend_from_slice(&k[at..at + hd]);
+                let end = keys.len();
+                rotate(&mut keys[end - hd..], cos, sin);
+                cache.values[head].extend_from_slice(&v[at..at + hd]);
             }
-            cache.values[head].extend_from_slice(&v[head * steps * hd..][..steps * hd]);
         }
         cache.positions += steps;
 
-        let q = q.try_as_plain_ram()?.as_slice::<f32>()?;
+        let mut queries = q.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+        for (step, row) in queries.chunks_exact_mut(width).enumerate() {
+            let (cos, sin) = angles(step);
+            for head in row.chunks_exact_mut(hd) {
+                rotate(head, cos, sin);
+            }
+        }
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut out = vec![0f32; q.len()];
+        let mut out = vec![0f32; queries.len()];
         let cache = &*cache;
-        out.par_chunks_mut(hd)
-            .zip(q.par_chunks(hd))
-            .enumerate()
-            .for_each_init(Vec::new, |scores, (row, (out, query))| {
-                let (head, step) = (row / rows, row % rows / group);
+        // Each chunk is a run of whole (position, head) rows.
+        let total = steps * heads;
+        let per_chunk = self.workers.chunk_size(total);
+        let chunks: Vec<Mutex<&mut [f32]>> =
+            out.chunks_mut(per_chunk * hd).map(Mutex::new).collect();
+        self.workers.run(chunks.len(), &|chunk| {
+            let mut out = chunks[chunk].lock().unwrap_or_else(|e| e.into_inner());
+            let mut scores = Vec::new();
+            for (i, out) in out.chunks_mut(hd).enumerate() {
+                let row = chunk * per_chunk + i;
+                let query = &queries[row * hd..][..hd];
+                let (step, head) = (row / heads, row % heads / group);
                 let seen = start + step + 1;
                 let (keys, values) = (&cache.keys[head], &cache.values[head]);
                 scores.clear();
@@ -257,9 +322,11 @@ impl CachedAttention {
                         *o += weight * x;
                     }
                 }
-            });
+            }
+        });
+        drop(chunks);
         Ok(tvec!(
-            Tensor::from_shape(&[1, kv_heads, rows, hd], &out)?.into_tvalue()
+            Tensor::from_shape(&[1, steps, width], &out)?.into_tvalue()
         ))
     }
 }
@@ -300,7 +367,7 @@ impl Expansion for CachedAttention {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_input_arity(inputs, 4)?;
+        check_input_arity(inputs, 6)?;
         check_output_arity(outputs, 1)?;
         s.equals(&outputs[0].datum_type, f32::datum_type())?;
         s.equals(&outputs[0].shape, &inputs[0].shape)
@@ -325,6 +392,7 @@ pub fn build(
         layer: node.get_attr("layer")?,
         group: node.get_attr("group")?,
         head_dim: node.get_attr("head_dim")?,
+        workers: MappedTensors::with(|m| Ok(Arc::clone(&m.workers)))?,
     };
     ensure!(
         op.group > 0 && op.head_dim > 0,
@@ -345,24 +413,53 @@ mod tests {
             .collect()
     }
 
-    /// Causal attention over all positions so far, in f64, straight from the definition:
-    /// `all_q[p][head][g]`, `all_k[p][head]`, `all_v[p][head]` (each `hd` values).
+    /// RoPE tables of `context` rows for heads of `hd` values.
+    fn tables(context: usize, hd: usize) -> (Vec<f32>, Vec<f32>) {
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for p in 0..context {
+            for i in 0..hd / 2 {
+                let angle = p as f64 * 10000f64.powf(-2.0 * i as f64 / hd as f64);
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        (cos, sin)
+    }
+
+    /// `x` rotated as position `p`, in f64.
+    fn rotated(x: &[f32], p: usize) -> Vec<f64> {
+        let hd = x.len();
+        x.chunks_exact(2)
+            .enumerate()
+            .flat_map(|(i, pair)| {
+                let angle = p as f64 * 10000f64.powf(-2.0 * i as f64 / hd as f64);
+                let (a, b) = (pair[0] as f64, pair[1] as f64);
+                [
+                    a * angle.cos() - b * angle.sin(),
+                    a * angle.sin() + b * angle.cos(),
+                ]
+            })
+            .collect()
+    }
+
+    /// Causal attention with RoPE over all positions so far, in f64, straight from the
+    /// definition: `all_q[p][h]` (query head h), `all_k[p][kv]`, `all_v[p][kv]`.
     fn naive(
-        all_q: &[Vec<Vec<Vec<f32>>>],
+        all_q: &[Vec<Vec<f32>>],
         all_k: &[Vec<Vec<f32>>],
         all_v: &[Vec<Vec<f32>>],
         p: usize,
-        head: usize,
-        g: usize,
+        h: usize,
+        group: usize,
     ) -> Vec<f64> {
+        let kv = h / group;
         let hd = all_k[0][0].len();
         let scale = 1.0 / (hd as f64).sqrt();
+        let query = rotated(&all_q[p][h], p);
         let scores: Vec<f64> = (0..=p)
             .map(|t| {
-                (0..hd)
-                    .map(|d| all_q[p][head][g][d] as f64 * all_k[t][head][d] as f64)
-                    .sum::<f64>()
-                    * scale
+                let key = rotated(&all_k[t][kv], t);
+                (0..hd).map(|d| query[d] * key[d]).sum::<f64>() * scale
             })
             .collect();
         let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -371,78 +468,58 @@ mod tests {
         (0..hd)
             .map(|d| {
                 (0..=p)
-                    .map(|t| exps[t] / sum * all_v[t][head][d] as f64)
+                    .map(|t| exps[t] / sum * all_v[t][kv][d] as f64)
                     .sum()
             })
             .collect()
     }
 
     #[test]
-    fn prefill_then_decode_match_causal_attention() {
+    fn prefill_then_decode_match_causal_attention_with_rope() {
         let (kv_heads, group, hd) = (2, 3, 16);
+        let heads = kv_heads * group;
         let op = CachedAttention {
             layer: 0,
             group,
             head_dim: hd,
+            workers: Arc::new(Workers::new(2).unwrap()),
         };
+        let (cos, sin) = tables(16, hd);
+        let cos = Tensor::from_shape(&[16, hd / 2], &cos).unwrap();
+        let sin = Tensor::from_shape(&[16, hd / 2], &sin).unwrap();
         let mut cache = LayerCache::default();
         let (mut all_q, mut all_k, mut all_v) = (Vec::new(), Vec::new(), Vec::new());
         let mut position = 0;
         for (call, steps) in [5usize, 1, 1, 3].into_iter().enumerate() {
-            // Per step and head: the group's queries, one key, one value.
-            let q: Vec<Vec<Vec<Vec<f32>>>> = (0..steps)
-                .map(|s| {
-                    (0..kv_heads)
-                        .map(|h| {
-                            (0..group)
-                                .map(|g| values(hd, call * 100 + s * 10 + h * 3 + g))
-                                .collect()
-                        })
-                        .collect()
-                })
-                .collect();
-            let k: Vec<Vec<Vec<f32>>> = (0..steps)
-                .map(|s| {
-                    (0..kv_heads)
-                        .map(|h| values(hd, 5000 + call * 100 + s * 10 + h))
-                        .collect()
-                })
-                .collect();
-            let v: Vec<Vec<Vec<f32>>> = (0..steps)
-                .map(|s| {
-                    (0..kv_heads)
-                        .map(|h| values(hd, 9000 + call * 100 + s * 10 + h))
-                        .collect()
-                })
-                .collect();
-            // The op's layouts: q [1, kvh, S·group, hd], k [1, kvh, hd, S], v [1, kvh, S, hd].
-            let mut q_flat = Vec::new();
-            for h in 0..kv_heads {
-                for step in &q {
-                    for query in &step[h] {
-                        q_flat.extend(query);
-                    }
-                }
-            }
-            let mut k_flat = Vec::new();
-            let mut v_flat = Vec::new();
-            for h in 0..kv_heads {
-                for d in 0..hd {
-                    k_flat.extend(k.iter().map(|step| step[h][d]));
-                }
-                for step in &v {
-                    v_flat.extend(&step[h]);
-                }
-            }
+            let per_step = |heads: usize, seed: usize| -> Vec<Vec<Vec<f32>>> {
+                (0..steps)
+                    .map(|s| {
+                        (0..heads)
+                            .map(|h| values(hd, seed + call * 100 + s * 10 + h))
+                            .collect()
+                    })
+                    .collect()
+            };
+            let (q, k, v) = (
+                per_step(heads, 0),
+                per_step(kv_heads, 5000),
+                per_step(kv_heads, 9000),
+            );
+            let flat = |x: &Vec<Vec<Vec<f32>>>| -> Vec<f32> {
+                x.iter().flatten().flatten().copied().collect()
+            };
             let positions: Vec<i64> = (position..position + steps).map(|p| p as i64).collect();
             let tensor = |shape: &[usize], data: &[f32]| Tensor::from_shape(shape, data).unwrap();
             let out = op
                 .attend(
                     &mut cache,
-                    &tensor(&[1, kv_heads, steps * group, hd], &q_flat),
-                    &tensor(&[1, kv_heads, hd, steps], &k_flat),
-                    &tensor(&[1, kv_heads, steps, hd], &v_flat),
+                    [
+                        &tensor(&[1, steps, heads * hd], &flat(&q)),
+                        &tensor(&[1, steps, kv_heads * hd], &flat(&k)),
+                        &tensor(&[1, steps, kv_heads * hd], &flat(&v)),
+                    ],
                     &Tensor::from_shape(&[1, steps], &positions).unwrap(),
+                    [&cos, &sin],
                 )
                 .unwrap();
             let out = out[0]
@@ -454,17 +531,14 @@ mod tests {
             all_q.extend(q);
             all_k.extend(k);
             all_v.extend(v);
-            for h in 0..kv_heads {
-                for s in 0..steps {
-                    for g in 0..group {
-                        let row = (h * steps + s) * group + g;
-                        let want = naive(&all_q, &all_k, &all_v, position + s, h, g);
-                        for (got, want) in out[row * hd..][..hd].iter().zip(want) {
-                            assert!(
-                                (*got as f64 - want).abs() < 1e-5,
-                                "call {call} head {h} step {s}: {got} vs {want}"
-                            );
-                        }
+            for s in 0..steps {
+                for h in 0..heads {
+                    let want = naive(&all_q, &all_k, &all_v, position + s, h, group);
+                    for (got, want) in out[(s * heads + h) * hd..][..hd].iter().zip(want) {
+                        assert!(
+                            (*got as f64 - want).abs() < 1e-5,
+                            "call {call} step {s} head {h}: {got} vs {want}"
+                        );
                     }
                 }
             }
@@ -479,22 +553,30 @@ mod tests {
             layer: 0,
             group: 1,
             head_dim: 8,
+            workers: Arc::new(Workers::new(1).unwrap()),
         };
         let mut cache = LayerCache::default();
         let zeros = |shape: &[usize]| Tensor::zero::<f32>(shape).unwrap();
         let at = |p: i64| Tensor::from_shape(&[1, 1], &[p]).unwrap();
-        let (q, k, v) = (
-            zeros(&[1, 1, 1, 8]),
-            zeros(&[1, 1, 8, 1]),
-            zeros(&[1, 1, 1, 8]),
-        );
-        assert!(op.attend(&mut cache, &q, &k, &v, &at(0)).is_ok());
-        let error = op.attend(&mut cache, &q, &k, &v, &at(5)).unwrap_err();
+        let (table, q) = (zeros(&[4, 4]), zeros(&[1, 1, 8]));
+        let tables = [&table, &table];
+        assert!(op.attend(&mut cache, [&q, &q, &q], &at(0), tables).is_ok());
+        let error = op
+            .attend(&mut cache, [&q, &q, &q], &at(5), tables)
+            .unwrap_err();
         assert!(format!("{error}").contains("do not continue"), "{error}");
+        let narrow = zeros(&[1, 1, 4]);
         assert!(
-            op.attend(&mut cache, &zeros(&[1, 1, 1, 4]), &k, &v, &at(1))
+            op.attend(&mut cache, [&narrow, &q, &q], &at(1), tables)
                 .is_err()
         );
+        let error = op.attend(
+            &mut cache,
+            [&q, &q, &q],
+            &at(1),
+            [&zeros(&[1, 4]), &zeros(&[1, 4])],
+        );
+        assert!(format!("{}", error.unwrap_err()).contains("beyond the RoPE tables"));
     }
 
     #[test]

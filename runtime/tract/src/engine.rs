@@ -6,6 +6,7 @@ use crate::graph::WEIGHTS_FILE;
 use crate::kernels::Kernel;
 use crate::ops::{self, MappedTensors};
 use crate::pb::{self, ModelProto};
+use crate::workers::Workers;
 use ember_engine::{EngineError, LanguageModel, ModelConfig, SELF_TEST_CONTEXT, self_test_tokens};
 use ember_image::{GRAPH_SECTION, Image, WEIGHTS_SECTION};
 use ember_tokenizer::Tokenizer;
@@ -22,7 +23,6 @@ fn backend(context: &str, error: impl std::fmt::Display) -> EngineError {
 #[derive(Debug)]
 pub struct TractModel {
     plan: Arc<TypedRunnableModel>,
-    pool: Arc<rayon::ThreadPool>,
     config: ModelConfig,
     kernel: Kernel,
     threads: usize,
@@ -123,22 +123,21 @@ impl TractModel {
             config.head_dim,
         )
         .map_err(|e| backend("the image's attention", e))?;
+        ops::fuse_matmuls(graph);
         let threads = threads.max(1);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("ember-matmul-{i}"))
-            .build()
-            .map_err(|e| backend("cannot start the matmul threads", e))?;
+        let workers =
+            Workers::new(threads).map_err(|e| backend("cannot start the worker threads", e))?;
         let kernel = Kernel::detect();
-        let pool = Arc::new(pool);
         let mapped = MappedTensors {
             map: image.mapping(),
             tensors,
-            pool: Arc::clone(&pool),
+            workers: Arc::new(workers),
             kernel,
         };
         let mut onnx = tract_onnx::onnx();
         onnx.op_register.insert("MatMulNBits", ops::build_matmul);
+        onnx.op_register
+            .insert(ops::FUSED_MATMULS, ops::build_fused_matmuls);
         onnx.op_register
             .insert("GatherBlockQuantized", ops::build_gather);
         onnx.op_register
@@ -153,7 +152,6 @@ impl TractModel {
             .map_err(|e| backend("tract cannot optimize the graph", e))?;
         Ok(TractModel {
             plan,
-            pool,
             config,
             kernel,
             threads,
@@ -185,6 +183,7 @@ impl TractModel {
             state,
             position: 0,
             capacity: capacity.min(self.config.context_length),
+            profile: None,
         })
     }
 }
@@ -195,6 +194,17 @@ pub struct TractSession<'m> {
     state: TypedSimpleState,
     position: usize,
     capacity: usize,
+    profile: Option<OpProfile>,
+}
+
+/// Where a session's runs spent their time, by op kind (tract's name for the op), while
+/// profiling was on ([`TractSession::profile`]).
+#[derive(Debug, Clone, Default)]
+pub struct OpProfile {
+    /// Per op kind: total time and number of evaluations.
+    pub kinds: std::collections::BTreeMap<String, (std::time::Duration, u64)>,
+    /// Runs (calls to `feed`) profiled.
+    pub runs: u64,
 }
 
 impl std::fmt::Debug for TractSession<'_> {
@@ -202,6 +212,38 @@ impl std::fmt::Debug for TractSession<'_> {
         f.debug_struct("TractSession")
             .field("position", &self.position)
             .finish_non_exhaustive()
+    }
+}
+
+impl TractSession<'_> {
+    /// Starts timing every op of the following runs (clearing what was recorded), or stops and
+    /// returns what was recorded.
+    pub fn profile(&mut self, on: bool) -> Option<OpProfile> {
+        let recorded = self.profile.take();
+        if on {
+            self.profile = Some(OpProfile::default());
+        }
+        recorded
+    }
+
+    /// Runs the plan, timing each node when profiling.
+    fn run(&mut self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let Some(profile) = self.profile.as_mut() else {
+            return self.state.run(inputs);
+        };
+        profile.runs += 1;
+        self.state
+            .run_plan_with_eval(inputs, |ctx, state, node, input| {
+                let start = std::time::Instant::now();
+                let outputs = tract_onnx::tract_core::plan::eval(ctx, state, node, input);
+                let entry = profile
+                    .kinds
+                    .entry(node.op().name().to_string())
+                    .or_default();
+                entry.0 += start.elapsed();
+                entry.1 += 1;
+                outputs
+            })
     }
 }
 
@@ -243,10 +285,7 @@ impl LanguageModel for TractSession<'_> {
                 .map_err(|e| backend("input", e))?
                 .into_tvalue(),
         ];
-        // The whole run happens on a pool thread, so the matmuls split their rows across the pool
-        // without handing the work to another thread and waiting for it.
-        let state = &mut self.state;
-        let outputs = match self.model.pool.install(|| state.run(inputs)) {
+        let outputs = match self.run(inputs) {
             Ok(outputs) => outputs,
             Err(e) => {
                 // The cache may hold part of the failed run: start over rather than keep it.

@@ -2,8 +2,11 @@
 //!
 //! Standard ONNX ops (opset 17) plus two `com.microsoft` contrib ops that onnxruntime implements:
 //! `MatMulNBits` (bits 8, blocks of 32) for every linear layer and `GatherBlockQuantized` for
-//! the token embedding. Their initializers are external data in [`WEIGHTS_FILE`], whose bytes are
-//! the image's weights section, so the graph and the image share one copy of the weights.
+//! the token embedding. Their initializers are external data in [`WEIGHTS_FILE`] at the offsets of
+//! the image's weights section, so the graph and the image share one copy of the weights. The
+//! image stores int8 rows interleaved in groups (`ember_core::image::quant_index`), as Ember's
+//! kernels stream them; `ember export-onnx` writes the weights file in the standard layout these
+//! ops define, at the same offsets, for onnxruntime.
 //!
 //! Inputs: `input_ids` and `position_ids` (int64 `[1, sequence]`), and per layer `i`
 //! `past_key.i` (f32 `[1, kv_heads, head_dim, past_sequence]`, keys transposed) and
@@ -21,7 +24,7 @@ use ember_core::image::{TensorEncoding, TensorEntry};
 use ember_engine::ModelConfig;
 use prost::Message;
 
-/// File name the graph's external data points at (the weights section, verbatim).
+/// File name the graph's external data points at (the weights section, de-interleaved).
 pub const WEIGHTS_FILE: &str = "model.weights";
 /// Domain of the contrib ops.
 pub const CONTRIB_DOMAIN: &str = "com.microsoft";
@@ -244,14 +247,14 @@ impl Builder<'_> {
             DataType::Uint8,
             &quant_dims,
             entry.offset + layout.quants.0,
-            layout.quants.1,
+            layout.standard.0,
         );
         self.external(
             &scales,
             DataType::Float,
             &scale_dims,
             entry.offset + layout.scales.0,
-            layout.scales.1,
+            layout.standard.1,
         );
         Ok((quants, scales))
     }

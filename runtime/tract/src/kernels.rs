@@ -1,13 +1,24 @@
-//! Int8 dot products between an image's weight rows and int8-quantized activations.
+//! Int8 dot products between a group of 16 weight rows, interleaved as the image stores them
+//! (`ember_core::image::quant_index`), and one row of int8-quantized activations.
 //!
 //! Weights are blocks of 32 bytes `u` with an f32 scale `d_w` (value = `d_w · (u − 128)`).
 //! Activations are quantized per block of 32 the same way llama.cpp quantizes them for its
 //! 8-bit dot products (`q = round(x / d_a)`, `d_a = max|x| / 127`), so a block contributes
-//! `d_w · d_a · Σ (u − 128) · q`, an exact integer sum scaled once.
+//! `d_w · d_a · Σ (u − 128) · q`, an exact integer sum scaled once, added up block after block.
+//!
+//! In a group, each block of 32 columns is eight runs of 64 bytes; run `c` holds columns
+//! `4c..4c + 4` of the 16 rows, row after row. A kernel broadcasts four activation bytes to
+//! every 32-bit lane, multiplies a run and gets 16 rows' partial sums in 16 lanes: no
+//! horizontal sums, one weight stream read front to back.
+
+use ember_core::image::ROW_GROUP;
+
+/// Bytes of one block of 32 columns of a row group.
+const GROUP_BLOCK: usize = 32 * ROW_GROUP;
 
 /// Which dot-product implementation runs. Only detection makes one (`detect`, `available`), so
-/// a kernel in hand is one this CPU can run and its safe `dot` cannot reach an instruction the
-/// CPU lacks.
+/// a kernel in hand is one this CPU can run and its safe `dot_group` cannot reach an instruction
+/// the CPU lacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kernel(Isa);
 
@@ -15,7 +26,11 @@ pub struct Kernel(Isa);
 /// lacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Isa {
-    /// x86-64 AVX-VNNI: `vpdpbusd` multiplies the u8 weights by the i8 activations directly.
+    /// x86-64 AVX-512 VNNI (Ice Lake, Zen 4 and later): `vpdpbusd` on 512 bits, one run of 16
+    /// rows per instruction.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
+    /// x86-64 AVX-VNNI (Alder Lake and later): `vpdpbusd` on 256 bits.
     #[cfg(target_arch = "x86_64")]
     AvxVnni,
     /// x86-64 AVX2: `vpmaddubsw` on sign-adjusted operands.
@@ -27,11 +42,10 @@ enum Isa {
     /// aarch64 NEON (every aarch64 core, e.g. Raspberry Pi 4 / Zero 2 W): `smull` + `sadalp`.
     #[cfg(target_arch = "aarch64")]
     Neon,
-    /// 32-bit ARM with NEON (every armv7 Raspberry Pi, e.g. a Pi 3 on a 32-bit OS):
-    /// `vmull.s8` + `vpadal.s16`.
+    /// 32-bit ARM with NEON (every armv7 Raspberry Pi, e.g. a Pi 3 on a 32-bit OS).
     #[cfg(target_arch = "arm")]
     NeonArmv7,
-    /// Plain Rust (auto-vectorized by the compiler for the target, e.g. NEON).
+    /// Plain Rust.
     Portable,
 }
 
@@ -40,6 +54,12 @@ impl Kernel {
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+            {
+                return Kernel(Isa::Avx512Vnni);
+            }
             if std::arch::is_x86_feature_detected!("avxvnni")
                 && std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
@@ -82,9 +102,12 @@ impl Kernel {
                 && std::arch::is_x86_feature_detected!("fma")
             {
                 kernels.push(Kernel(Isa::Avx2));
+                if std::arch::is_x86_feature_detected!("avxvnni") {
+                    kernels.push(Kernel(Isa::AvxVnni));
+                }
             }
-            if Kernel::detect() == Kernel(Isa::AvxVnni) {
-                kernels.push(Kernel(Isa::AvxVnni));
+            if Kernel::detect() == Kernel(Isa::Avx512Vnni) {
+                kernels.push(Kernel(Isa::Avx512Vnni));
             }
             kernels
         }
@@ -113,6 +136,8 @@ impl Kernel {
     pub fn name(self) -> &'static str {
         match self {
             #[cfg(target_arch = "x86_64")]
+            Kernel(Isa::Avx512Vnni) => "avx512-vnni",
+            #[cfg(target_arch = "x86_64")]
             Kernel(Isa::AvxVnni) => "avx-vnni",
             #[cfg(target_arch = "x86_64")]
             Kernel(Isa::Avx2) => "avx2",
@@ -126,39 +151,53 @@ impl Kernel {
         }
     }
 
-    /// `Σ_b w_scales[b] · a.scales[b] · Σ_j (w[32b + j] − 128) · a.quants[32b + j]` over one
-    /// weight row `w` and one activation row of `a` (`row`).
+    /// The dot products of the 16 rows of one group with activation row `row` of `a`: for row
+    /// `r`, `Σ_b w_scales[16b + r] · a.scales[b] · Σ_j (u_rj − 128) · a.quants[32b + j]`, where
+    /// `w` is the group's `16 · cols` interleaved bytes and `w_scales` its `16 · cols / 32`
+    /// scales.
     #[inline]
-    pub fn dot(self, w: &[u8], w_scales: &[f32], a: &QuantizedRows, row: usize) -> f32 {
+    pub fn dot_group(
+        self,
+        w: &[u8],
+        w_scales: &[f32],
+        a: &QuantizedRows,
+        row: usize,
+    ) -> [f32; ROW_GROUP] {
         let blocks = a.cols / 32;
         let (quants, scales) = (
             &a.quants[row * a.cols..][..a.cols],
             &a.scales[row * blocks..][..blocks],
         );
-        assert!(w.len() >= a.cols && w_scales.len() >= blocks);
+        #[cfg(target_arch = "x86_64")]
+        let sums = &a.sums[row * blocks..][..blocks];
+        assert!(w.len() >= blocks * GROUP_BLOCK && w_scales.len() >= blocks * ROW_GROUP);
         match self {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `detect`/`available` only return this kernel when the CPU has AVX-VNNI,
-            // AVX2 and FMA; the slices hold `blocks` full blocks (asserted above).
+            // SAFETY: `detect`/`available` only return this kernel when the CPU has AVX-512 F,
+            // BW and VNNI; the slices hold `blocks` full blocks (asserted above).
+            Kernel(Isa::Avx512Vnni) => unsafe {
+                x86::group_avx512vnni(w, w_scales, quants, scales, sums)
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above, for AVX-VNNI, AVX2 and FMA.
             Kernel(Isa::AvxVnni) => unsafe {
-                let sums = &a.sums[row * blocks..][..blocks];
-                x86::dot_avxvnni(w, w_scales, quants, scales, sums)
+                x86::group_avxvnni(w, w_scales, quants, scales, sums)
             },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above, for AVX2 and FMA.
-            Kernel(Isa::Avx2) => unsafe { x86::dot_avx2(w, w_scales, quants, scales) },
+            Kernel(Isa::Avx2) => unsafe { x86::group_avx2(w, w_scales, quants, scales) },
             #[cfg(target_arch = "aarch64")]
-            // SAFETY: `detect`/`available` only return this kernel when the CPU has the
-            // dot-product extension; the slices hold `blocks` full blocks (asserted above).
-            Kernel(Isa::NeonDot) => unsafe { arm::dot_sdot(w, w_scales, quants, scales) },
+            // SAFETY: `detect`/`available` only return this kernel when the CPU has FEAT_DotProd;
+            // the slices hold `blocks` full blocks (asserted above).
+            Kernel(Isa::NeonDot) => unsafe { arm::group_sdot(w, w_scales, quants, scales) },
             #[cfg(target_arch = "aarch64")]
-            // SAFETY: NEON is part of every aarch64 CPU; slices as above.
-            Kernel(Isa::Neon) => unsafe { arm::dot_neon(w, w_scales, quants, scales) },
+            // SAFETY: every aarch64 CPU has NEON; the slices hold `blocks` full blocks.
+            Kernel(Isa::Neon) => unsafe { arm::group_neon(w, w_scales, quants, scales) },
             #[cfg(target_arch = "arm")]
-            // SAFETY: `detect`/`available` only return this kernel when the CPU reports NEON; the
-            // slices hold `blocks` full blocks (asserted above).
-            Kernel(Isa::NeonArmv7) => unsafe { armv7::dot_neon(w, w_scales, quants, scales) },
-            _ => dot_portable(w, w_scales, quants, scales),
+            // SAFETY: `detect`/`available` only return this kernel when the CPU has NEON; the
+            // slices hold `blocks` full blocks.
+            Kernel(Isa::NeonArmv7) => unsafe { armv7::group_neon(w, w_scales, quants, scales) },
+            Kernel(Isa::Portable) => group_portable(w, w_scales, quants, scales),
         }
     }
 }
@@ -177,27 +216,28 @@ pub struct QuantizedRows {
 }
 
 impl QuantizedRows {
-    /// Quantizes `x` (rows of `cols` values, `cols` a multiple of 32).
+    /// Quantizes `x` (rows of `cols` values, `cols` a multiple of 32), rounding half to even
+    /// as llama.cpp's vector code does.
     pub fn new(x: &[f32], cols: usize) -> Self {
+        /// Adding and removing 1.5 · 2²³ rounds an f32 of magnitude below 2²² to an integer,
+        /// half to even, in plain arithmetic the compiler vectorizes (|v / d_a| ≤ 127 here).
+        const ROUNDING: f32 = 12_582_912.0;
         let blocks = x.len() / 32;
         let mut rows = QuantizedRows {
             cols,
-            quants: Vec::with_capacity(x.len()),
+            quants: vec![0; blocks * 32],
             scales: Vec::with_capacity(blocks),
             sums: Vec::with_capacity(blocks),
         };
-        for block in x.chunks_exact(32) {
+        for (block, quants) in x.chunks_exact(32).zip(rows.quants.chunks_exact_mut(32)) {
             let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let scale = amax / 127.0;
             let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            let mut sum = 0i32;
-            for v in block {
-                let q = (v * inverse).round() as i8;
-                sum += q as i32;
-                rows.quants.push(q);
+            for (q, v) in quants.iter_mut().zip(block) {
+                *q = ((v * inverse + ROUNDING) - ROUNDING) as i8;
             }
             rows.scales.push(scale);
-            rows.sums.push(sum);
+            rows.sums.push(quants.iter().map(|&q| q as i32).sum());
         }
         rows
     }
@@ -208,159 +248,352 @@ impl QuantizedRows {
     }
 }
 
-fn dot_portable(w: &[u8], w_scales: &[f32], a: &[i8], a_scales: &[f32]) -> f32 {
-    w.chunks_exact(32)
+fn group_portable(w: &[u8], w_scales: &[f32], a: &[i8], a_scales: &[f32]) -> [f32; ROW_GROUP] {
+    let mut out = [0f32; ROW_GROUP];
+    for (b, (block, quants)) in w
+        .chunks_exact(GROUP_BLOCK)
         .zip(a.chunks_exact(32))
-        .zip(w_scales.iter().zip(a_scales))
-        .map(|((w, a), (dw, da))| {
-            let sum: i32 = w
-                .iter()
-                .zip(a)
-                .map(|(&u, &q)| (u as i32 - 128) * q as i32)
-                .sum();
-            dw * da * sum as f32
-        })
-        .sum()
+        .enumerate()
+    {
+        let mut sums = [0i32; ROW_GROUP];
+        for (run, q) in block
+            .chunks_exact(4 * ROW_GROUP)
+            .zip(quants.chunks_exact(4))
+        {
+            for (sum, u) in sums.iter_mut().zip(run.chunks_exact(4)) {
+                *sum += (0..4)
+                    .map(|j| (u[j] as i32 - 128) * q[j] as i32)
+                    .sum::<i32>();
+            }
+        }
+        let scales = &w_scales[b * ROW_GROUP..][..ROW_GROUP];
+        for ((o, &sum), &d) in out.iter_mut().zip(&sums).zip(scales) {
+            *o += d * a_scales[b] * sum as f32;
+        }
+    }
+    out
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::{GROUP_BLOCK, ROW_GROUP};
     use std::arch::x86_64::*;
 
-    #[target_feature(enable = "avx2,fma")]
-    fn horizontal_sum(v: __m256) -> f32 {
-        let pair = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let pair = _mm_add_ps(pair, _mm_movehl_ps(pair, pair));
-        let one = _mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1));
-        _mm_cvtss_f32(one)
+    /// How far ahead of its reads the AVX-512 kernel asks for weights: the hardware
+    /// prefetcher stops at each 4 KiB page of the mapping, software prefetch does not.
+    const PREFETCH_BYTES: usize = 16 << 10;
+
+    /// `Σ (u − 128)·q` of block `b` for the 16 rows, in two dependency chains.
+    ///
+    /// The caller guarantees AVX-512 F/BW/VNNI and that block `b` lies within `w` and `a`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn block_avx512vnni(w: &[u8], a: &[i8], a_sum: i32, b: usize) -> __m512i {
+        // Start at −128·Σq so that the sum ends at Σ(u − 128)·q.
+        let mut sums = [_mm512_set1_epi32(-128 * a_sum), _mm512_setzero_si512()];
+        for c in 0..8 {
+            // SAFETY: run c of block b lies within `w`, and four bytes at 32b + 4c within `a`
+            // (caller); unaligned loads.
+            unsafe {
+                let run = _mm512_loadu_si512(w.as_ptr().add(b * GROUP_BLOCK + c * 64).cast());
+                let q = (a.as_ptr().add(32 * b + 4 * c) as *const i32).read_unaligned();
+                sums[c % 2] = _mm512_dpbusd_epi32(sums[c % 2], run, _mm512_set1_epi32(q));
+            }
+        }
+        _mm512_add_epi32(sums[0], sums[1])
     }
 
-    /// The caller guarantees AVX-VNNI, AVX2 and FMA, and that every slice holds
+    /// The caller guarantees AVX-512 F/BW/VNNI and that `w`, `w_scales`, `a` and `a_sums` hold
     /// `a_scales.len()` blocks.
-    #[target_feature(enable = "avx2,fma,avxvnni")]
-    pub(super) unsafe fn dot_avxvnni(
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn group_avx512vnni(
         w: &[u8],
         w_scales: &[f32],
         a: &[i8],
         a_scales: &[f32],
         a_sums: &[i32],
-    ) -> f32 {
-        let mut acc = _mm256_setzero_ps();
+    ) -> [f32; ROW_GROUP] {
+        // Two blocks at a time, in separate accumulators, to keep more loads in flight.
+        let mut acc = [_mm512_setzero_ps(); 2];
         for b in 0..a_scales.len() {
-            // SAFETY: block b lies within `w` and `a` (caller); unaligned loads.
-            let (wv, av) = unsafe {
+            if b % 2 == 0 {
+                let ahead = w.as_ptr().wrapping_add(b * GROUP_BLOCK + PREFETCH_BYTES);
+                for line in 0..2 * GROUP_BLOCK / 64 {
+                    // Prefetching never faults, whatever the address.
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line).cast());
+                }
+            }
+            // SAFETY: block b lies within the slices (caller).
+            let (sum, d) = unsafe {
                 (
-                    _mm256_loadu_si256(w.as_ptr().add(32 * b) as *const __m256i),
-                    _mm256_loadu_si256(a.as_ptr().add(32 * b) as *const __m256i),
+                    block_avx512vnni(w, a, a_sums[b], b),
+                    _mm512_loadu_ps(w_scales.as_ptr().add(b * ROW_GROUP)),
                 )
             };
-            // Start the integer sum at −128·Σq so that it ends at Σ(u − 128)·q.
-            let start = _mm256_zextsi128_si256(_mm_cvtsi32_si128(-128 * a_sums[b]));
-            let sum = _mm256_dpbusd_avx_epi32(start, wv, av);
-            let scale = _mm256_set1_ps(w_scales[b] * a_scales[b]);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc);
+            let d = _mm512_mul_ps(d, _mm512_set1_ps(a_scales[b]));
+            acc[b % 2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc[b % 2]);
         }
-        horizontal_sum(acc)
+        let mut out = [0f32; ROW_GROUP];
+        // SAFETY: `out` holds 16 floats.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(acc[0], acc[1])) };
+        out
     }
 
-    /// The caller guarantees AVX2 and FMA, and that every slice holds `a_scales.len()` blocks.
+    /// The caller guarantees AVX-VNNI, AVX2 and FMA and that `w`, `w_scales`, `a` and `a_sums`
+    /// hold `a_scales.len()` blocks.
+    #[target_feature(enable = "avx2,fma,avxvnni")]
+    pub(super) unsafe fn group_avxvnni(
+        w: &[u8],
+        w_scales: &[f32],
+        a: &[i8],
+        a_scales: &[f32],
+        a_sums: &[i32],
+    ) -> [f32; ROW_GROUP] {
+        let (mut low, mut high) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for b in 0..a_scales.len() {
+            let start = _mm256_set1_epi32(-128 * a_sums[b]);
+            let (mut sum_low, mut sum_high) = (start, start);
+            for c in 0..8 {
+                // SAFETY: as in `group_avx512vnni`.
+                unsafe {
+                    let run = w.as_ptr().add(b * GROUP_BLOCK + c * 64);
+                    let q = _mm256_set1_epi32(
+                        (a.as_ptr().add(32 * b + 4 * c) as *const i32).read_unaligned(),
+                    );
+                    sum_low = _mm256_dpbusd_avx_epi32(sum_low, _mm256_loadu_si256(run.cast()), q);
+                    sum_high = _mm256_dpbusd_avx_epi32(
+                        sum_high,
+                        _mm256_loadu_si256(run.add(32).cast()),
+                        q,
+                    );
+                }
+            }
+            let scale = _mm256_set1_ps(a_scales[b]);
+            // SAFETY: the block's 16 scales lie within `w_scales` (caller).
+            let (d_low, d_high) = unsafe {
+                let d = w_scales.as_ptr().add(b * ROW_GROUP);
+                (_mm256_loadu_ps(d), _mm256_loadu_ps(d.add(8)))
+            };
+            low = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(sum_low),
+                _mm256_mul_ps(d_low, scale),
+                low,
+            );
+            high = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(sum_high),
+                _mm256_mul_ps(d_high, scale),
+                high,
+            );
+        }
+        store(low, high)
+    }
+
+    /// The caller guarantees AVX2 and FMA and that `w`, `w_scales` and `a` hold
+    /// `a_scales.len()` blocks.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_avx2(w: &[u8], w_scales: &[f32], a: &[i8], a_scales: &[f32]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
+    pub(super) unsafe fn group_avx2(
+        w: &[u8],
+        w_scales: &[f32],
+        a: &[i8],
+        a_scales: &[f32],
+    ) -> [f32; ROW_GROUP] {
         let offset = _mm256_set1_epi8(-128);
         let ones = _mm256_set1_epi16(1);
-        for b in 0..a_scales.len() {
-            // SAFETY: block b lies within `w` and `a` (caller); unaligned loads.
-            let (wv, av) = unsafe {
-                (
-                    _mm256_loadu_si256(w.as_ptr().add(32 * b) as *const __m256i),
-                    _mm256_loadu_si256(a.as_ptr().add(32 * b) as *const __m256i),
-                )
+        // u − 128 as i8, then |w| · (q · sign w) so that vpmaddubsw sees an unsigned operand;
+        // |(u − 128) · q| · 2 ≤ 2 · 128 · 127 fits its i16 pairs.
+        let products = |run: __m256i, q: __m256i| {
+            let wq = _mm256_xor_si256(run, offset);
+            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(q, wq));
+            _mm256_madd_epi16(pairs, ones)
+        };
+        let (mut low, mut high) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for (b, &a_scale) in a_scales.iter().enumerate() {
+            let (mut sum_low, mut sum_high) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for c in 0..8 {
+                // SAFETY: run c of block b lies within `w`, and four bytes at 32b + 4c within
+                // `a` (caller); unaligned loads.
+                unsafe {
+                    let run = w.as_ptr().add(b * GROUP_BLOCK + c * 64);
+                    let q = _mm256_set1_epi32(
+                        (a.as_ptr().add(32 * b + 4 * c) as *const i32).read_unaligned(),
+                    );
+                    sum_low =
+                        _mm256_add_epi32(sum_low, products(_mm256_loadu_si256(run.cast()), q));
+                    sum_high = _mm256_add_epi32(
+                        sum_high,
+                        products(_mm256_loadu_si256(run.add(32).cast()), q),
+                    );
+                }
+            }
+            let scale = _mm256_set1_ps(a_scale);
+            // SAFETY: the block's 16 scales lie within `w_scales` (caller).
+            let (d_low, d_high) = unsafe {
+                let d = w_scales.as_ptr().add(b * ROW_GROUP);
+                (_mm256_loadu_ps(d), _mm256_loadu_ps(d.add(8)))
             };
-            // u − 128 as i8, then |w| · (q · sign w) so that vpmaddubsw sees an unsigned operand.
-            let wq = _mm256_xor_si256(wv, offset);
-            let products = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(av, wq));
-            let sum = _mm256_madd_epi16(products, ones);
-            let scale = _mm256_set1_ps(w_scales[b] * a_scales[b]);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc);
+            low = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(sum_low),
+                _mm256_mul_ps(d_low, scale),
+                low,
+            );
+            high = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(sum_high),
+                _mm256_mul_ps(d_high, scale),
+                high,
+            );
         }
-        horizontal_sum(acc)
+        store(low, high)
+    }
+
+    #[target_feature(enable = "avx")]
+    fn store(low: __m256, high: __m256) -> [f32; ROW_GROUP] {
+        let mut out = [0f32; ROW_GROUP];
+        // SAFETY: `out` holds 16 floats.
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr(), low);
+            _mm256_storeu_ps(out.as_mut_ptr().add(8), high);
+        }
+        out
     }
 }
 
 #[cfg(target_arch = "aarch64")]
 mod arm {
+    use super::{GROUP_BLOCK, ROW_GROUP};
     use std::arch::aarch64::*;
 
-    /// Loads block `b` of the weights as `u − 128` (two i8 vectors) and of the activations.
+    /// Run `c` of block `b`: its four vectors (vector `i` holds the run's four columns of rows
+    /// `4i..4i + 4`) as `u − 128`, and the run's four activation bytes in every 32-bit lane.
     ///
     /// The caller guarantees that block `b` lies within `w` and `a`.
-    #[inline(always)]
-    unsafe fn block(w: &[u8], a: &[i8], b: usize) -> [int8x16_t; 4] {
-        // SAFETY: block b lies within both slices (caller); unaligned loads; NEON is baseline.
-        unsafe {
-            let offset = vdupq_n_u8(0x80);
-            let w0 = vld1q_u8(w.as_ptr().add(32 * b));
-            let w1 = vld1q_u8(w.as_ptr().add(32 * b + 16));
-            [
-                vreinterpretq_s8_u8(veorq_u8(w0, offset)),
-                vreinterpretq_s8_u8(veorq_u8(w1, offset)),
-                vld1q_s8(a.as_ptr().add(32 * b)),
-                vld1q_s8(a.as_ptr().add(32 * b + 16)),
-            ]
-        }
-    }
-
-    /// The caller guarantees that every slice holds `a_scales.len()` blocks.
     #[target_feature(enable = "neon")]
-    pub(super) unsafe fn dot_neon(w: &[u8], w_scales: &[f32], a: &[i8], a_scales: &[f32]) -> f32 {
-        let mut acc = vdupq_n_f32(0.0);
-        for b in 0..a_scales.len() {
-            // SAFETY: block b is in bounds (caller).
-            let [w0, w1, a0, a1] = unsafe { block(w, a, b) };
-            // |(u − 128) · q| ≤ 128 · 127 fits i16; pairs are summed into i32 lanes.
-            let mut sum = vdupq_n_s32(0);
-            sum = vpadalq_s16(sum, vmull_s8(vget_low_s8(w0), vget_low_s8(a0)));
-            sum = vpadalq_s16(sum, vmull_high_s8(w0, a0));
-            sum = vpadalq_s16(sum, vmull_s8(vget_low_s8(w1), vget_low_s8(a1)));
-            sum = vpadalq_s16(sum, vmull_high_s8(w1, a1));
-            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(sum), w_scales[b] * a_scales[b]);
+    #[inline]
+    unsafe fn run(w: &[u8], a: &[i8], b: usize, c: usize) -> ([int8x16_t; 4], int8x16_t) {
+        let offset = vdupq_n_u8(0x80);
+        // SAFETY: run c of block b lies within `w`, and four bytes at 32b + 4c within `a`
+        // (caller); unaligned loads (`vld1q_u8` reads bytes, the i32 is read unaligned).
+        unsafe {
+            let run = w.as_ptr().add(b * GROUP_BLOCK + c * 64);
+            let q = (a.as_ptr().add(32 * b + 4 * c) as *const i32).read_unaligned();
+            (
+                [0, 1, 2, 3]
+                    .map(|i| vreinterpretq_s8_u8(veorq_u8(vld1q_u8(run.add(16 * i)), offset))),
+                vreinterpretq_s8_s32(vdupq_n_s32(q)),
+            )
         }
-        vaddvq_f32(acc)
     }
 
-    /// The caller guarantees the dot-product extension and that every slice holds
+    /// Adds block `b`'s integer sums (rows `4i..4i + 4` in `sums[i]`), scaled, to `acc`.
+    ///
+    /// The caller guarantees that block `b`'s 16 scales lie within `w_scales`.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn accumulate(
+        acc: &mut [float32x4_t; 4],
+        sums: [int32x4_t; 4],
+        w_scales: &[f32],
+        a_scale: f32,
+        b: usize,
+    ) {
+        for i in 0..4 {
+            // SAFETY: the block's 16 scales lie within `w_scales` (caller).
+            let d = unsafe { vld1q_f32(w_scales.as_ptr().add(b * ROW_GROUP + 4 * i)) };
+            acc[i] = vfmaq_f32(acc[i], vcvtq_f32_s32(sums[i]), vmulq_n_f32(d, a_scale));
+        }
+    }
+
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn store(acc: [float32x4_t; 4]) -> [f32; ROW_GROUP] {
+        let mut out = [0f32; ROW_GROUP];
+        for (i, v) in acc.into_iter().enumerate() {
+            // SAFETY: `out` holds 16 floats.
+            unsafe { vst1q_f32(out.as_mut_ptr().add(4 * i), v) };
+        }
+        out
+    }
+
+    /// The caller guarantees that `w`, `w_scales` and `a` hold `a_scales.len()` blocks.
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn group_neon(
+        w: &[u8],
+        w_scales: &[f32],
+        a: &[i8],
+        a_scales: &[f32],
+    ) -> [f32; ROW_GROUP] {
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        for (b, &a_scale) in a_scales.iter().enumerate() {
+            // Rows 4i and 4i + 1 in `low[i]`, 4i + 2 and 4i + 3 in `high[i]`, two lanes each
+            // holding sums of pairs of products.
+            let mut low = [vdupq_n_s32(0); 4];
+            let mut high = [vdupq_n_s32(0); 4];
+            for c in 0..8 {
+                // SAFETY: block b is in bounds (caller).
+                let (quads, q) = unsafe { run(w, a, b, c) };
+                // |(u − 128) · q| ≤ 128 · 127 fits i16; pairs are summed into i32 lanes.
+                for i in 0..4 {
+                    low[i] = vpadalq_s16(low[i], vmull_s8(vget_low_s8(quads[i]), vget_low_s8(q)));
+                    high[i] = vpadalq_s16(high[i], vmull_high_s8(quads[i], q));
+                }
+            }
+            let mut sums = [vdupq_n_s32(0); 4];
+            for i in 0..4 {
+                sums[i] = vpaddq_s32(low[i], high[i]);
+            }
+            // SAFETY: block b's scales are in bounds (caller).
+            unsafe { accumulate(&mut acc, sums, w_scales, a_scale, b) };
+        }
+        store(acc)
+    }
+
+    /// The caller guarantees the dot-product extension and that `w`, `w_scales` and `a` hold
     /// `a_scales.len()` blocks.
     #[target_feature(enable = "neon,dotprod")]
-    pub(super) unsafe fn dot_sdot(w: &[u8], w_scales: &[f32], a: &[i8], a_scales: &[f32]) -> f32 {
-        let mut acc = vdupq_n_f32(0.0);
-        for b in 0..a_scales.len() {
-            // SAFETY: block b is in bounds (caller).
-            let [w0, w1, a0, a1] = unsafe { block(w, a, b) };
-            let mut sum = vdupq_n_s32(0);
-            // `sdot` (FEAT_DotProd): each i32 lane += four i8 × i8 products. Its intrinsic is
-            // not stable in Rust yet, the instruction is.
-            // SAFETY: the caller guarantees FEAT_DotProd; registers only, no memory.
-            unsafe {
-                std::arch::asm!(
-                    "sdot {acc:v}.4s, {w0:v}.16b, {a0:v}.16b",
-                    "sdot {acc:v}.4s, {w1:v}.16b, {a1:v}.16b",
-                    acc = inout(vreg) sum,
-                    w0 = in(vreg) w0,
-                    a0 = in(vreg) a0,
-                    w1 = in(vreg) w1,
-                    a1 = in(vreg) a1,
-                    options(pure, nomem, nostack),
-                );
+    pub(super) unsafe fn group_sdot(
+        w: &[u8],
+        w_scales: &[f32],
+        a: &[i8],
+        a_scales: &[f32],
+    ) -> [f32; ROW_GROUP] {
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        for (b, &a_scale) in a_scales.iter().enumerate() {
+            let [mut s0, mut s1, mut s2, mut s3] = [vdupq_n_s32(0); 4];
+            for c in 0..8 {
+                // SAFETY: block b is in bounds (caller).
+                let ([w0, w1, w2, w3], q) = unsafe { run(w, a, b, c) };
+                // `sdot` (FEAT_DotProd): each i32 lane (a row) += four i8 × i8 products. Its
+                // intrinsic is not stable in Rust yet, the instruction is.
+                // SAFETY: the caller guarantees FEAT_DotProd; registers only, no memory.
+                unsafe {
+                    std::arch::asm!(
+                        "sdot {s0:v}.4s, {w0:v}.16b, {q:v}.16b",
+                        "sdot {s1:v}.4s, {w1:v}.16b, {q:v}.16b",
+                        "sdot {s2:v}.4s, {w2:v}.16b, {q:v}.16b",
+                        "sdot {s3:v}.4s, {w3:v}.16b, {q:v}.16b",
+                        s0 = inout(vreg) s0,
+                        s1 = inout(vreg) s1,
+                        s2 = inout(vreg) s2,
+                        s3 = inout(vreg) s3,
+                        w0 = in(vreg) w0,
+                        w1 = in(vreg) w1,
+                        w2 = in(vreg) w2,
+                        w3 = in(vreg) w3,
+                        q = in(vreg) q,
+                        options(pure, nomem, nostack, preserves_flags),
+                    );
+                }
             }
-            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(sum), w_scales[b] * a_scales[b]);
+            // SAFETY: block b's scales are in bounds (caller).
+            unsafe { accumulate(&mut acc, [s0, s1, s2, s3], w_scales, a_scale, b) };
         }
-        vaddvq_f32(acc)
+        store(acc)
     }
 }
 
 #[cfg(target_arch = "arm")]
 mod armv7 {
+    use super::{GROUP_BLOCK, ROW_GROUP};
+
     /// Whether the CPU has NEON (the kernel's `HWCAP_NEON` bit).
     pub(super) fn has_neon() -> bool {
         const HWCAP_NEON: std::ffi::c_ulong = 1 << 12;
@@ -368,42 +601,90 @@ mod armv7 {
         unsafe { libc::getauxval(libc::AT_HWCAP) & HWCAP_NEON != 0 }
     }
 
-    /// `Σ_j (w[j] − 128) · a[j]` over the 32-byte blocks at `w` and `a`.
+    /// Instructions for run `c` of the rows of one quad: multiply its 16 weight bytes (loaded
+    /// at `{w}`, which then moves on by `{stride}` to the next run) as `u − 128` by the run's
+    /// four activation bytes (lane `$lane` of d0–d3) and add the pairs of products to q3 (rows
+    /// 4i, 4i + 1) and q4 (rows 4i + 2, 4i + 3).
+    macro_rules! run {
+        ($lane:literal) => {
+            concat!(
+                "vld1.8 {{d10-d11}}, [{w}], {stride}\n",
+                "veor q5, q5, q2\n",
+                "vdup.32 d12, ",
+                $lane,
+                "\n",
+                // |(u − 128) · q| ≤ 128 · 127 fits i16; pairs are summed into i32 lanes.
+                "vmull.s8 q7, d10, d12\n",
+                "vpadal.s16 q3, q7\n",
+                "vmull.s8 q7, d11, d12\n",
+                "vpadal.s16 q4, q7\n",
+            )
+        };
+    }
+
+    /// Adds block `b`'s 16 rows, scaled by their `w_scales` and `a_scale`, to `out`.
     ///
-    /// The caller guarantees 32 readable bytes at each pointer and a CPU with NEON.
+    /// The caller guarantees NEON and that block `b` lies within `w`, `w_scales` and `a`.
     #[inline(always)]
-    unsafe fn block_sum(w: *const u8, a: *const i8) -> i32 {
-        let sum: i32;
+    unsafe fn block(
+        out: &mut [f32; ROW_GROUP],
+        w: &[u8],
+        w_scales: &[f32],
+        a: &[i8],
+        a_scale: f32,
+        b: usize,
+    ) {
         // The armv7 target assumes no NEON and its intrinsics are not stable, so the block is
-        // assembly, told that NEON exists (`.fpu neon`); only q0–q6 (the target has 16 d
-        // registers below NEON's 32).
-        // SAFETY: reads 32 bytes at `w` and at `a` (caller); the CPU has NEON (caller); the
-        // registers it uses are declared clobbered, as the VFP d registers they are made of (a
-        // build without NEON does not know the q registers).
+        // assembly, told that NEON exists (`.fpu neon`); only q0–q7 (the target has 16 d
+        // registers below NEON's 32). q0–q1: the block's 32 activations; q2: 0x80 in every
+        // byte; per quad of rows, q3–q4: pair sums, q5: weights, d12: four activations
+        // broadcast, d13: `a_scale`, q7: products.
+        // SAFETY: reads 512 bytes of weights at `w` + 512b, 32 activations at `a` + 32b and
+        // 16 scales at `w_scales` + 16b (all in bounds, caller), reads and writes the 16 floats
+        // of `out`; the CPU has NEON (caller); the registers it uses are declared clobbered,
+        // as the VFP d registers they are made of (a build without NEON does not know the q
+        // registers); `subs` sets the flags.
         unsafe {
             std::arch::asm!(
                 ".fpu neon",
-                "vld1.8 {{d0-d3}}, [{w}]",
-                "vld1.8 {{d4-d7}}, [{a}]",
+                "vld1.8 {{d0-d3}}, [{a}]",
                 // u − 128 as i8 is u with its top bit flipped.
-                "vmov.i8 q4, #0x80",
-                "veor q0, q0, q4",
-                "veor q1, q1, q4",
-                // |(u − 128) · q| ≤ 128 · 127 fits i16; pairs are summed into i32 lanes.
-                "vmull.s8 q4, d0, d4",
-                "vmull.s8 q5, d1, d5",
-                "vpaddl.s16 q6, q4",
-                "vpadal.s16 q6, q5",
-                "vmull.s8 q4, d2, d6",
-                "vmull.s8 q5, d3, d7",
-                "vpadal.s16 q6, q4",
-                "vpadal.s16 q6, q5",
-                "vpadd.i32 d12, d12, d13",
-                "vpadd.i32 d12, d12, d12",
-                "vmov.32 {sum}, d12[0]",
-                w = in(reg) w,
-                a = in(reg) a,
-                sum = out(reg) sum,
+                "vmov.i8 q2, #0x80",
+                "vdup.32 d13, {a_scale}",
+                "mov {quads}, #4",
+                // One quad of rows 4i..4i + 4 per pass: the four rows' columns 4c..4c + 4 lie
+                // 16i bytes into run c.
+                "2:",
+                "vmov.i32 q3, #0",
+                "vmov.i32 q4, #0",
+                run!("d0[0]"),
+                run!("d0[1]"),
+                run!("d1[0]"),
+                run!("d1[1]"),
+                run!("d2[0]"),
+                run!("d2[1]"),
+                run!("d3[0]"),
+                run!("d3[1]"),
+                // Back from the end of the block to the next quad's first 16 bytes.
+                "sub {w}, {w}, #496",
+                // The four rows' sums, in f32 (exact: |sum| ≤ 32 · 128 · 127 < 2^24).
+                "vpadd.i32 d6, d6, d7",
+                "vpadd.i32 d7, d8, d9",
+                "vcvt.f32.s32 q3, q3",
+                "vld1.32 {{d8-d9}}, [{w_scales}]!",
+                "vmul.f32 q4, q4, d13[0]",
+                "vld1.32 {{d10-d11}}, [{out}]",
+                "vmla.f32 q5, q3, q4",
+                "vst1.32 {{d10-d11}}, [{out}]!",
+                "subs {quads}, {quads}, #1",
+                "bne 2b",
+                w = inout(reg) w.as_ptr().add(b * GROUP_BLOCK) => _,
+                a = in(reg) a.as_ptr().add(32 * b),
+                w_scales = inout(reg) w_scales.as_ptr().add(b * ROW_GROUP) => _,
+                out = inout(reg) out.as_mut_ptr() => _,
+                a_scale = in(reg) a_scale.to_bits(),
+                stride = in(reg) 64u32,
+                quads = out(reg) _,
                 out("d0") _,
                 out("d1") _,
                 out("d2") _,
@@ -418,31 +699,39 @@ mod armv7 {
                 out("d11") _,
                 out("d12") _,
                 out("d13") _,
-                options(pure, readonly, nostack, preserves_flags),
+                out("d14") _,
+                out("d15") _,
+                options(nostack),
             );
         }
-        sum
     }
 
-    /// The caller guarantees NEON and that every slice holds `a_scales.len()` blocks.
-    pub(super) unsafe fn dot_neon(w: &[u8], w_scales: &[f32], a: &[i8], a_scales: &[f32]) -> f32 {
-        let mut total = 0.0;
-        for b in 0..a_scales.len() {
-            // SAFETY: block b lies within both slices; the CPU has NEON (caller).
-            let sum = unsafe { block_sum(w.as_ptr().add(32 * b), a.as_ptr().add(32 * b)) };
-            total += w_scales[b] * a_scales[b] * sum as f32;
+    /// The caller guarantees NEON and that `w`, `w_scales` and `a` hold `a_scales.len()`
+    /// blocks.
+    pub(super) unsafe fn group_neon(
+        w: &[u8],
+        w_scales: &[f32],
+        a: &[i8],
+        a_scales: &[f32],
+    ) -> [f32; ROW_GROUP] {
+        let mut out = [0f32; ROW_GROUP];
+        for (b, &a_scale) in a_scales.iter().enumerate() {
+            // SAFETY: block b lies within the slices; the CPU has NEON (caller).
+            unsafe { block(&mut out, w, w_scales, a, a_scale, b) };
         }
-        total
+        out
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ember_core::image::{quant_index, scale_index};
     use quickcheck::quickcheck;
 
-    /// The exact dot product, and the magnitude of the terms a kernel adds up on the way (the
-    /// AVX-VNNI kernel multiplies the raw u8 weights and subtracts 128·Σq afterwards, in f32).
+    /// The exact dot product of row-major row `w` with `a`, and the magnitude of the terms a
+    /// kernel adds up on the way (the VNNI kernels multiply the raw u8 weights and subtract
+    /// 128·Σq afterwards).
     fn exact(w: &[u8], w_scales: &[f32], a: &QuantizedRows) -> (f64, f64) {
         let mut total = 0.0;
         let mut magnitude = 0.0;
@@ -469,20 +758,47 @@ mod tests {
     }
 
     quickcheck! {
-        fn every_kernel_computes_the_same_integer_sums(w: Vec<u8>, x: Vec<f32>, scale: u8) -> bool {
-            let blocks = (w.len().min(x.len()) / 32).max(1);
-            let w: Vec<u8> = w.into_iter().chain(std::iter::repeat(7)).take(blocks * 32).collect();
+        fn every_kernel_computes_each_rows_exact_integer_sums(w: Vec<u8>, x: Vec<f32>, scale: u8) -> bool {
+            let blocks = (w.len().min(x.len()) / 32).clamp(1, 8);
+            let cols = blocks * 32;
+            let rows: Vec<Vec<u8>> = (0..ROW_GROUP)
+                .map(|r| (0..cols).map(|j| w.get((r * 7 + j) % w.len().max(1)).copied().unwrap_or(7) ^ (r as u8 * 37)).collect())
+                .collect();
+            let row_scales: Vec<Vec<f32>> = (0..ROW_GROUP)
+                .map(|r| (0..blocks).map(|b| (b as f32 + 1.0) * (scale as f32 + 1.0) * (r as f32 + 1.0) / 2048.0).collect())
+                .collect();
+            let mut group = vec![0u8; ROW_GROUP * cols];
+            let mut group_scales = vec![0f32; ROW_GROUP * blocks];
+            for r in 0..ROW_GROUP {
+                for j in 0..cols {
+                    group[quant_index(cols, r, j)] = rows[r][j];
+                }
+                for b in 0..blocks {
+                    group_scales[scale_index(cols, r, b)] = row_scales[r][b];
+                }
+            }
             let x: Vec<f32> = x.into_iter().map(|v| if v.is_finite() { v % 1e3 } else { 0.0 })
-                .chain(std::iter::repeat(0.5)).take(blocks * 32).collect();
-            let w_scales: Vec<f32> = (0..blocks).map(|b| (b as f32 + 1.0) * (scale as f32 + 1.0) / 256.0).collect();
-            let a = QuantizedRows::new(&x, blocks * 32);
-            let (want, magnitude) = exact(&w, &w_scales, &a);
+                .chain(std::iter::repeat(0.5)).take(cols).collect();
+            let a = QuantizedRows::new(&x, cols);
             // f32 rounding scales with the terms, not with their sum (which can cancel to 0).
             Kernel::available().into_iter().all(|k| {
-                let got = k.dot(&w, &w_scales, &a, 0) as f64;
-                (got - want).abs() <= 1e-6 * magnitude.max(1.0)
+                let got = k.dot_group(&group, &group_scales, &a, 0);
+                (0..ROW_GROUP).all(|r| {
+                    let (want, magnitude) = exact(&rows[r], &row_scales[r], &a);
+                    (got[r] as f64 - want).abs() <= 1e-6 * magnitude.max(1.0)
+                })
             })
         }
+    }
+
+    #[test]
+    fn activations_round_half_to_even() {
+        let mut x = vec![0f32; 32];
+        x[..6].copy_from_slice(&[127.0, 0.5, 1.5, 2.5, -0.5, -1.5]);
+        let a = QuantizedRows::new(&x, 32);
+        assert_eq!(a.scales, [1.0]);
+        assert_eq!(&a.quants[..6], &[127, 0, 2, 2, 0, -2]);
+        assert_eq!(a.sums, [129]);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! - [`graph`]: builds the Llama-family ONNX graph (standard ops + `com.microsoft`
 //!   `MatMulNBits`/`GatherBlockQuantized`, 8-bit) over the image's weights section.
 //! - [`ops`]: tract ops for those two nodes that hold the mapping instead of copying weights.
-//! - [`kernels`]: the int8 dot products (AVX-VNNI, AVX2, portable).
+//! - [`kernels`]: the int8 dot products over groups of 16 interleaved rows (AVX-512 VNNI,
+//!   AVX-VNNI, AVX2, NEON with and without `sdot`, armv7 NEON, portable).
+//! - [`workers`]: threads that stay alive and split each op's work once.
 //! - [`TractModel`]/[`TractSession`]: load once, optimize once, run with a KV cache.
 
 #![warn(missing_docs)]
@@ -15,14 +17,16 @@ mod engine;
 pub mod graph;
 pub mod kernels;
 pub mod ops;
+pub mod workers;
 
 /// The revision of the int8 engine's arithmetic, raised with every change that can alter the
 /// tokens it generates (and so the self-test tokens `ember quantize` records in an image).
-/// 1: tract's attention over concatenated caches; 2: Ember's attention over a cache in place.
-pub const ENGINE_REVISION: u32 = 2;
+/// 1: tract's attention over concatenated caches; 2: Ember's attention over a cache in place;
+/// 3: dot products over groups of 16 interleaved rows (sums in another order).
+pub const ENGINE_REVISION: u32 = 3;
 
 pub use cpu::CpuReport;
-pub use engine::{TractModel, TractSession, self_test};
+pub use engine::{OpProfile, TractModel, TractSession, self_test};
 pub use graph::GraphError;
 /// ONNX protobuf types (from tract-onnx).
 pub use tract_onnx::pb;

@@ -6,12 +6,13 @@
 //! [`MappedTensors::install`], a thread-local set for the duration of one parse.
 
 use crate::kernels::{Kernel, QuantizedRows};
+use crate::workers::Workers;
+use ember_core::image::{ROW_GROUP, padded_rows, quant_index, scale_index};
 use memmap2::Mmap;
-use rayon::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
 use tract_onnx::prelude::*;
@@ -24,8 +25,8 @@ pub struct MappedTensors {
     pub map: Arc<Mmap>,
     /// Byte range and dimensions of each mapped initializer within `map`.
     pub tensors: HashMap<String, (Range<usize>, Vec<usize>)>,
-    /// Threads the matmuls split their rows over.
-    pub pool: Arc<rayon::ThreadPool>,
+    /// Threads the matmuls and attention split their work over.
+    pub workers: Arc<Workers>,
     /// Dot-product kernel.
     pub kernel: Kernel,
 }
@@ -43,7 +44,7 @@ impl MappedTensors {
         result
     }
 
-    fn with<T>(f: impl FnOnce(&MappedTensors) -> TractResult<T>) -> TractResult<T> {
+    pub(crate) fn with<T>(f: impl FnOnce(&MappedTensors) -> TractResult<T>) -> TractResult<T> {
         MAPPED.with(|m| match &*m.borrow() {
             Some(mapped) => f(mapped),
             None => bail!("Ember's int8 ops can only be built while an image is being loaded"),
@@ -81,8 +82,9 @@ fn f32s(bytes: &[u8]) -> &[f32] {
     values
 }
 
-/// An int8 `rows × cols` matrix read in place from the mapping: `rows · cols` u8 quants
-/// (value = scale · (u − 128)) and one little-endian f32 scale per block of 32.
+/// An int8 `rows × cols` matrix read in place from the mapping: u8 quants (value =
+/// scale · (u − 128)) and one little-endian f32 scale per block of 32, both with the rows in
+/// interleaved groups of 16 (`ember_core::image::quant_index`), the last group padded.
 #[derive(Debug, Clone)]
 pub struct MappedMatrix {
     map: Arc<Mmap>,
@@ -104,8 +106,9 @@ impl PartialEq for MappedMatrix {
 impl Eq for MappedMatrix {}
 
 impl MappedMatrix {
-    /// The initializers `quants` and `scales` of a `rows × cols` matrix, checked for length and
-    /// for the scales' 4-byte alignment.
+    /// The initializers `quants` and `scales` of a `rows × cols` matrix (the graph gives their
+    /// standard lengths; the image stores whole groups of rows), checked for length, for lying
+    /// within the mapping and for the scales' 4-byte alignment.
     fn new(
         m: &MappedTensors,
         quants: &str,
@@ -113,8 +116,17 @@ impl MappedMatrix {
         rows: usize,
         cols: usize,
     ) -> TractResult<Self> {
+        let stored = padded_rows(rows as u64) as usize * cols;
         let quants = m.range(quants, rows * cols)?;
         let scales = m.range(scales, rows * cols / 32 * 4)?;
+        let (quants, scales) = (
+            quants.start..quants.start + stored,
+            scales.start..scales.start + stored / 32 * 4,
+        );
+        ensure!(
+            quants.end <= scales.start && scales.end <= m.map.len(),
+            "the groups of rows at {quants:?} and their scales at {scales:?} do not fit the image"
+        );
         ensure!(
             scales.start.is_multiple_of(4) && (m.map.as_ptr() as usize).is_multiple_of(4),
             "scales at offset {} are not 4-byte aligned",
@@ -129,20 +141,38 @@ impl MappedMatrix {
         })
     }
 
-    /// Row `row`: its quants and its block scales.
-    fn row(&self, row: usize) -> (&[u8], &[f32]) {
-        let blocks = self.cols / 32;
-        let quants = &self.map[self.quants.start + row * self.cols..][..self.cols];
-        let scales = &f32s(&self.map[self.scales.clone()])[row * blocks..][..blocks];
+    /// Groups of rows stored.
+    fn groups(&self) -> usize {
+        self.rows.div_ceil(ROW_GROUP)
+    }
+
+    /// Group `group`: its interleaved quants and scales.
+    fn group(&self, group: usize) -> (&[u8], &[f32]) {
+        let (bytes, blocks) = (ROW_GROUP * self.cols, ROW_GROUP * self.cols / 32);
+        let quants = &self.map[self.quants.clone()][group * bytes..][..bytes];
+        let scales = &f32s(&self.map[self.scales.clone()])[group * blocks..][..blocks];
         (quants, scales)
+    }
+
+    /// Row `row`, dequantized.
+    fn dequantized_row(&self, row: usize) -> impl Iterator<Item = f32> + '_ {
+        let quants = &self.map[self.quants.clone()];
+        let scales = f32s(&self.map[self.scales.clone()]);
+        (0..self.cols).map(move |col| {
+            let u = quants[quant_index(self.cols, row, col)];
+            scales[scale_index(self.cols, row, col / 32)] * (u as i32 - 128) as f32
+        })
     }
 }
 
-/// `y = x · Wᵀ` for an int8 `n × k` matrix `W` held in the mapping (`n` rows of `k`).
+/// `y_i = x · W_iᵀ` for int8 matrices `W_i` (`n_i` rows of `k`) held in the mapping: one
+/// output per matrix. Several matrices over the same input (a layer's query, key and value
+/// projections; its gate and up projections) share one quantization of the input and one
+/// split of their rows across the threads.
 #[derive(Debug, Clone)]
 pub struct Int8MatMul {
-    weights: MappedMatrix,
-    pool: Arc<rayon::ThreadPool>,
+    weights: Vec<MappedMatrix>,
+    workers: Arc<Workers>,
     kernel: Kernel,
 }
 
@@ -153,40 +183,62 @@ impl PartialEq for Int8MatMul {
 }
 impl Eq for Int8MatMul {}
 
-/// Output rows each task computes (a few cache lines of weights).
-const ROWS_PER_TASK: usize = 16;
+/// The node type [`fuse_matmuls`] writes (domain `ai.ember`): inputs `x`, then each matrix's
+/// quants and scales; attributes `K` and `N` (one per matrix); one output per matrix.
+pub const FUSED_MATMULS: &str = "EmberInt8MatMuls";
 
 impl Int8MatMul {
-    /// `rows × n` outputs for `rows × k` inputs.
-    pub fn compute(&self, x: &[f32]) -> Vec<f32> {
-        let (n, k) = (self.weights.rows, self.weights.cols);
-        let a = QuantizedRows::new(x, k);
+    /// Values per input row.
+    fn cols(&self) -> usize {
+        self.weights.first().map_or(0, |w| w.cols)
+    }
+
+    /// For `rows × k` inputs, each matrix's `rows × n_i` outputs.
+    pub fn compute(&self, x: &[f32]) -> Vec<Vec<f32>> {
+        let a = QuantizedRows::new(x, self.cols());
         let rows = a.rows();
-        // Transposed: each task owns whole weight rows, read once for all activation rows.
-        let mut transposed = vec![0f32; n * rows];
-        self.pool.install(|| {
-            transposed
-                .par_chunks_mut(ROWS_PER_TASK * rows)
-                .enumerate()
-                .for_each(|(task, out)| {
-                    for (i, column) in out.chunks_mut(rows).enumerate() {
-                        let (w, ws) = self.weights.row(task * ROWS_PER_TASK + i);
-                        for (s, y) in column.iter_mut().enumerate() {
-                            *y = self.kernel.dot(w, ws, &a, s);
-                        }
-                    }
-                })
-        });
-        if rows == 1 {
-            return transposed;
-        }
-        let mut y = vec![0f32; rows * n];
-        for (row, column) in transposed.chunks(rows).enumerate() {
-            for (s, v) in column.iter().enumerate() {
-                y[s * n + row] = *v;
+        // Every matrix's groups in a row; each chunk is a run of whole groups, read once for all
+        // activation rows; per group the results are `rows × 16`.
+        let groups: Vec<(usize, usize)> = self
+            .weights
+            .iter()
+            .enumerate()
+            .flat_map(|(m, w)| (0..w.groups()).map(move |g| (m, g)))
+            .collect();
+        let per_chunk = self.workers.chunk_size(groups.len());
+        let mut grouped = vec![0f32; groups.len() * ROW_GROUP * rows];
+        let chunks: Vec<Mutex<&mut [f32]>> = grouped
+            .chunks_mut(per_chunk * ROW_GROUP * rows)
+            .map(Mutex::new)
+            .collect();
+        self.workers.run(chunks.len(), &|chunk| {
+            let mut out = chunks[chunk].lock().unwrap_or_else(|e| e.into_inner());
+            for (i, out) in out.chunks_mut(ROW_GROUP * rows).enumerate() {
+                let (m, g) = groups[chunk * per_chunk + i];
+                let (w, scales) = self.weights[m].group(g);
+                for (s, out) in out.chunks_mut(ROW_GROUP).enumerate() {
+                    out.copy_from_slice(&self.kernel.dot_group(w, scales, &a, s));
+                }
             }
+        });
+        drop(chunks);
+        let mut rest = &grouped[..];
+        let mut outputs = Vec::with_capacity(self.weights.len());
+        for weights in &self.weights {
+            let n = weights.rows;
+            let (mine, others) = rest.split_at(weights.groups() * ROW_GROUP * rows);
+            rest = others;
+            let mut y = vec![0f32; rows * n];
+            for (g, group) in mine.chunks(ROW_GROUP * rows).enumerate() {
+                for (s, values) in group.chunks(ROW_GROUP).enumerate() {
+                    let first = g * ROW_GROUP;
+                    let count = ROW_GROUP.min(n - first);
+                    y[s * n + first..][..count].copy_from_slice(&values[..count]);
+                }
+            }
+            outputs.push(y);
         }
-        y
+        outputs
     }
 }
 
@@ -205,24 +257,39 @@ impl EvalOp for Int8MatMul {
         let x = x.cast_to::<f32>()?;
         let shape = x.shape();
         ensure!(
-            shape.last() == Some(&self.weights.cols),
+            shape.last() == Some(&self.cols()),
             "int8 matmul: input {shape:?} does not end in {}",
-            self.weights.cols
+            self.cols()
         );
-        let y = self.compute(x.try_as_plain_ram()?.as_slice::<f32>()?);
-        let mut out_shape: TVec<usize> = shape.into();
-        *out_shape.last_mut().unwrap_or(&mut 0) = self.weights.rows;
-        Ok(tvec!(Tensor::from_shape(&out_shape, &y)?.into_tvalue()))
+        let outputs = self.compute(x.try_as_plain_ram()?.as_slice::<f32>()?);
+        outputs
+            .iter()
+            .zip(&self.weights)
+            .map(|(y, weights)| {
+                let mut out_shape: TVec<usize> = shape.into();
+                *out_shape.last_mut().unwrap_or(&mut 0) = weights.rows;
+                Ok(Tensor::from_shape(&out_shape, y)?.into_tvalue())
+            })
+            .collect()
     }
 }
 
 impl TypedOp for Int8MatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let mut shape: TVec<TDim> = inputs[0].shape.to_tvec();
-        ensure!(!shape.is_empty(), "int8 matmul needs an input of rank ≥ 1");
-        let last = shape.len() - 1;
-        shape[last] = self.weights.rows.to_dim();
-        Ok(tvec!(f32::fact(&shape)))
+        ensure!(
+            !inputs[0].shape.is_empty(),
+            "int8 matmul needs an input of rank ≥ 1"
+        );
+        Ok(self
+            .weights
+            .iter()
+            .map(|weights| {
+                let mut shape: TVec<TDim> = inputs[0].shape.to_tvec();
+                let last = shape.len() - 1;
+                shape[last] = weights.rows.to_dim();
+                f32::fact(&shape)
+            })
+            .collect())
     }
     as_op!();
 }
@@ -232,23 +299,30 @@ impl Expansion for Int8MatMul {
         "EmberInt8MatMul".into()
     }
 
+    fn nboutputs(&self) -> TractResult<usize> {
+        Ok(self.weights.len())
+    }
+
     fn rules<'r, 'p: 'r, 's: 'r>(
         &'s self,
         s: &mut Solver<'r>,
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_output_arity(outputs, 1)?;
-        s.equals(&outputs[0].datum_type, f32::datum_type())?;
-        let n = self.weights.rows.to_dim();
-        s.given(&inputs[0].rank, move |s, rank| {
-            let rank = rank as usize;
-            s.equals(&outputs[0].rank, rank as i64)?;
-            for axis in 0..rank.saturating_sub(1) {
-                s.equals(&outputs[0].shape[axis], &inputs[0].shape[axis])?;
-            }
-            s.equals(&outputs[0].shape[rank.saturating_sub(1)], n.clone())
-        })
+        check_output_arity(outputs, self.weights.len())?;
+        for (output, weights) in outputs.iter().zip(&self.weights) {
+            s.equals(&output.datum_type, f32::datum_type())?;
+            let n = weights.rows.to_dim();
+            s.given(&inputs[0].rank, move |s, rank| {
+                let rank = rank as usize;
+                s.equals(&output.rank, rank as i64)?;
+                for axis in 0..rank.saturating_sub(1) {
+                    s.equals(&output.shape[axis], &inputs[0].shape[axis])?;
+                }
+                s.equals(&output.shape[rank.saturating_sub(1)], n.clone())
+            })?;
+        }
+        Ok(())
     }
 
     fn wire(
@@ -283,12 +357,108 @@ pub fn build_matmul(
     );
     MappedTensors::with(|m| {
         let op = Int8MatMul {
-            weights: MappedMatrix::new(m, &node.input[1], &node.input[2], n, k)?,
-            pool: Arc::clone(&m.pool),
+            weights: vec![MappedMatrix::new(m, &node.input[1], &node.input[2], n, k)?],
+            workers: Arc::clone(&m.workers),
             kernel: m.kernel,
         };
         Ok((expand(op), vec![]))
     })
+}
+
+/// Builds [`Int8MatMul`] for a [`FUSED_MATMULS`] node.
+pub fn build_fused_matmuls(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let k: usize = node.get_attr("K")?;
+    let ns: Vec<usize> = node.get_attr_tvec("N")?.into_vec();
+    ensure!(
+        !ns.is_empty() && node.input.len() == 1 + 2 * ns.len() && node.output.len() == ns.len(),
+        "{FUSED_MATMULS} {:?}: inputs, outputs and N do not agree",
+        node.name
+    );
+    MappedTensors::with(|m| {
+        let weights = ns
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                MappedMatrix::new(m, &node.input[1 + 2 * i], &node.input[2 + 2 * i], n, k)
+            })
+            .collect::<TractResult<_>>()?;
+        let op = Int8MatMul {
+            weights,
+            workers: Arc::clone(&m.workers),
+            kernel: m.kernel,
+        };
+        Ok((expand(op), vec![]))
+    })
+}
+
+/// Rewrites `graph` so that `MatMulNBits` nodes reading the same input become one
+/// [`FUSED_MATMULS`] node: one quantization of the input and one split of the work for a
+/// layer's query, key and value projections, and for its gate and up projections.
+pub fn fuse_matmuls(graph: &mut tract_onnx::pb::GraphProto) {
+    use tract_onnx::pb::{AttributeProto, attribute_proto::AttributeType};
+    let fusable = |n: &NodeProto| n.op_type == "MatMulNBits" && n.input.len() == 3;
+    let attr = |n: &NodeProto, name: &str| n.attribute.iter().find(|a| a.name == name).map(|a| a.i);
+    let mut index = 0;
+    while index < graph.node.len() {
+        let first = &graph.node[index];
+        if !fusable(first) || attr(first, "bits") != Some(8) {
+            index += 1;
+            continue;
+        }
+        let (input, k) = (first.input[0].clone(), attr(first, "K"));
+        let siblings: Vec<usize> = (index..graph.node.len())
+            .filter(|&i| {
+                let n = &graph.node[i];
+                fusable(n)
+                    && n.input[0] == input
+                    && attr(n, "K") == k
+                    && attr(n, "bits") == Some(8)
+                    && attr(n, "block_size") == Some(32)
+            })
+            .collect();
+        if siblings.len() < 2 {
+            index += 1;
+            continue;
+        }
+        let mut inputs = vec![input];
+        let (mut outputs, mut ns) = (Vec::new(), Vec::new());
+        for &i in &siblings {
+            let n = &graph.node[i];
+            inputs.extend_from_slice(&n.input[1..]);
+            outputs.extend_from_slice(&n.output);
+            ns.push(attr(n, "N").unwrap_or(0));
+        }
+        let fused = NodeProto {
+            name: format!("{}.fused", graph.node[index].name),
+            op_type: FUSED_MATMULS.into(),
+            domain: "ai.ember".into(),
+            input: inputs,
+            output: outputs,
+            attribute: vec![
+                AttributeProto {
+                    name: "K".into(),
+                    r#type: AttributeType::Int as i32,
+                    i: k.unwrap_or(0),
+                    ..Default::default()
+                },
+                AttributeProto {
+                    name: "N".into(),
+                    r#type: AttributeType::Ints as i32,
+                    ints: ns,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        for &i in siblings.iter().skip(1).rev() {
+            graph.node.remove(i);
+        }
+        graph.node[index] = fused;
+        index += 1;
+    }
 }
 
 /// Rows of an int8 `rows × cols` table held in the mapping, dequantized: the token embedding.
@@ -317,10 +487,7 @@ impl EvalOp for Int8Gather {
                 .ok()
                 .filter(|&r| r < rows)
                 .with_context(|| format!("token id {id} is outside the vocabulary of {rows}"))?;
-            let (quants, scales) = self.table.row(row);
-            for (block, d) in quants.chunks_exact(32).zip(scales) {
-                out.extend(block.iter().map(|&u| d * (u as i32 - 128) as f32));
-            }
+            out.extend(self.table.dequantized_row(row));
         }
         let mut shape: TVec<usize> = ids.shape().into();
         shape.push(cols);
@@ -414,32 +581,94 @@ pub fn build_gather(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ember_core::image::{TensorEncoding, TensorEntry};
+    use ember_image::EncodedTensor;
 
-    /// A mapped `n × k` int8 matrix with pseudo-random quants and scales.
-    fn matmul(n: usize, k: usize, threads: usize) -> Int8MatMul {
-        let quants: Vec<u8> = (0..n * k).map(|i| (i * 7919 % 251) as u8).collect();
-        let scales: Vec<u8> = (0..n * k / 32)
-            .flat_map(|i| (0.001 * (1 + i % 13) as f32).to_le_bytes())
+    /// Row-major quants and scales of an `n × k` matrix.
+    fn weights(n: usize, k: usize) -> (Vec<u8>, Vec<f32>) {
+        let quants = (0..n * k).map(|i| (i * 7919 % 251) as u8).collect();
+        let scales = (0..n * k / 32)
+            .map(|i| 0.001 * (1 + i % 13) as f32)
             .collect();
-        let path = std::env::temp_dir().join(format!("ember-ops-{}-{n}-{k}", std::process::id()));
-        std::fs::write(&path, [quants.as_slice(), &scales].concat()).unwrap();
+        (quants, scales)
+    }
+
+    /// A mapped `n × k` int8 matrix, stored as images store it.
+    fn matmul(n: usize, k: usize, threads: usize) -> Int8MatMul {
+        let (quants, scales) = weights(n, k);
+        let dims = [k as u64, n as u64];
+        let tensor = EncodedTensor::new("w", &dims, TensorEncoding::Int8Block32, &quants, &scales);
+        let layout = TensorEntry::layout(TensorEncoding::Int8Block32, k as u64, n as u64);
+        static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let made = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("ember-ops-{}-{made}", std::process::id()));
+        std::fs::write(&path, &tensor.bytes).unwrap();
         let file = std::fs::File::open(&path).unwrap();
         // SAFETY: a private temporary file nobody modifies while it is mapped.
         let map = Arc::new(unsafe { Mmap::map(&file) }.unwrap());
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
+        let _ = std::fs::remove_file(&path);
+        let range = |(offset, length): (u64, u64)| offset as usize..(offset + length) as usize;
         Int8MatMul {
-            weights: MappedMatrix {
+            weights: vec![MappedMatrix {
                 map,
-                quants: 0..n * k,
-                scales: n * k..n * k + n * k / 32 * 4,
+                quants: range(layout.quants),
+                scales: range(layout.scales),
                 rows: n,
                 cols: k,
-            },
-            pool: Arc::new(pool),
+            }],
+            workers: Arc::new(Workers::new(threads).unwrap()),
             kernel: Kernel::detect(),
+        }
+    }
+
+    #[test]
+    fn each_output_is_its_rows_dot_product_with_the_quantized_input() {
+        for (n, k, threads) in [(96, 64, 1), (50, 1536, 2), (300, 96, 3)] {
+            let op = matmul(n, k, threads);
+            let (quants, scales) = weights(n, k);
+            let x: Vec<f32> = (0..k)
+                .map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0)
+                .collect();
+            let a = QuantizedRows::new(&x, k);
+            let y = op.compute(&x).remove(0);
+            assert_eq!(y.len(), n);
+            for (row, got) in y.iter().enumerate() {
+                let mut want = 0f64;
+                let mut size = 0f64;
+                for col in 0..k {
+                    let (b, u) = (col / 32, quants[row * k + col] as f64 - 128.0);
+                    let term = scales[row * k / 32 + b] as f64
+                        * a.scales[b] as f64
+                        * u
+                        * a.quants[col] as f64;
+                    want += term;
+                    size += term.abs();
+                }
+                assert!(
+                    (*got as f64 - want).abs() <= 1e-5 * size.max(1.0),
+                    "n {n} k {k} row {row}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fused_matrices_give_what_each_gives_alone() {
+        let k = 96;
+        let parts = [matmul(48, k, 2), matmul(20, k, 2), matmul(300, k, 2)];
+        let fused = Int8MatMul {
+            weights: parts.iter().flat_map(|p| p.weights.clone()).collect(),
+            workers: Arc::new(Workers::new(2).unwrap()),
+            kernel: Kernel::detect(),
+        };
+        for rows in [1, 3] {
+            let x: Vec<f32> = (0..rows * k)
+                .map(|i| ((i * 13 % 41) as f32 - 20.0) / 9.0)
+                .collect();
+            let together = fused.compute(&x);
+            for (alone, together) in parts.iter().zip(&together) {
+                assert_eq!(&alone.compute(&x).remove(0), together);
+            }
         }
     }
 
@@ -451,9 +680,9 @@ mod tests {
             let x: Vec<f32> = (0..rows * k)
                 .map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0)
                 .collect();
-            let batch = op.compute(&x);
+            let batch = op.compute(&x).remove(0);
             for r in 0..rows {
-                let single = op.compute(&x[r * k..][..k]);
+                let single = op.compute(&x[r * k..][..k]).remove(0);
                 assert_eq!(&batch[r * n..][..n], &single[..], "n {n} k {k} row {r}");
             }
         }

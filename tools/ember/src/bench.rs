@@ -2,7 +2,7 @@
 //! ~400-token context, resident memory — and, when the `xllamacpp` wheel is installed, the same
 //! measurements of llama.cpp on the same GGUF in the same run, with Ember/llama.cpp ratios.
 
-use crate::model::LoadedModel;
+use crate::model::{Engine, LoadedModel};
 use anyhow::{Context, Result, bail};
 use ember_core::{
     chat::{ChatTemplate, Message, Role},
@@ -69,6 +69,62 @@ pub struct BenchReport {
     pub peer: Option<PeerReport>,
     /// Why llama.cpp did not run, when it did not.
     pub peer_skipped: Option<String>,
+    /// With `--profile`: decode time per token by op kind.
+    pub profile: Option<DecodeProfile>,
+}
+
+/// Where one decoded token's time goes in the int8 engine, by op kind.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecodeProfile {
+    /// Tokens decoded while profiling.
+    pub tokens: u64,
+    /// Wall time per token, all ops together (ms).
+    pub ms_per_token: f64,
+    /// Op kinds, slowest first.
+    pub kinds: Vec<OpKindTime>,
+}
+
+/// One op kind's share of a decoded token.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpKindTime {
+    /// tract's name for the op (Ember's own ops start with `Ember`).
+    pub op: String,
+    /// Milliseconds per token.
+    pub ms_per_token: f64,
+    /// Evaluations per token.
+    pub ops_per_token: f64,
+}
+
+/// Decodes `decode_tokens` tokens after `prompt` with every op timed.
+fn profile(model: &LoadedModel, prompt: &[u32], decode_tokens: usize) -> Result<DecodeProfile> {
+    let Engine::Tract(engine) = &model.engine else {
+        bail!("--profile times the int8 engine's ops: give it an Ember image");
+    };
+    let mut session = engine.session(prompt.len() + decode_tokens)?;
+    let mut token = argmax(&ember_engine::LanguageModel::feed(&mut session, prompt)?);
+    session.profile(true);
+    let start = Instant::now();
+    for _ in 1..decode_tokens {
+        token = argmax(&ember_engine::LanguageModel::feed(&mut session, &[token])?);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let recorded = session.profile(false).unwrap_or_default();
+    let tokens = recorded.runs.max(1);
+    let mut kinds: Vec<OpKindTime> = recorded
+        .kinds
+        .into_iter()
+        .map(|(op, (time, count))| OpKindTime {
+            op,
+            ms_per_token: time.as_secs_f64() * 1e3 / tokens as f64,
+            ops_per_token: count as f64 / tokens as f64,
+        })
+        .collect();
+    kinds.sort_by(|a, b| b.ms_per_token.total_cmp(&a.ms_per_token));
+    Ok(DecodeProfile {
+        tokens,
+        ms_per_token: elapsed * 1e3 / tokens as f64,
+        kinds,
+    })
 }
 
 fn measure(model: &LoadedModel, prompt: &[u32], decode_tokens: usize) -> Result<BenchRun> {
@@ -152,6 +208,7 @@ pub fn bench(
     peer_gguf: Option<&Path>,
     threads: usize,
     decode_tokens: usize,
+    with_profile: bool,
 ) -> Result<BenchReport> {
     if decode_tokens < 2 {
         bail!("--decode-tokens must be at least 2");
@@ -159,6 +216,9 @@ pub fn bench(
     let start = Instant::now();
     let model = LoadedModel::open(path, threads)?;
     let load_seconds = start.elapsed().as_secs_f64();
+    if with_profile && !matches!(model.engine, Engine::Tract(_)) {
+        bail!("--profile times the int8 engine's ops: give it an Ember image");
+    }
     let context = model.config().context_length;
     let measured: Vec<Vec<u32>> = prompts(&model.file)?
         .into_iter()
@@ -168,6 +228,10 @@ pub fn bench(
         .iter()
         .map(|p| measure(&model, p, decode_tokens))
         .collect::<Result<Vec<_>>>()?;
+    let profile = match (with_profile, measured.first()) {
+        (true, Some(prompt)) => Some(profile(&model, prompt, decode_tokens)?),
+        _ => None,
+    };
     let resident = memory::resident();
     let peer_path = peer_gguf.or(match model.file {
         ModelFile::Gguf(_) => Some(path),
@@ -192,6 +256,7 @@ pub fn bench(
         rss_file_bytes: resident.file_bytes,
         peer,
         peer_skipped,
+        profile,
     })
 }
 
@@ -260,6 +325,27 @@ fn table(report: &BenchReport) -> String {
         (Some(p), _) => out.push_str(&format!("peer: {}; ratios are Ember ÷ llama.cpp (speeds: higher is better for Ember; times: lower)\n", p.engine)),
         (None, Some(why)) => out.push_str(&format!("llama.cpp peer skipped: {why}\n")),
         (None, None) => {}
+    }
+    if let Some(profile) = &report.profile {
+        let ops: f64 = profile.kinds.iter().map(|k| k.ops_per_token).sum();
+        let timed: f64 = profile.kinds.iter().map(|k| k.ms_per_token).sum();
+        out.push_str(&format!(
+            "decode profile ({} tokens after the short prompt): {:.2} ms/token, {:.2} ms in {ops:.0} ops\n",
+            profile.tokens, profile.ms_per_token, timed
+        ));
+        out.push_str(&format!(
+            "  {:<32} {:>10} {:>7} {:>10}\n",
+            "op", "ms/token", "share", "ops/token"
+        ));
+        for kind in &profile.kinds {
+            out.push_str(&format!(
+                "  {:<32} {:>10.3} {:>6.1}% {:>10.1}\n",
+                kind.op,
+                kind.ms_per_token,
+                100.0 * kind.ms_per_token / timed.max(1e-9),
+                kind.ops_per_token
+            ));
+        }
     }
     out
 }

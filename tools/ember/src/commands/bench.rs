@@ -34,6 +34,10 @@ pub struct Args {
     /// Worker threads for both engines (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Also time every op of the int8 engine while it decodes --decode-tokens tokens after the
+    /// short prompt, and print the time per token by op kind and the ops run per token.
+    #[arg(long, conflicts_with = "port")]
+    profile: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -62,6 +66,12 @@ pub fn run(args: Args) -> Result<()> {
             (prepared.image, gguf)
         }
     };
-    let report = bench::bench(&model, gguf.as_deref(), threads, args.decode_tokens)?;
+    let report = bench::bench(
+        &model,
+        gguf.as_deref(),
+        threads,
+        args.decode_tokens,
+        args.profile,
+    )?;
     super::emit(&report, args.json)
 }
