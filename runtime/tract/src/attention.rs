@@ -9,26 +9,18 @@
 //! [`CachedAttention`] node: a stateful op that rotates the new queries and keys, appends keys
 //! and values to its session's cache in place and attends over the cache where it lies.
 
+use crate::graph::int_attr;
 use crate::ops::MappedTensors;
 use crate::workers::Workers;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use tract_onnx::model::ParsingContext;
-use tract_onnx::pb::{AttributeProto, GraphProto, NodeProto, attribute_proto::AttributeType};
+use tract_onnx::pb::{GraphProto, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
 /// The node type [`keep_cache_in_place`] writes (domain `ai.ember`).
 pub const OP_TYPE: &str = "EmberCachedAttention";
-
-fn int_attr(name: &str, value: usize) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Int as i32,
-        i: value as i64,
-        ..Default::default()
-    }
-}
 
 /// Rewrites `graph` (built by [`crate::graph::build`]) so that each of its `layers` attends over
 /// a cache held in place by the session: one [`OP_TYPE`] node per layer takes the projected
@@ -93,9 +85,9 @@ pub fn keep_cache_in_place(
                 input: inputs,
                 output: vec![attended],
                 attribute: vec![
-                    int_attr("layer", layer),
-                    int_attr("group", group),
-                    int_attr("head_dim", head_dim),
+                    int_attr("layer", layer as i64),
+                    int_attr("group", group as i64),
+                    int_attr("head_dim", head_dim as i64),
                 ],
                 ..Default::default()
             },

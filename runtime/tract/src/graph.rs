@@ -57,7 +57,8 @@ struct Builder<'a> {
     counter: usize,
 }
 
-fn int_attr(name: &str, value: i64) -> AttributeProto {
+/// An integer attribute.
+pub(crate) fn int_attr(name: &str, value: i64) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         r#type: AttributeType::Int as i32,
@@ -66,7 +67,8 @@ fn int_attr(name: &str, value: i64) -> AttributeProto {
     }
 }
 
-fn ints_attr(name: &str, values: &[i64]) -> AttributeProto {
+/// An integer-list attribute.
+pub(crate) fn ints_attr(name: &str, values: &[i64]) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         r#type: AttributeType::Ints as i32,

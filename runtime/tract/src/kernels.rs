@@ -349,7 +349,7 @@ mod x86 {
         a_scales: &[f32],
         a_sums: &[i32],
     ) -> [f32; ROW_GROUP] {
-        let (mut low, mut high) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut acc = [_mm256_setzero_ps(); 2];
         for b in 0..a_scales.len() {
             let start = _mm256_set1_epi32(-128 * a_sums[b]);
             let (mut sum_low, mut sum_high) = (start, start);
@@ -368,24 +368,10 @@ mod x86 {
                     );
                 }
             }
-            let scale = _mm256_set1_ps(a_scales[b]);
-            // SAFETY: the block's 16 scales lie within `w_scales` (caller).
-            let (d_low, d_high) = unsafe {
-                let d = w_scales.as_ptr().add(b * ROW_GROUP);
-                (_mm256_loadu_ps(d), _mm256_loadu_ps(d.add(8)))
-            };
-            low = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(sum_low),
-                _mm256_mul_ps(d_low, scale),
-                low,
-            );
-            high = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(sum_high),
-                _mm256_mul_ps(d_high, scale),
-                high,
-            );
+            // SAFETY: block b's scales lie within `w_scales` (caller).
+            unsafe { add_scaled(&mut acc, [sum_low, sum_high], w_scales, b, a_scales[b]) };
         }
-        store(low, high)
+        store(acc)
     }
 
     /// The caller guarantees AVX2 and FMA and that `w`, `w_scales` and `a` hold
@@ -406,7 +392,7 @@ mod x86 {
             let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(q, wq));
             _mm256_madd_epi16(pairs, ones)
         };
-        let (mut low, mut high) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut acc = [_mm256_setzero_ps(); 2];
         for (b, &a_scale) in a_scales.iter().enumerate() {
             let (mut sum_low, mut sum_high) = (_mm256_setzero_si256(), _mm256_setzero_si256());
             for c in 0..8 {
@@ -425,33 +411,44 @@ mod x86 {
                     );
                 }
             }
-            let scale = _mm256_set1_ps(a_scale);
+            // SAFETY: block b's scales lie within `w_scales` (caller).
+            unsafe { add_scaled(&mut acc, [sum_low, sum_high], w_scales, b, a_scale) };
+        }
+        store(acc)
+    }
+
+    /// Adds block `b`'s integer sums of the 16 rows (rows 0–7, rows 8–15), times their weight
+    /// scales and `a_scale`, into `acc`.
+    ///
+    /// The caller guarantees AVX2 and FMA and that block `b`'s 16 scales lie within `w_scales`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn add_scaled(
+        acc: &mut [__m256; 2],
+        sums: [__m256i; 2],
+        w_scales: &[f32],
+        b: usize,
+        a_scale: f32,
+    ) {
+        let scale = _mm256_set1_ps(a_scale);
+        for half in 0..2 {
             // SAFETY: the block's 16 scales lie within `w_scales` (caller).
-            let (d_low, d_high) = unsafe {
-                let d = w_scales.as_ptr().add(b * ROW_GROUP);
-                (_mm256_loadu_ps(d), _mm256_loadu_ps(d.add(8)))
-            };
-            low = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(sum_low),
-                _mm256_mul_ps(d_low, scale),
-                low,
-            );
-            high = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(sum_high),
-                _mm256_mul_ps(d_high, scale),
-                high,
+            let d = unsafe { _mm256_loadu_ps(w_scales.as_ptr().add(b * ROW_GROUP + 8 * half)) };
+            acc[half] = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(sums[half]),
+                _mm256_mul_ps(d, scale),
+                acc[half],
             );
         }
-        store(low, high)
     }
 
     #[target_feature(enable = "avx")]
-    fn store(low: __m256, high: __m256) -> [f32; ROW_GROUP] {
+    fn store(acc: [__m256; 2]) -> [f32; ROW_GROUP] {
         let mut out = [0f32; ROW_GROUP];
         // SAFETY: `out` holds 16 floats.
         unsafe {
-            _mm256_storeu_ps(out.as_mut_ptr(), low);
-            _mm256_storeu_ps(out.as_mut_ptr().add(8), high);
+            _mm256_storeu_ps(out.as_mut_ptr(), acc[0]);
+            _mm256_storeu_ps(out.as_mut_ptr().add(8), acc[1]);
         }
         out
     }

@@ -193,20 +193,26 @@ impl Int8MatMul {
         self.weights.first().map_or(0, |w| w.cols)
     }
 
+    /// Group `index` of all the matrices' groups in a row.
+    fn group(&self, mut index: usize) -> (&[u8], &[f32]) {
+        for weights in &self.weights[..self.weights.len() - 1] {
+            if index < weights.groups() {
+                return weights.group(index);
+            }
+            index -= weights.groups();
+        }
+        self.weights[self.weights.len() - 1].group(index)
+    }
+
     /// For `rows × k` inputs, each matrix's `rows × n_i` outputs.
     pub fn compute(&self, x: &[f32]) -> Vec<Vec<f32>> {
         let a = QuantizedRows::new(x, self.cols());
         let rows = a.rows();
         // Every matrix's groups in a row; each chunk is a run of whole groups, read once for all
         // activation rows; per group the results are `rows × 16`.
-        let groups: Vec<(usize, usize)> = self
-            .weights
-            .iter()
-            .enumerate()
-            .flat_map(|(m, w)| (0..w.groups()).map(move |g| (m, g)))
-            .collect();
-        let per_chunk = self.workers.chunk_size(groups.len());
-        let mut grouped = vec![0f32; groups.len() * ROW_GROUP * rows];
+        let groups: usize = self.weights.iter().map(MappedMatrix::groups).sum();
+        let per_chunk = self.workers.chunk_size(groups);
+        let mut grouped = vec![0f32; groups * ROW_GROUP * rows];
         let chunks: Vec<Mutex<&mut [f32]>> = grouped
             .chunks_mut(per_chunk * ROW_GROUP * rows)
             .map(Mutex::new)
@@ -214,8 +220,7 @@ impl Int8MatMul {
         self.workers.run(chunks.len(), &|chunk| {
             let mut out = chunks[chunk].lock().unwrap_or_else(|e| e.into_inner());
             for (i, out) in out.chunks_mut(ROW_GROUP * rows).enumerate() {
-                let (m, g) = groups[chunk * per_chunk + i];
-                let (w, scales) = self.weights[m].group(g);
+                let (w, scales) = self.group(chunk * per_chunk + i);
                 for (s, out) in out.chunks_mut(ROW_GROUP).enumerate() {
                     out.copy_from_slice(&self.kernel.dot_group(w, scales, &a, s));
                 }
@@ -398,7 +403,7 @@ pub fn build_fused_matmuls(
 /// [`FUSED_MATMULS`] node: one quantization of the input and one split of the work for a
 /// layer's query, key and value projections, and for its gate and up projections.
 pub fn fuse_matmuls(graph: &mut tract_onnx::pb::GraphProto) {
-    use tract_onnx::pb::{AttributeProto, attribute_proto::AttributeType};
+    use crate::graph::{int_attr, ints_attr};
     let fusable = |n: &NodeProto| n.op_type == "MatMulNBits" && n.input.len() == 3;
     let attr = |n: &NodeProto, name: &str| n.attribute.iter().find(|a| a.name == name).map(|a| a.i);
     let mut index = 0;
@@ -437,20 +442,7 @@ pub fn fuse_matmuls(graph: &mut tract_onnx::pb::GraphProto) {
             domain: "ai.ember".into(),
             input: inputs,
             output: outputs,
-            attribute: vec![
-                AttributeProto {
-                    name: "K".into(),
-                    r#type: AttributeType::Int as i32,
-                    i: k.unwrap_or(0),
-                    ..Default::default()
-                },
-                AttributeProto {
-                    name: "N".into(),
-                    r#type: AttributeType::Ints as i32,
-                    ints: ns,
-                    ..Default::default()
-                },
-            ],
+            attribute: vec![int_attr("K", k.unwrap_or(0)), ints_attr("N", &ns)],
             ..Default::default()
         };
         for &i in siblings.iter().skip(1).rev() {

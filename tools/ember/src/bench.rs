@@ -9,6 +9,7 @@ use ember_core::{
     sampler::argmax,
 };
 use ember_engine::{ModelFile, memory};
+use ember_tract::TractModel;
 use serde::Serialize;
 use std::{path::Path, process::Command, time::Instant};
 
@@ -96,10 +97,7 @@ pub struct OpKindTime {
 }
 
 /// Decodes `decode_tokens` tokens after `prompt` with every op timed.
-fn profile(model: &LoadedModel, prompt: &[u32], decode_tokens: usize) -> Result<DecodeProfile> {
-    let Engine::Tract(engine) = &model.engine else {
-        bail!("--profile times the int8 engine's ops: give it an Ember image");
-    };
+fn profile(engine: &TractModel, prompt: &[u32], decode_tokens: usize) -> Result<DecodeProfile> {
     let mut session = engine.session(prompt.len() + decode_tokens)?;
     let mut token = argmax(&ember_engine::LanguageModel::feed(&mut session, prompt)?);
     session.profile(true);
@@ -216,9 +214,11 @@ pub fn bench(
     let start = Instant::now();
     let model = LoadedModel::open(path, threads)?;
     let load_seconds = start.elapsed().as_secs_f64();
-    if with_profile && !matches!(model.engine, Engine::Tract(_)) {
-        bail!("--profile times the int8 engine's ops: give it an Ember image");
-    }
+    let profiled = match (&model.engine, with_profile) {
+        (_, false) => None,
+        (Engine::Tract(engine), true) => Some(engine),
+        (_, true) => bail!("--profile times the int8 engine's ops: give it an Ember image"),
+    };
     let context = model.config().context_length;
     let measured: Vec<Vec<u32>> = prompts(&model.file)?
         .into_iter()
@@ -228,8 +228,8 @@ pub fn bench(
         .iter()
         .map(|p| measure(&model, p, decode_tokens))
         .collect::<Result<Vec<_>>>()?;
-    let profile = match (with_profile, measured.first()) {
-        (true, Some(prompt)) => Some(profile(&model, prompt, decode_tokens)?),
+    let profile = match (profiled, measured.first()) {
+        (Some(engine), Some(prompt)) => Some(profile(engine, prompt, decode_tokens)?),
         _ => None,
     };
     let resident = memory::resident();
