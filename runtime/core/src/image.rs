@@ -192,7 +192,30 @@ pub fn quant_index(cols: usize, row: usize, col: usize) -> usize {
         + within % 4
 }
 
-/// Where the scale of block `block` of `row` is stored: the 16 rows of a group side by side.
+/// Where the 4-bit value at `row`, `col` of a 4-bit tensor with `cols` columns is stored: the
+/// byte, and whether it is that byte's high nibble.
+///
+/// Group `row / 16` holds `8 · cols` bytes; within it each block of 32 columns is 256 bytes:
+/// four runs of eight columns, each run holding those eight values of the group's 16 rows in
+/// row order (4 bytes a row: columns `8t..8t + 4` in the low nibbles, `8t + 4..8t + 8` in the
+/// high ones). A kernel masks or shifts a run and multiplies it by four activation bytes
+/// broadcast to every 32-bit lane, as for int8.
+pub fn nibble_index(cols: usize, row: usize, col: usize) -> (usize, bool) {
+    let (group, lane) = (row / ROW_GROUP, row % ROW_GROUP);
+    let (block, within) = (col / 32, col % 32);
+    let (run, in_run) = (within / 8, within % 8);
+    (
+        group * ROW_GROUP * cols / 2
+            + block * 16 * ROW_GROUP
+            + run * 4 * ROW_GROUP
+            + lane * 4
+            + in_run % 4,
+        in_run >= 4,
+    )
+}
+
+/// Where the scale (and, for 4-bit tensors, the minimum) of block `block` of `row` is stored:
+/// the 16 rows of a group side by side.
 pub fn scale_index(cols: usize, row: usize, block: usize) -> usize {
     (row / ROW_GROUP) * ROW_GROUP * (cols / 32) + block * ROW_GROUP + row % ROW_GROUP
 }
@@ -315,6 +338,11 @@ mod manifest {
     /// De-interleaved ([`TensorEntry::layout`]'s `standard` lengths), the arrays are exactly
     /// ONNX `com.microsoft.MatMulNBits` (bits 8, block 32, default zero point 128) and
     /// `GatherBlockQuantized`: `ember export-onnx` writes them so for onnxruntime.
+    ///
+    /// The 4-bit encoding adds a third array, one f32 minimum per block (see
+    /// [`nibble_index`](super::nibble_index) for its quants). It holds GGUF `Q4_0` (m = −8d)
+    /// and `Q4_1` blocks exactly; `ember export-onnx` writes it as `MatMulNBits` bits 4 with
+    /// float zero points −m/d.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
     pub enum TensorEncoding {
         /// Little-endian f32 values.
@@ -322,6 +350,10 @@ mod manifest {
         /// Symmetric int8 in blocks of 32: value = scale · (u − 128), u a u8; rows interleaved
         /// in groups of [`ROW_GROUP`](super::ROW_GROUP).
         Int8Block32,
+        /// Asymmetric 4-bit in blocks of 32: value = d · q + m, q a nibble 0–15, with an f32
+        /// scale d and an f32 minimum m per block; rows interleaved in groups of
+        /// [`ROW_GROUP`](super::ROW_GROUP).
+        Int4Block32,
     }
 
     /// Where one tensor lives.
@@ -360,34 +392,50 @@ mod manifest {
                 TensorEncoding::F32 => BlockLayout {
                     quants: (0, count * 4),
                     scales: (align_up(count * 4), 0),
-                    standard: (count * 4, 0),
+                    mins: (align_up(count * 4), 0),
+                    standard: (count * 4, 0, 0),
                 },
                 TensorEncoding::Int8Block32 => {
                     let stored = cols * padded_rows(rows);
+                    let scales = (align_up(stored), stored / 32 * 4);
                     BlockLayout {
                         quants: (0, stored),
-                        scales: (align_up(stored), stored / 32 * 4),
-                        standard: (count, count / 32 * 4),
+                        scales,
+                        mins: (align_up(scales.0 + scales.1), 0),
+                        standard: (count, count / 32 * 4, 0),
+                    }
+                }
+                TensorEncoding::Int4Block32 => {
+                    let stored = cols * padded_rows(rows);
+                    let scales = (align_up(stored / 2), stored / 32 * 4);
+                    BlockLayout {
+                        quants: (0, stored / 2),
+                        scales,
+                        mins: (align_up(scales.0 + scales.1), stored / 32 * 4),
+                        standard: (count / 2, count / 32 * 4, count / 32 * 4),
                     }
                 }
             }
         }
     }
 
-    /// (offset, length) of a tensor's two arrays as stored (an unused array has length 0), and
-    /// the two arrays' lengths in the standard row-major layout (without padding rows).
+    /// (offset, length) of a tensor's three arrays as stored (an unused array has length 0),
+    /// and their lengths in the standard row-major layout (without padding rows).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     #[allow(missing_docs)]
     pub struct BlockLayout {
         pub quants: (u64, u64),
         pub scales: (u64, u64),
-        pub standard: (u64, u64),
+        pub mins: (u64, u64),
+        pub standard: (u64, u64, u64),
     }
 
     impl BlockLayout {
         /// Bytes the tensor occupies, padded.
         pub fn total(&self) -> u64 {
-            align_up(self.scales.0 + self.scales.1).max(align_up(self.quants.1))
+            align_up(self.mins.0 + self.mins.1)
+                .max(align_up(self.scales.0 + self.scales.1))
+                .max(align_up(self.quants.1))
         }
     }
 
@@ -459,5 +507,36 @@ mod tests {
             assert_eq!(quant_index(cols, 1, 0), 4);
             assert_eq!(quant_index(cols, 0, 4), 64);
         }
+    }
+
+    #[test]
+    fn nibble_indices_cover_every_stored_nibble_once() {
+        for (cols, rows) in [(32, 1), (64, 16), (96, 37), (576, 48)] {
+            let stored = cols * padded_rows(rows as u64) as usize / 2;
+            let mut seen = alloc::vec![[false; 2]; stored];
+            for row in 0..rows {
+                for col in 0..cols {
+                    let (at, high) = nibble_index(cols, row, col);
+                    assert!(
+                        at < stored && !seen[at][high as usize],
+                        "{cols}×{rows}: {row},{col}"
+                    );
+                    seen[at][high as usize] = true;
+                }
+            }
+            // Columns 0–3 of row 0 in the low nibbles of bytes 0–3, 4–7 in their high nibbles;
+            // row 1 follows; the next eight columns start a new run of 64 bytes.
+            assert_eq!(nibble_index(cols, 0, 3), (3, false));
+            assert_eq!(nibble_index(cols, 0, 4), (0, true));
+            assert_eq!(nibble_index(cols, 1, 0), (4, false));
+            assert_eq!(nibble_index(cols, 0, 8), (64, false));
+            assert_eq!(nibble_index(cols, 0, 32).0, 256);
+        }
+        let layout = TensorEntry::layout(TensorEncoding::Int4Block32, 64, 20);
+        assert_eq!(layout.quants, (0, 1024));
+        assert_eq!(layout.scales, (1024, 256));
+        assert_eq!(layout.mins, (1280, 256));
+        assert_eq!(layout.standard, (640, 160, 160));
+        assert_eq!(layout.total(), 1536);
     }
 }

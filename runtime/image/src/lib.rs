@@ -7,7 +7,8 @@
 
 use ember_core::image::{
     HEADER_LEN, IMAGE_VERSION, ImageError, ImageHeader, Manifest, SECTION_ALIGN, SectionEntry,
-    SelfTest, TensorEncoding, TensorEntry, TokenizerData, align_up, quant_index, scale_index,
+    SelfTest, TensorEncoding, TensorEntry, TokenizerData, align_up, nibble_index, quant_index,
+    scale_index,
 };
 use sha2::{Digest, Sha256};
 use std::{
@@ -259,13 +260,47 @@ pub fn decode_tensor(entry: &TensorEntry, data: &[u8]) -> Vec<f32> {
                 .flat_map(|(q, d)| q.iter().map(move |&q| d * (q as i32 - 128) as f32))
                 .collect()
         }
+        TensorEncoding::Int4Block32 => {
+            let (cols, rows) = entry.rows();
+            let layout = TensorEntry::layout(entry.encoding, cols, rows);
+            let (cols, rows) = (cols as usize, rows as usize);
+            let quants = &data[..layout.quants.1 as usize];
+            let scales: Vec<f32> =
+                f32s(&data[layout.scales.0 as usize..][..layout.scales.1 as usize]).collect();
+            let mins: Vec<f32> =
+                f32s(&data[layout.mins.0 as usize..][..layout.mins.1 as usize]).collect();
+            (0..rows * cols)
+                .map(|i| {
+                    let (row, col) = (i / cols, i % cols);
+                    let at = scale_index(cols, row, col / 32);
+                    scales[at] * nibble(quants, cols, row, col) as f32 + mins[at]
+                })
+                .collect()
+        }
     }
 }
 
-/// A tensor's bytes `data` with an int8 tensor's arrays de-interleaved into the standard
-/// row-major layout of ONNX `MatMulNBits` (`rows × cols` bytes at the quants' offset,
-/// `rows × cols / 32` little-endian f32 scales at the scales' offset, as
-/// [`TensorEntry::layout`] places them; the rest zero). An `F32` tensor is returned as it is.
+/// The 4-bit value at `row`, `col` of a 4-bit tensor's interleaved quants.
+fn nibble(quants: &[u8], cols: usize, row: usize, col: usize) -> u8 {
+    let (at, high) = nibble_index(cols, row, col);
+    if high {
+        quants[at] >> 4
+    } else {
+        quants[at] & 0x0F
+    }
+}
+
+/// A tensor's bytes `data` with its arrays de-interleaved into the standard row-major layout of
+/// ONNX `MatMulNBits`, at the offsets [`TensorEntry::layout`] gives them (the rest zero):
+///
+/// - int8: `rows × cols` bytes at the quants' offset, `rows × cols / 32` little-endian f32
+///   scales at the scales' offset;
+/// - 4-bit: `rows × cols / 2` bytes at the quants' offset (element `2i` in byte `i`'s low
+///   nibble, `2i + 1` in its high one), the scales as for int8, and at the minimums' offset
+///   `MatMulNBits`' float zero points `z = −m / d` (value = `d · (q − z)`). A block with `d = 0`
+///   (every value `m`) becomes scale `m`, zero point −1 and nibbles 0, which is exact.
+///
+/// An `F32` tensor is returned as it is.
 pub fn standard_layout(entry: &TensorEntry, data: &[u8]) -> Vec<u8> {
     let (cols, rows) = entry.rows();
     let layout = TensorEntry::layout(entry.encoding, cols, rows);
@@ -290,6 +325,42 @@ pub fn standard_layout(entry: &TensorEntry, data: &[u8]) -> Vec<u8> {
             }
             out
         }
+        TensorEncoding::Int4Block32 => {
+            let (quants, scales, mins) = (
+                layout.quants.0 as usize,
+                layout.scales.0 as usize,
+                layout.mins.0 as usize,
+            );
+            let stored = &data[quants..][..layout.quants.1 as usize];
+            let f32_at = |at: usize| {
+                f32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
+            };
+            let blocks = cols / 32;
+            let mut out = vec![0u8; data.len()];
+            for row in 0..rows {
+                for block in 0..blocks {
+                    let from = 4 * scale_index(cols, row, block);
+                    let (d, m) = (f32_at(scales + from), f32_at(mins + from));
+                    let (scale, zero_point, constant) = if d == 0.0 {
+                        (m, -1.0f32, true)
+                    } else {
+                        (d, -m / d, false)
+                    };
+                    let at = row * blocks + block;
+                    out[scales + 4 * at..][..4].copy_from_slice(&scale.to_le_bytes());
+                    out[mins + 4 * at..][..4].copy_from_slice(&zero_point.to_le_bytes());
+                    if constant {
+                        continue;
+                    }
+                    for j in 0..32 {
+                        let col = 32 * block + j;
+                        let i = row * cols + col;
+                        out[quants + i / 2] |= nibble(stored, cols, row, col) << (4 * (i % 2));
+                    }
+                }
+            }
+            out
+        }
     }
 }
 
@@ -308,7 +379,8 @@ pub struct EncodedTensor {
 
 impl EncodedTensor {
     /// Lays out `quants` and `scales` (empty for `F32`), given row-major, for a `dims` tensor:
-    /// int8 rows are interleaved in groups as [`TensorEntry::layout`] stores them.
+    /// rows of blocks are interleaved in groups as [`TensorEntry::layout`] stores them. A
+    /// 4-bit tensor gets minimums 0 (see [`EncodedTensor::int4`]).
     pub fn new(
         name: &str,
         dims: &[u64],
@@ -322,6 +394,7 @@ impl EncodedTensor {
         let mut bytes = vec![0u8; layout.total() as usize];
         match encoding {
             TensorEncoding::F32 => bytes[..quants.len()].copy_from_slice(quants),
+            TensorEncoding::Int4Block32 => return Self::int4(name, dims, quants, scales, &[]),
             TensorEncoding::Int8Block32 => {
                 let (cols, rows) = (cols as usize, rows as usize);
                 let (stored, stored_scales) = bytes.split_at_mut(layout.scales.0 as usize);
@@ -341,6 +414,35 @@ impl EncodedTensor {
             name: name.into(),
             dims: dims.to_vec(),
             encoding,
+            bytes,
+        }
+    }
+}
+
+impl EncodedTensor {
+    /// Lays out a 4-bit tensor given row-major: `quants` one value 0–15 per byte, one scale and
+    /// one minimum per block of 32 (missing minimums are 0). Padding rows are zero.
+    pub fn int4(name: &str, dims: &[u64], quants: &[u8], scales: &[f32], mins: &[f32]) -> Self {
+        let cols = dims.first().copied().unwrap_or(0);
+        let rows = dims.iter().skip(1).product();
+        let layout = TensorEntry::layout(TensorEncoding::Int4Block32, cols, rows);
+        let (cols, rows) = (cols as usize, rows as usize);
+        let mut bytes = vec![0u8; layout.total() as usize];
+        for (i, &q) in quants.iter().enumerate().take(rows * cols) {
+            let (at, high) = nibble_index(cols, i / cols, i % cols);
+            bytes[at] |= (q & 0x0F) << if high { 4 } else { 0 };
+        }
+        let blocks = cols / 32;
+        for (offset, values) in [(layout.scales.0, scales), (layout.mins.0, mins)] {
+            for (i, v) in values.iter().enumerate().take(rows * blocks) {
+                let at = offset as usize + 4 * scale_index(cols, i / blocks, i % blocks);
+                bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        EncodedTensor {
+            name: name.into(),
+            dims: dims.to_vec(),
+            encoding: TensorEncoding::Int4Block32,
             bytes,
         }
     }

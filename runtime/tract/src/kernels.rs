@@ -10,11 +10,18 @@
 //! `4c..4c + 4` of the 16 rows, row after row. A kernel broadcasts four activation bytes to
 //! every 32-bit lane, multiplies a run and gets 16 rows' partial sums in 16 lanes: no
 //! horizontal sums, one weight stream read front to back.
+//!
+//! 4-bit weights (`dot_group4`) are nibbles `q` with an f32 scale `d_w` and minimum `m_w` per
+//! block (value = `d_w · q + m_w`, GGUF `Q4_1`); a block of a group is four runs of 64 bytes
+//! (`ember_core::image::nibble_index`), whose low nibbles are the run's first four columns and
+//! high nibbles its last four. A block contributes `d_w · d_a · Σ q · q_a + m_w · d_a · Σ q_a`.
 
 use ember_core::image::ROW_GROUP;
 
 /// Bytes of one block of 32 columns of a row group.
 const GROUP_BLOCK: usize = 32 * ROW_GROUP;
+/// Bytes of one block of 32 columns of a 4-bit row group.
+const GROUP_BLOCK4: usize = 16 * ROW_GROUP;
 
 /// Which dot-product implementation runs. Only detection makes one (`detect`, `available`), so
 /// a kernel in hand is one this CPU can run and its safe `dot_group` cannot reach an instruction
@@ -200,6 +207,51 @@ impl Kernel {
             Kernel(Isa::Portable) => group_portable(w, w_scales, quants, scales),
         }
     }
+
+    /// The dot products of the 16 rows of one 4-bit group with activation row `row` of `a`:
+    /// for row `r`, `Σ_b a.scales[b] · (w_scales[16b + r] · Σ_j q_rj · a.quants[32b + j]
+    /// + w_mins[16b + r] · a.sums[b])`, where `w` is the group's `8 · cols` interleaved bytes
+    /// and `w_scales`, `w_mins` its `16 · cols / 32` scales and minimums.
+    #[inline]
+    pub fn dot_group4(
+        self,
+        w: &[u8],
+        w_scales: &[f32],
+        w_mins: &[f32],
+        a: &QuantizedRows,
+        row: usize,
+    ) -> [f32; ROW_GROUP] {
+        let blocks = a.cols / 32;
+        let (quants, scales, sums) = (
+            &a.quants[row * a.cols..][..a.cols],
+            &a.scales[row * blocks..][..blocks],
+            &a.sums[row * blocks..][..blocks],
+        );
+        assert!(
+            w.len() >= blocks * GROUP_BLOCK4
+                && w_scales.len() >= blocks * ROW_GROUP
+                && w_mins.len() >= blocks * ROW_GROUP
+        );
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `detect`/`available` only return this kernel when the CPU has AVX-512 F,
+            // BW and VNNI; the slices hold `blocks` full blocks (asserted above).
+            Kernel(Isa::Avx512Vnni) => unsafe {
+                x86::group4_avx512vnni(w, w_scales, w_mins, quants, scales, sums)
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above, for AVX-VNNI, AVX2 and FMA.
+            Kernel(Isa::AvxVnni) => unsafe {
+                x86::group4_avxvnni(w, w_scales, w_mins, quants, scales, sums)
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above, for AVX2 and FMA.
+            Kernel(Isa::Avx2) => unsafe {
+                x86::group4_avx2(w, w_scales, w_mins, quants, scales, sums)
+            },
+            _ => group4_portable(w, w_scales, w_mins, quants, scales, sums),
+        }
+    }
 }
 
 /// Activation rows quantized to int8 in blocks of 32.
@@ -274,9 +326,48 @@ fn group_portable(w: &[u8], w_scales: &[f32], a: &[i8], a_scales: &[f32]) -> [f3
     out
 }
 
+fn group4_portable(
+    w: &[u8],
+    w_scales: &[f32],
+    w_mins: &[f32],
+    a: &[i8],
+    a_scales: &[f32],
+    a_sums: &[i32],
+) -> [f32; ROW_GROUP] {
+    let mut out = [0f32; ROW_GROUP];
+    for (b, (block, quants)) in w
+        .chunks_exact(GROUP_BLOCK4)
+        .zip(a.chunks_exact(32))
+        .enumerate()
+    {
+        let mut sums = [0i32; ROW_GROUP];
+        for (run, q) in block
+            .chunks_exact(4 * ROW_GROUP)
+            .zip(quants.chunks_exact(8))
+        {
+            for (sum, u) in sums.iter_mut().zip(run.chunks_exact(4)) {
+                *sum += (0..4)
+                    .map(|j| {
+                        (u[j] & 0x0F) as i32 * q[j] as i32 + (u[j] >> 4) as i32 * q[4 + j] as i32
+                    })
+                    .sum::<i32>();
+            }
+        }
+        let (scales, mins) = (
+            &w_scales[b * ROW_GROUP..][..ROW_GROUP],
+            &w_mins[b * ROW_GROUP..][..ROW_GROUP],
+        );
+        let offset = a_scales[b] * a_sums[b] as f32;
+        for (r, o) in out.iter_mut().enumerate() {
+            *o += scales[r] * a_scales[b] * sums[r] as f32 + mins[r] * offset;
+        }
+    }
+    out
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{GROUP_BLOCK, ROW_GROUP};
+    use super::{GROUP_BLOCK, GROUP_BLOCK4, ROW_GROUP};
     use std::arch::x86_64::*;
 
     /// How far ahead of its reads the AVX-512 kernel asks for weights: the hardware
@@ -439,6 +530,149 @@ mod x86 {
                 _mm256_mul_ps(d, scale),
                 acc[half],
             );
+        }
+    }
+
+    /// The caller guarantees AVX-512 F/BW/VNNI and that `w`, `w_scales`, `w_mins`, `a` and
+    /// `a_sums` hold `a_scales.len()` 4-bit blocks.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn group4_avx512vnni(
+        w: &[u8],
+        w_scales: &[f32],
+        w_mins: &[f32],
+        a: &[i8],
+        a_scales: &[f32],
+        a_sums: &[i32],
+    ) -> [f32; ROW_GROUP] {
+        let low = _mm512_set1_epi8(0x0F);
+        // Scaled integer sums in `acc[0]`, minimums in `acc[1]`.
+        let mut acc = [_mm512_setzero_ps(); 2];
+        for b in 0..a_scales.len() {
+            if b % 4 == 0 {
+                let ahead = w.as_ptr().wrapping_add(b * GROUP_BLOCK4 + PREFETCH_BYTES);
+                for line in 0..4 * GROUP_BLOCK4 / 64 {
+                    // Prefetching never faults, whatever the address.
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line).cast());
+                }
+            }
+            let mut sums = [_mm512_setzero_si512(); 2];
+            for t in 0..4 {
+                // SAFETY: run t of block b lies within `w`, and eight bytes at 32b + 8t within
+                // `a` (caller); unaligned loads.
+                unsafe {
+                    let run = _mm512_loadu_si512(w.as_ptr().add(b * GROUP_BLOCK4 + t * 64).cast());
+                    let q = a.as_ptr().add(32 * b + 8 * t) as *const i32;
+                    let (first, last) = (q.read_unaligned(), q.add(1).read_unaligned());
+                    let nibbles = _mm512_and_si512(run, low);
+                    sums[0] = _mm512_dpbusd_epi32(sums[0], nibbles, _mm512_set1_epi32(first));
+                    let nibbles = _mm512_and_si512(_mm512_srli_epi16::<4>(run), low);
+                    sums[1] = _mm512_dpbusd_epi32(sums[1], nibbles, _mm512_set1_epi32(last));
+                }
+            }
+            // SAFETY: block b's scales and minimums lie within the slices (caller).
+            let (d, m) = unsafe {
+                (
+                    _mm512_loadu_ps(w_scales.as_ptr().add(b * ROW_GROUP)),
+                    _mm512_loadu_ps(w_mins.as_ptr().add(b * ROW_GROUP)),
+                )
+            };
+            let sum = _mm512_cvtepi32_ps(_mm512_add_epi32(sums[0], sums[1]));
+            acc[0] = _mm512_fmadd_ps(sum, _mm512_mul_ps(d, _mm512_set1_ps(a_scales[b])), acc[0]);
+            let offset = _mm512_set1_ps(a_scales[b] * a_sums[b] as f32);
+            acc[1] = _mm512_fmadd_ps(m, offset, acc[1]);
+        }
+        let mut out = [0f32; ROW_GROUP];
+        // SAFETY: `out` holds 16 floats.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(acc[0], acc[1])) };
+        out
+    }
+
+    /// The caller guarantees AVX-VNNI, AVX2 and FMA and that `w`, `w_scales`, `w_mins`, `a`
+    /// and `a_sums` hold `a_scales.len()` 4-bit blocks.
+    #[target_feature(enable = "avx2,fma,avxvnni")]
+    pub(super) unsafe fn group4_avxvnni(
+        w: &[u8],
+        w_scales: &[f32],
+        w_mins: &[f32],
+        a: &[i8],
+        a_scales: &[f32],
+        a_sums: &[i32],
+    ) -> [f32; ROW_GROUP] {
+        // SAFETY: as the caller guarantees.
+        unsafe { group4_256::<true>(w, w_scales, w_mins, a, a_scales, a_sums) }
+    }
+
+    /// The caller guarantees AVX2 and FMA and that `w`, `w_scales`, `w_mins`, `a` and `a_sums`
+    /// hold `a_scales.len()` 4-bit blocks.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn group4_avx2(
+        w: &[u8],
+        w_scales: &[f32],
+        w_mins: &[f32],
+        a: &[i8],
+        a_scales: &[f32],
+        a_sums: &[i32],
+    ) -> [f32; ROW_GROUP] {
+        // SAFETY: as the caller guarantees.
+        unsafe { group4_256::<false>(w, w_scales, w_mins, a, a_scales, a_sums) }
+    }
+
+    /// The 4-bit kernel on 256 bits, inlined into a caller that enables its instructions:
+    /// `vpdpbusd` with `VNNI`, else `vpmaddubsw` (nibble · i8 pairs ≤ 2 · 15 · 128 fit its i16
+    /// lanes) and `vpmaddwd`.
+    ///
+    /// The caller guarantees AVX2 and FMA (and AVX-VNNI with `VNNI`) and that `w`, `w_scales`,
+    /// `w_mins`, `a` and `a_sums` hold `a_scales.len()` 4-bit blocks.
+    #[inline(always)]
+    unsafe fn group4_256<const VNNI: bool>(
+        w: &[u8],
+        w_scales: &[f32],
+        w_mins: &[f32],
+        a: &[i8],
+        a_scales: &[f32],
+        a_sums: &[i32],
+    ) -> [f32; ROW_GROUP] {
+        // SAFETY (whole body): the CPU has the instructions (caller).
+        unsafe {
+            let low = _mm256_set1_epi8(0x0F);
+            let ones = _mm256_set1_epi16(1);
+            let dot = |sum: __m256i, nibbles: __m256i, q: __m256i| {
+                if VNNI {
+                    _mm256_dpbusd_avx_epi32(sum, nibbles, q)
+                } else {
+                    _mm256_add_epi32(
+                        sum,
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(nibbles, q), ones),
+                    )
+                }
+            };
+            let mut acc = [_mm256_setzero_ps(); 2];
+            for b in 0..a_scales.len() {
+                // Rows 0–7 and 8–15.
+                let mut sums = [_mm256_setzero_si256(); 2];
+                for t in 0..4 {
+                    // Run t of block b lies within `w`, and eight bytes at 32b + 8t within `a`
+                    // (caller); unaligned loads.
+                    let run = w.as_ptr().add(b * GROUP_BLOCK4 + t * 64);
+                    let q = a.as_ptr().add(32 * b + 8 * t) as *const i32;
+                    let first = _mm256_set1_epi32(q.read_unaligned());
+                    let last = _mm256_set1_epi32(q.add(1).read_unaligned());
+                    for (half, sum) in sums.iter_mut().enumerate() {
+                        let bytes = _mm256_loadu_si256(run.add(32 * half).cast());
+                        *sum = dot(*sum, _mm256_and_si256(bytes, low), first);
+                        let high = _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low);
+                        *sum = dot(*sum, high, last);
+                    }
+                }
+                // Block b's scales and minimums lie within `w_scales` and `w_mins` (caller).
+                add_scaled(&mut acc, sums, w_scales, b, a_scales[b]);
+                let offset = _mm256_set1_ps(a_scales[b] * a_sums[b] as f32);
+                for (half, acc) in acc.iter_mut().enumerate() {
+                    let m = _mm256_loadu_ps(w_mins.as_ptr().add(b * ROW_GROUP + 8 * half));
+                    *acc = _mm256_fmadd_ps(m, offset, *acc);
+                }
+            }
+            store(acc)
         }
     }
 
@@ -723,7 +957,7 @@ mod armv7 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ember_core::image::{quant_index, scale_index};
+    use ember_core::image::{nibble_index, quant_index, scale_index};
     use quickcheck::quickcheck;
 
     /// The exact dot product of row-major row `w` with `a`, and the magnitude of the terms a
@@ -782,6 +1016,69 @@ mod tests {
                 let got = k.dot_group(&group, &group_scales, &a, 0);
                 (0..ROW_GROUP).all(|r| {
                     let (want, magnitude) = exact(&rows[r], &row_scales[r], &a);
+                    (got[r] as f64 - want).abs() <= 1e-6 * magnitude.max(1.0)
+                })
+            })
+        }
+    }
+
+    /// The exact dot product of row-major 4-bit row `q` (value = d · q + m per block) with `a`,
+    /// and the magnitude of the terms.
+    fn exact4(q: &[u8], d: &[f32], m: &[f32], a: &QuantizedRows) -> (f64, f64) {
+        let (mut total, mut magnitude) = (0.0, 0.0);
+        for (b, (w, x)) in q
+            .chunks_exact(32)
+            .zip(a.quants.chunks_exact(32))
+            .enumerate()
+        {
+            let a_scale = a.scales[b] as f64;
+            let sum: i64 = w.iter().zip(x).map(|(&w, &x)| w as i64 * x as i64).sum();
+            let size: i64 = w
+                .iter()
+                .zip(x)
+                .map(|(&w, &x)| w as i64 * (x as i64).abs())
+                .sum();
+            let x_sum: i64 = x.iter().map(|&x| x as i64).sum();
+            let x_size: i64 = x.iter().map(|&x| (x as i64).abs()).sum();
+            total += a_scale * (d[b] as f64 * sum as f64 + m[b] as f64 * x_sum as f64);
+            magnitude +=
+                a_scale * ((d[b] as f64 * size as f64).abs() + (m[b] as f64 * x_size as f64).abs());
+        }
+        (total, magnitude)
+    }
+
+    quickcheck! {
+        fn every_kernel_computes_each_4bit_rows_exact_sums(w: Vec<u8>, x: Vec<f32>, scale: u8, min: i8) -> bool {
+            let blocks = (w.len().min(x.len()) / 32).clamp(1, 8);
+            let cols = blocks * 32;
+            let rows: Vec<Vec<u8>> = (0..ROW_GROUP)
+                .map(|r| (0..cols).map(|j| (w.get((r * 7 + j) % w.len().max(1)).copied().unwrap_or(7) ^ (r as u8 * 37)) & 0x0F).collect())
+                .collect();
+            let row_scales: Vec<Vec<f32>> = (0..ROW_GROUP)
+                .map(|r| (0..blocks).map(|b| (b as f32 + 1.0) * (scale as f32 + 1.0) * (r as f32 + 1.0) / 2048.0).collect())
+                .collect();
+            let row_mins: Vec<Vec<f32>> = (0..ROW_GROUP)
+                .map(|r| (0..blocks).map(|b| (min as f32 - b as f32) * (r as f32 + 1.0) / 512.0).collect())
+                .collect();
+            let mut group = vec![0u8; ROW_GROUP * cols / 2];
+            let (mut group_scales, mut group_mins) = (vec![0f32; ROW_GROUP * blocks], vec![0f32; ROW_GROUP * blocks]);
+            for r in 0..ROW_GROUP {
+                for j in 0..cols {
+                    let (at, high) = nibble_index(cols, r, j);
+                    group[at] |= rows[r][j] << if high { 4 } else { 0 };
+                }
+                for b in 0..blocks {
+                    group_scales[scale_index(cols, r, b)] = row_scales[r][b];
+                    group_mins[scale_index(cols, r, b)] = row_mins[r][b];
+                }
+            }
+            let x: Vec<f32> = x.into_iter().map(|v| if v.is_finite() { v % 1e3 } else { 0.0 })
+                .chain(std::iter::repeat(0.5)).take(cols).collect();
+            let a = QuantizedRows::new(&x, cols);
+            Kernel::available().into_iter().all(|k| {
+                let got = k.dot_group4(&group, &group_scales, &group_mins, &a, 0);
+                (0..ROW_GROUP).all(|r| {
+                    let (want, magnitude) = exact4(&rows[r], &row_scales[r], &row_mins[r], &a);
                     (got[r] as f64 - want).abs() <= 1e-6 * magnitude.max(1.0)
                 })
             })
