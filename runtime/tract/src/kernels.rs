@@ -1063,9 +1063,9 @@ mod tests {
             let mut group = vec![0u8; ROW_GROUP * cols / 2];
             let (mut group_scales, mut group_mins) = (vec![0f32; ROW_GROUP * blocks], vec![0f32; ROW_GROUP * blocks]);
             for r in 0..ROW_GROUP {
-                for j in 0..cols {
+                for (j, &q) in rows[r].iter().enumerate() {
                     let (at, high) = nibble_index(cols, r, j);
-                    group[at] |= rows[r][j] << if high { 4 } else { 0 };
+                    group[at] |= q << if high { 4 } else { 0 };
                 }
                 for b in 0..blocks {
                     group_scales[scale_index(cols, r, b)] = row_scales[r][b];
