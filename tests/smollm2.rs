@@ -373,7 +373,12 @@ fn int8_quality_report() {
 
 /// The int8 engine's logits after each token of the teacher-forced text.
 fn int8_logits(text_ids: &[u32]) -> Vec<Vec<f32>> {
-    let image = ember_image::Image::open(smollm2_image().0).unwrap();
+    image_logits(&smollm2_image().0, text_ids)
+}
+
+/// Ember's engine's logits on `image` after each token of the teacher-forced text.
+fn image_logits(image: &std::path::Path, text_ids: &[u32]) -> Vec<Vec<f32>> {
+    let image = ember_image::Image::open(image).unwrap();
     let model = ember_tract::TractModel::load(&image, 2).unwrap();
     let mut session = model.session(text_ids.len()).unwrap();
     session.logits_at_each(text_ids).unwrap()
@@ -390,7 +395,17 @@ fn int8_teacher_forced_top1_agrees_with_llama_cpp_native() {
     let reference = smollm2_reference("teacher_forced.json");
     let text_ids = ids(&reference["ids"]);
     let logits = int8_logits(&text_ids);
-    let (share, error) = compare_teacher_forced("int8 vs native", &reference, &logits);
+    agrees_with_llama_cpp_native_up_to_near_ties("int8 vs native", &reference, &logits);
+}
+
+/// ≥ 93% of top-1 choices agree with llama.cpp's (native), and at every other position Ember's
+/// token is among llama.cpp's top 5, less than 0.5 nats below its top-1.
+fn agrees_with_llama_cpp_native_up_to_near_ties(
+    name: &str,
+    reference: &serde_json::Value,
+    logits: &[Vec<f32>],
+) {
+    let (share, error) = compare_teacher_forced(name, reference, logits);
     assert!(share >= 0.93, "agreement {share:.3} below 0.93");
     assert!(error < 1.0, "log-probabilities differ by {error}");
     let top1 = ids(&reference["top1"]);
@@ -412,6 +427,22 @@ fn int8_teacher_forced_top1_agrees_with_llama_cpp_native() {
             "position {position}: Ember picks {got}, llama.cpp {want}; llama.cpp's own gap {gap:?}"
         );
     }
+}
+
+/// `--scheme q4` keeps SmolLM2's Q4_1 blocks exactly (the int8 image re-quantizes them) and
+/// meets the int8 engine's bar against llama.cpp natively on the same file. (Measured when
+/// written: 175/182 top-1, as close as the int8 image's 174: llama.cpp's f16 KV cache and its
+/// order of arithmetic, not the weights, decide the near-ties.) Its quality report against the
+/// f32 reference is in the int8 range.
+#[test]
+fn q4_teacher_forced_top1_agrees_with_llama_cpp_native() {
+    let (image, report) = ember_e2e::smollm2_q4_image();
+    eprintln!("{report}");
+    let (top1, kl, _) = ember_e2e::quality_numbers(&report);
+    assert!(top1 >= 0.95 && kl < 0.02, "{report}");
+    let reference = smollm2_reference("teacher_forced.json");
+    let logits = image_logits(&image, &ids(&reference["ids"]));
+    agrees_with_llama_cpp_native_up_to_near_ties("q4 vs native", &reference, &logits);
 }
 
 /// The weights stay in the page cache: after loading SmolLM2's image and answering one question

@@ -91,12 +91,13 @@ pub fn smollm2_reference(name: &str) -> serde_json::Value {
     serde_json::from_str(&text).expect("reference JSON")
 }
 
-/// An Ember image quantized from `gguf` into a temporary directory, with the report
-/// `ember quantize` printed (stdout).
+/// An Ember image quantized from `gguf` under `scheme` into a temporary directory, with the
+/// report `ember quantize` printed (stdout).
 fn quantize_once(
     cell: &OnceLock<(PathBuf, String)>,
     gguf: PathBuf,
     name: &str,
+    scheme: &str,
 ) -> (PathBuf, String) {
     cell.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("ember-tests-{}", std::process::id()));
@@ -107,6 +108,8 @@ fn quantize_once(
             gguf.to_str().expect("UTF-8 path"),
             "-o",
             image.to_str().expect("UTF-8 temp path"),
+            "--scheme",
+            scheme,
             "--quiet",
         ]));
         (image, report)
@@ -117,13 +120,25 @@ fn quantize_once(
 /// SmolLM2 quantized to an Ember image once per test process, with `ember quantize`'s report.
 pub fn smollm2_image() -> (PathBuf, String) {
     static CELL: OnceLock<(PathBuf, String)> = OnceLock::new();
-    quantize_once(&CELL, smollm2(), "smollm2.ember")
+    quantize_once(&CELL, smollm2(), "smollm2.ember", "int8")
+}
+
+/// SmolLM2 quantized with `--scheme q4` (its Q4_1 blocks kept as they are), once per process.
+pub fn smollm2_q4_image() -> (PathBuf, String) {
+    static CELL: OnceLock<(PathBuf, String)> = OnceLock::new();
+    quantize_once(&CELL, smollm2(), "smollm2-q4.ember", "q4")
 }
 
 /// The tiny model quantized to an Ember image once per test process, with the report.
 pub fn tiny_image() -> (PathBuf, String) {
     static CELL: OnceLock<(PathBuf, String)> = OnceLock::new();
-    quantize_once(&CELL, tiny_model(), "tiny.ember")
+    quantize_once(&CELL, tiny_model(), "tiny.ember", "int8")
+}
+
+/// The tiny model quantized with `--scheme q4` once per test process, with the report.
+pub fn tiny_q4_image() -> (PathBuf, String) {
+    static CELL: OnceLock<(PathBuf, String)> = OnceLock::new();
+    quantize_once(&CELL, tiny_model(), "tiny-q4.ember", "q4")
 }
 
 /// The numbers of `ember quantize`'s quality line: (top-1 agreement as a share, mean KL,

@@ -36,7 +36,7 @@ fn mapped_initializers(graph: &pb::GraphProto) -> HashSet<String> {
     let mut names = HashSet::new();
     for node in &graph.node {
         let picks: &[usize] = match node.op_type.as_str() {
-            "MatMulNBits" => &[1, 2],
+            "MatMulNBits" => &[1, 2, 3],
             "GatherBlockQuantized" => &[0, 2],
             _ => &[],
         };

@@ -1,12 +1,14 @@
 //! The ONNX graph of a Llama-family decoder over an image's int8 weights.
 //!
 //! Standard ONNX ops (opset 17) plus two `com.microsoft` contrib ops that onnxruntime implements:
-//! `MatMulNBits` (bits 8, blocks of 32) for every linear layer and `GatherBlockQuantized` for
-//! the token embedding. Their initializers are external data in [`WEIGHTS_FILE`] at the offsets of
+//! `MatMulNBits` (bits 8, or 4 for a 4-bit tensor; blocks of 32) for every linear layer and
+//! `GatherBlockQuantized` (bits 8) for the token embedding. Their initializers are external data in [`WEIGHTS_FILE`] at the offsets of
 //! the image's weights section, so the graph and the image share one copy of the weights. The
 //! image stores int8 rows interleaved in groups (`ember_core::image::quant_index`), as Ember's
 //! kernels stream them; `ember export-onnx` writes the weights file in the standard layout these
-//! ops define, at the same offsets, for onnxruntime.
+//! ops define, at the same offsets, for onnxruntime. A 4-bit `MatMulNBits` has a fourth input,
+//! float zero points: in the image that array holds the blocks' minimums m (value = d · q + m),
+//! which the export turns into zero points −m/d (`ember_image::standard_layout`).
 //!
 //! Inputs: `input_ids` and `position_ids` (int64 `[1, sequence]`), and per layer `i`
 //! `past_key.i` (f32 `[1, kv_heads, head_dim, past_sequence]`, keys transposed) and
@@ -23,6 +25,14 @@ use crate::pb::{
 use ember_core::image::{TensorEncoding, TensorEntry};
 use ember_engine::ModelConfig;
 use prost::Message;
+
+/// The initializers of one quantized matrix.
+struct MatrixArrays {
+    quants: String,
+    scales: String,
+    /// A 4-bit matrix's zero points (in the image: its minimums).
+    zero_points: Option<String>,
+}
 
 /// File name the graph's external data points at (the weights section, de-interleaved).
 pub const WEIGHTS_FILE: &str = "model.weights";
@@ -215,53 +225,92 @@ impl Builder<'_> {
 
     /// The quants and scales of an int8 `rows × cols` matrix: `(quants, scales)` initializers in
     /// `MatMulNBits` shapes (`[rows, cols/32, 32]`, `[rows · cols/32]`) or, for a gather,
-    /// `GatherBlockQuantized` shapes (`[rows, cols]`, `[rows, cols/32]`).
+    /// `GatherBlockQuantized` shapes (`[rows, cols]`, `[rows, cols/32]`); for a 4-bit matrix
+    /// (not gathered) the `MatMulNBits` bits-4 shapes (`[rows, cols/32, 16]`, `[rows · cols/32]`)
+    /// and a third initializer, the minimums as zero points (`[rows · cols/32]`).
     fn matrix(
         &mut self,
         tensor: &str,
         cols: usize,
         rows: usize,
         gather: bool,
-    ) -> Result<(String, String), GraphError> {
+    ) -> Result<MatrixArrays, GraphError> {
         let entry = self.entry(tensor)?.clone();
-        if entry.encoding != TensorEncoding::Int8Block32 || entry.dims != [cols as u64, rows as u64]
-        {
+        let supported = match entry.encoding {
+            TensorEncoding::Int8Block32 => true,
+            TensorEncoding::Int4Block32 => !gather,
+            TensorEncoding::F32 => false,
+        };
+        if !supported || entry.dims != [cols as u64, rows as u64] {
             return Err(GraphError::BadTensor {
                 name: tensor.into(),
                 problem: format!(
-                    "expected int8-block32 [{cols}, {rows}], found {:?} {:?}",
-                    entry.encoding, entry.dims
+                    "expected {} [{cols}, {rows}], found {:?} {:?}",
+                    if gather {
+                        "int8-block32"
+                    } else {
+                        "int8-block32 or 4-bit"
+                    },
+                    entry.encoding,
+                    entry.dims
                 ),
             });
         }
         let layout = TensorEntry::layout(entry.encoding, cols as u64, rows as u64);
         let blocks = (cols / 32) as i64;
         let (rows, cols) = (rows as i64, cols as i64);
+        let four_bit = entry.encoding == TensorEncoding::Int4Block32;
         let (suffix, quant_dims, scale_dims) = if gather {
             ("gather", vec![rows, cols], vec![rows, blocks])
         } else {
-            ("matmul", vec![rows, blocks, 32], vec![rows * blocks])
+            (
+                "matmul",
+                vec![rows, blocks, if four_bit { 16 } else { 32 }],
+                vec![rows * blocks],
+            )
         };
-        let quants = format!("{tensor}.{suffix}.quants");
-        let scales = format!("{tensor}.{suffix}.scales");
-        self.external(
-            &quants,
-            DataType::Uint8,
-            &quant_dims,
-            entry.offset + layout.quants.0,
-            layout.standard.0,
-        );
-        self.external(
-            &scales,
-            DataType::Float,
-            &scale_dims,
-            entry.offset + layout.scales.0,
-            layout.standard.1,
-        );
-        Ok((quants, scales))
+        let mut arrays = vec![
+            (
+                "quants",
+                DataType::Uint8,
+                quant_dims,
+                layout.quants.0,
+                layout.standard.0,
+            ),
+            (
+                "scales",
+                DataType::Float,
+                scale_dims.clone(),
+                layout.scales.0,
+                layout.standard.1,
+            ),
+        ];
+        if four_bit {
+            arrays.push((
+                "zero_points",
+                DataType::Float,
+                scale_dims,
+                layout.mins.0,
+                layout.standard.2,
+            ));
+        }
+        let mut names = arrays
+            .into_iter()
+            .map(|(array, data_type, dims, offset, length)| {
+                let name = format!("{tensor}.{suffix}.{array}");
+                self.external(&name, data_type, &dims, entry.offset + offset, length);
+                name
+            })
+            .collect::<Vec<_>>()
+            .into_iter();
+        Ok(MatrixArrays {
+            quants: names.next().unwrap_or_default(),
+            scales: names.next().unwrap_or_default(),
+            zero_points: names.next(),
+        })
     }
 
-    /// `x · Wᵀ` for the int8 matrix `tensor` of `rows` outputs over `cols` inputs.
+    /// `x · Wᵀ` for the int8 or 4-bit matrix `tensor` of `rows` outputs over `cols` inputs.
     fn linear(
         &mut self,
         x: &str,
@@ -269,21 +318,18 @@ impl Builder<'_> {
         cols: usize,
         rows: usize,
     ) -> Result<String, GraphError> {
-        let (quants, scales) = self.matrix(tensor, cols, rows, false)?;
+        let arrays = self.matrix(tensor, cols, rows, false)?;
+        let bits = if arrays.zero_points.is_some() { 4 } else { 8 };
         let out = self.fresh("matmul");
         let attrs = vec![
             int_attr("K", cols as i64),
             int_attr("N", rows as i64),
-            int_attr("bits", 8),
+            int_attr("bits", bits),
             int_attr("block_size", 32),
         ];
-        self.node(
-            "MatMulNBits",
-            CONTRIB_DOMAIN,
-            &[x, &quants, &scales],
-            &out,
-            attrs,
-        );
+        let mut inputs = vec![x, &arrays.quants, &arrays.scales];
+        inputs.extend(arrays.zero_points.as_deref());
+        self.node("MatMulNBits", CONTRIB_DOMAIN, &inputs, &out, attrs);
         Ok(out)
     }
 
@@ -408,7 +454,8 @@ pub fn build_proto(
     };
 
     // Token embedding and the per-position tables.
-    let (embd_quants, embd_scales) = g.matrix("token_embd.weight", c.n_embd, c.vocab_size, true)?;
+    let embedding = g.matrix("token_embd.weight", c.n_embd, c.vocab_size, true)?;
+    let (embd_quants, embd_scales) = (embedding.quants, embedding.scales);
     let mut x = g.fresh("embedding");
     let gather_attrs = vec![
         int_attr("bits", 8),

@@ -1,4 +1,4 @@
-//! Ember's own tract ops for the graph's contrib nodes: `MatMulNBits` (bits 8) and
+//! Ember's own tract ops for the graph's contrib nodes: `MatMulNBits` (bits 8 and 4) and
 //! `GatherBlockQuantized` (bits 8) that read their weights in place from the image's mapping
 //! instead of copying them into tract tensors.
 //!
@@ -82,14 +82,18 @@ fn f32s(bytes: &[u8]) -> &[f32] {
     values
 }
 
-/// An int8 `rows × cols` matrix read in place from the mapping: u8 quants (value =
-/// scale · (u − 128)) and one little-endian f32 scale per block of 32, both with the rows in
-/// interleaved groups of 16 (`ember_core::image::quant_index`), the last group padded.
+/// A `rows × cols` matrix read in place from the mapping, with the rows in interleaved groups
+/// of 16, the last group padded: int8 (u8 quants, value = scale · (u − 128),
+/// `ember_core::image::quant_index`) or 4-bit (nibbles, value = scale · q + min,
+/// `ember_core::image::nibble_index`), with one little-endian f32 scale (and minimum) per block
+/// of 32.
 #[derive(Debug, Clone)]
 pub struct MappedMatrix {
     map: Arc<Mmap>,
     quants: Range<usize>,
     scales: Range<usize>,
+    /// The minimums of a 4-bit matrix.
+    mins: Option<Range<usize>>,
     rows: usize,
     cols: usize,
 }
@@ -100,42 +104,47 @@ impl PartialEq for MappedMatrix {
         Arc::ptr_eq(&self.map, &other.map)
             && self.quants == other.quants
             && self.scales == other.scales
+            && self.mins == other.mins
             && (self.rows, self.cols) == (other.rows, other.cols)
     }
 }
 impl Eq for MappedMatrix {}
 
 impl MappedMatrix {
-    /// The initializers `quants` and `scales` of a `rows × cols` matrix (the graph gives their
-    /// standard lengths; the image stores whole groups of rows), checked for length, for lying
-    /// within the mapping and for the scales' 4-byte alignment.
+    /// The initializers `quants`, `scales` and, for a 4-bit matrix, `mins` of a `rows × cols`
+    /// matrix (the graph gives their standard lengths; the image stores whole groups of rows),
+    /// checked for length, for lying within the mapping and for 4-byte alignment.
     fn new(
         m: &MappedTensors,
         quants: &str,
         scales: &str,
+        mins: Option<&str>,
         rows: usize,
         cols: usize,
     ) -> TractResult<Self> {
         let stored = padded_rows(rows as u64) as usize * cols;
-        let quants = m.range(quants, rows * cols)?;
-        let scales = m.range(scales, rows * cols / 32 * 4)?;
-        let (quants, scales) = (
-            quants.start..quants.start + stored,
-            scales.start..scales.start + stored / 32 * 4,
-        );
-        ensure!(
-            quants.end <= scales.start && scales.end <= m.map.len(),
-            "the groups of rows at {quants:?} and their scales at {scales:?} do not fit the image"
-        );
-        ensure!(
-            scales.start.is_multiple_of(4) && (m.map.as_ptr() as usize).is_multiple_of(4),
-            "scales at offset {} are not 4-byte aligned",
-            scales.start
-        );
+        let per_value = if mins.is_some() { 2 } else { 1 };
+        let quants = m.range(quants, rows * cols / per_value)?;
+        let quants = quants.start..quants.start + stored / per_value;
+        let blocks = |name: &str| -> TractResult<Range<usize>> {
+            let range = m.range(name, rows * cols / 32 * 4)?;
+            let range = range.start..range.start + stored / 32 * 4;
+            ensure!(
+                quants.end <= range.start && range.end <= m.map.len(),
+                "the groups of rows at {quants:?} and their blocks' values at {range:?} do not fit the image"
+            );
+            ensure!(
+                range.start.is_multiple_of(4) && (m.map.as_ptr() as usize).is_multiple_of(4),
+                "f32 values at offset {} are not 4-byte aligned",
+                range.start
+            );
+            Ok(range)
+        };
         Ok(MappedMatrix {
             map: Arc::clone(&m.map),
+            scales: blocks(scales)?,
+            mins: mins.map(blocks).transpose()?,
             quants,
-            scales,
             rows,
             cols,
         })
@@ -146,15 +155,32 @@ impl MappedMatrix {
         self.rows.div_ceil(ROW_GROUP)
     }
 
-    /// Group `group`: its interleaved quants and scales.
-    fn group(&self, group: usize) -> (&[u8], &[f32]) {
-        let (bytes, blocks) = (ROW_GROUP * self.cols, ROW_GROUP * self.cols / 32);
-        let quants = &self.map[self.quants.clone()][group * bytes..][..bytes];
+    /// The 16 dot products of group `group` with activation row `row` of `a`.
+    fn dot_group(
+        &self,
+        kernel: Kernel,
+        group: usize,
+        a: &QuantizedRows,
+        row: usize,
+    ) -> [f32; ROW_GROUP] {
+        let blocks = ROW_GROUP * self.cols / 32;
         let scales = &f32s(&self.map[self.scales.clone()])[group * blocks..][..blocks];
-        (quants, scales)
+        match &self.mins {
+            None => {
+                let bytes = ROW_GROUP * self.cols;
+                let quants = &self.map[self.quants.clone()][group * bytes..][..bytes];
+                kernel.dot_group(quants, scales, a, row)
+            }
+            Some(mins) => {
+                let bytes = ROW_GROUP * self.cols / 2;
+                let quants = &self.map[self.quants.clone()][group * bytes..][..bytes];
+                let mins = &f32s(&self.map[mins.clone()])[group * blocks..][..blocks];
+                kernel.dot_group4(quants, scales, mins, a, row)
+            }
+        }
     }
 
-    /// Row `row`, dequantized.
+    /// Row `row` of an int8 matrix, dequantized.
     fn dequantized_row(&self, row: usize) -> impl Iterator<Item = f32> + '_ {
         let quants = &self.map[self.quants.clone()];
         let scales = f32s(&self.map[self.scales.clone()]);
@@ -165,8 +191,8 @@ impl MappedMatrix {
     }
 }
 
-/// `y_i = x · W_iᵀ` for int8 matrices `W_i` (`n_i` rows of `k`) held in the mapping: one
-/// output per matrix. Several matrices over the same input (a layer's query, key and value
+/// `y_i = x · W_iᵀ` for int8 or 4-bit matrices `W_i` (`n_i` rows of `k`) held in the mapping,
+/// with `x` quantized to int8: one output per matrix. Several matrices over the same input (a layer's query, key and value
 /// projections; its gate and up projections) share one quantization of the input and one
 /// split of their rows across the threads.
 #[derive(Debug, Clone)]
@@ -184,7 +210,8 @@ impl PartialEq for Int8MatMul {
 impl Eq for Int8MatMul {}
 
 /// The node type [`fuse_matmuls`] writes (domain `ai.ember`): inputs `x`, then each matrix's
-/// quants and scales; attributes `K` and `N` (one per matrix); one output per matrix.
+/// quants and scales (and, with `bits` 4, minimums); attributes `K`, `bits` and `N` (one per
+/// matrix); one output per matrix.
 pub const FUSED_MATMULS: &str = "EmberInt8MatMuls";
 
 impl Int8MatMul {
@@ -193,15 +220,15 @@ impl Int8MatMul {
         self.weights.first().map_or(0, |w| w.cols)
     }
 
-    /// Group `index` of all the matrices' groups in a row.
-    fn group(&self, mut index: usize) -> (&[u8], &[f32]) {
+    /// Group `index` of all the matrices' groups in a row: its matrix and its index there.
+    fn group(&self, mut index: usize) -> (&MappedMatrix, usize) {
         for weights in &self.weights[..self.weights.len() - 1] {
             if index < weights.groups() {
-                return weights.group(index);
+                return (weights, index);
             }
             index -= weights.groups();
         }
-        self.weights[self.weights.len() - 1].group(index)
+        (&self.weights[self.weights.len() - 1], index)
     }
 
     /// For `rows × k` inputs, each matrix's `rows × n_i` outputs.
@@ -220,9 +247,9 @@ impl Int8MatMul {
         self.workers.run(chunks.len(), &|chunk| {
             let mut out = chunks[chunk].lock().unwrap_or_else(|e| e.into_inner());
             for (i, out) in out.chunks_mut(ROW_GROUP * rows).enumerate() {
-                let (w, scales) = self.group(chunk * per_chunk + i);
+                let (weights, group) = self.group(chunk * per_chunk + i);
                 for (s, out) in out.chunks_mut(ROW_GROUP).enumerate() {
-                    out.copy_from_slice(&self.kernel.dot_group(w, scales, &a, s));
+                    out.copy_from_slice(&weights.dot_group(self.kernel, group, &a, s));
                 }
             }
         });
@@ -340,8 +367,10 @@ impl Expansion for Int8MatMul {
     }
 }
 
-/// Builds [`Int8MatMul`] for a `com.microsoft.MatMulNBits` node with bits = 8, block 32,
-/// no zero points or bias, and weights in the mapping.
+/// Builds [`Int8MatMul`] for a `com.microsoft.MatMulNBits` node with block 32 and weights in
+/// the mapping: bits 8 without zero points, or bits 4 whose fourth input is, in an image, the
+/// blocks' minimums (value = scale · q + min; `ember export-onnx` turns them into zero points);
+/// no `g_idx` or bias.
 pub fn build_matmul(
     _ctx: &ParsingContext,
     node: &NodeProto,
@@ -351,18 +380,27 @@ pub fn build_matmul(
     let bits: usize = node.get_attr_opt("bits")?.unwrap_or(4);
     let block_size: usize = node.get_attr("block_size")?;
     ensure!(
-        bits == 8 && block_size == 32 && k.is_multiple_of(32),
-        "MatMulNBits {:?}: Ember runs bits=8, block_size=32 (got bits={bits}, block_size={block_size}, K={k})",
+        (bits == 8 || bits == 4) && block_size == 32 && k.is_multiple_of(32),
+        "MatMulNBits {:?}: Ember runs bits=8 or 4, block_size=32 (got bits={bits}, block_size={block_size}, K={k})",
         node.name
     );
+    let inputs = if bits == 8 { 3 } else { 4 };
     ensure!(
-        node.input.len() == 3,
-        "MatMulNBits {:?}: zero points, g_idx and bias are not supported",
+        node.input.len() == inputs,
+        "MatMulNBits {:?}: Ember runs bits=8 without zero points and bits=4 with an image's minimums; g_idx and bias are not supported",
         node.name
     );
     MappedTensors::with(|m| {
+        let mins = node.input.get(3).map(String::as_str);
         let op = Int8MatMul {
-            weights: vec![MappedMatrix::new(m, &node.input[1], &node.input[2], n, k)?],
+            weights: vec![MappedMatrix::new(
+                m,
+                &node.input[1],
+                &node.input[2],
+                mins,
+                n,
+                k,
+            )?],
             workers: Arc::clone(&m.workers),
             kernel: m.kernel,
         };
@@ -376,18 +414,24 @@ pub fn build_fused_matmuls(
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let k: usize = node.get_attr("K")?;
+    let bits: usize = node.get_attr("bits")?;
     let ns: Vec<usize> = node.get_attr_tvec("N")?.into_vec();
+    let per_matrix = if bits == 4 { 3 } else { 2 };
     ensure!(
-        !ns.is_empty() && node.input.len() == 1 + 2 * ns.len() && node.output.len() == ns.len(),
-        "{FUSED_MATMULS} {:?}: inputs, outputs and N do not agree",
+        (bits == 8 || bits == 4)
+            && !ns.is_empty()
+            && node.input.len() == 1 + per_matrix * ns.len()
+            && node.output.len() == ns.len(),
+        "{FUSED_MATMULS} {:?}: bits, inputs, outputs and N do not agree",
         node.name
     );
     MappedTensors::with(|m| {
         let weights = ns
             .iter()
-            .enumerate()
-            .map(|(i, &n)| {
-                MappedMatrix::new(m, &node.input[1 + 2 * i], &node.input[2 + 2 * i], n, k)
+            .zip(node.input[1..].chunks(per_matrix))
+            .map(|(&n, inputs)| {
+                let mins = inputs.get(2).map(String::as_str);
+                MappedMatrix::new(m, &inputs[0], &inputs[1], mins, n, k)
             })
             .collect::<TractResult<_>>()?;
         let op = Int8MatMul {
@@ -404,24 +448,32 @@ pub fn build_fused_matmuls(
 /// layer's query, key and value projections, and for its gate and up projections.
 pub fn fuse_matmuls(graph: &mut tract_onnx::pb::GraphProto) {
     use crate::graph::{int_attr, ints_attr};
-    let fusable = |n: &NodeProto| n.op_type == "MatMulNBits" && n.input.len() == 3;
     let attr = |n: &NodeProto, name: &str| n.attribute.iter().find(|a| a.name == name).map(|a| a.i);
+    let fusable = |n: &NodeProto| {
+        n.op_type == "MatMulNBits"
+            && attr(n, "block_size") == Some(32)
+            && match attr(n, "bits") {
+                Some(8) => n.input.len() == 3,
+                Some(4) => n.input.len() == 4,
+                _ => false,
+            }
+    };
     let mut index = 0;
     while index < graph.node.len() {
         let first = &graph.node[index];
-        if !fusable(first) || attr(first, "bits") != Some(8) {
+        if !fusable(first) {
             index += 1;
             continue;
         }
-        let (input, k) = (first.input[0].clone(), attr(first, "K"));
+        let (input, k, bits) = (
+            first.input[0].clone(),
+            attr(first, "K"),
+            attr(first, "bits"),
+        );
         let siblings: Vec<usize> = (index..graph.node.len())
             .filter(|&i| {
                 let n = &graph.node[i];
-                fusable(n)
-                    && n.input[0] == input
-                    && attr(n, "K") == k
-                    && attr(n, "bits") == Some(8)
-                    && attr(n, "block_size") == Some(32)
+                fusable(n) && n.input[0] == input && attr(n, "K") == k && attr(n, "bits") == bits
             })
             .collect();
         if siblings.len() < 2 {
@@ -442,7 +494,11 @@ pub fn fuse_matmuls(graph: &mut tract_onnx::pb::GraphProto) {
             domain: "ai.ember".into(),
             input: inputs,
             output: outputs,
-            attribute: vec![int_attr("K", k.unwrap_or(0)), ints_attr("N", &ns)],
+            attribute: vec![
+                int_attr("K", k.unwrap_or(0)),
+                int_attr("bits", bits.unwrap_or(0)),
+                ints_attr("N", &ns),
+            ],
             ..Default::default()
         };
         for &i in siblings.iter().skip(1).rev() {
@@ -564,7 +620,7 @@ pub fn build_gather(
             node.name
         );
         let op = Int8Gather {
-            table: MappedMatrix::new(m, &node.input[0], &node.input[2], rows, cols)?,
+            table: MappedMatrix::new(m, &node.input[0], &node.input[2], None, rows, cols)?,
         };
         Ok((expand(op), vec![]))
     })
@@ -587,10 +643,20 @@ mod tests {
 
     /// A mapped `n × k` int8 matrix, stored as images store it.
     fn matmul(n: usize, k: usize, threads: usize) -> Int8MatMul {
-        let (quants, scales) = weights(n, k);
+        matmul_encoded(n, k, threads, TensorEncoding::Int8Block32)
+    }
+
+    /// A mapped `n × k` matrix ([`weights`] or [`weights4`]), stored as images store it.
+    fn matmul_encoded(n: usize, k: usize, threads: usize, encoding: TensorEncoding) -> Int8MatMul {
         let dims = [k as u64, n as u64];
-        let tensor = EncodedTensor::new("w", &dims, TensorEncoding::Int8Block32, &quants, &scales);
-        let layout = TensorEntry::layout(TensorEncoding::Int8Block32, k as u64, n as u64);
+        let tensor = if encoding == TensorEncoding::Int4Block32 {
+            let (quants, scales, mins) = weights4(n, k);
+            EncodedTensor::int4("w", &dims, &quants, &scales, &mins)
+        } else {
+            let (quants, scales) = weights(n, k);
+            EncodedTensor::new("w", &dims, encoding, &quants, &scales)
+        };
+        let layout = TensorEntry::layout(encoding, k as u64, n as u64);
         static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let made = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("ember-ops-{}-{made}", std::process::id()));
@@ -605,11 +671,54 @@ mod tests {
                 map,
                 quants: range(layout.quants),
                 scales: range(layout.scales),
+                mins: (encoding == TensorEncoding::Int4Block32).then(|| range(layout.mins)),
                 rows: n,
                 cols: k,
             }],
             workers: Arc::new(Workers::new(threads).unwrap()),
             kernel: Kernel::detect(),
+        }
+    }
+
+    /// Row-major 4-bit quants, scales and minimums of an `n × k` matrix.
+    fn weights4(n: usize, k: usize) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
+        let (quants, scales) = weights(n, k);
+        let mins = (0..n * k / 32)
+            .map(|i| 0.003 * (i % 7) as f32 - 0.01)
+            .collect();
+        (quants.iter().map(|q| q % 16).collect(), scales, mins)
+    }
+
+    #[test]
+    fn a_4bit_matrix_gives_its_rows_exact_sums() {
+        for (n, k, threads) in [(96, 64, 1), (50, 1536, 2), (300, 96, 3)] {
+            let op = matmul_encoded(n, k, threads, TensorEncoding::Int4Block32);
+            let (quants, scales, mins) = weights4(n, k);
+            let x: Vec<f32> = (0..2 * k)
+                .map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0)
+                .collect();
+            let a = QuantizedRows::new(&x, k);
+            let y = op.compute(&x).remove(0);
+            assert_eq!(y.len(), 2 * n);
+            for s in 0..2 {
+                for (row, got) in y[s * n..][..n].iter().enumerate() {
+                    let (mut want, mut size) = (0f64, 0f64);
+                    for col in 0..k {
+                        let b = col / 32;
+                        let block = row * k / 32 + b;
+                        let value = scales[block] as f64 * quants[row * k + col] as f64
+                            + mins[block] as f64;
+                        let term =
+                            value * a.scales[s * k / 32 + b] as f64 * a.quants[s * k + col] as f64;
+                        want += term;
+                        size += term.abs();
+                    }
+                    assert!(
+                        (*got as f64 - want).abs() <= 1e-5 * size.max(1.0),
+                        "n {n} k {k} activation row {s} row {row}: {got} vs {want}"
+                    );
+                }
+            }
         }
     }
 
@@ -646,8 +755,13 @@ mod tests {
 
     #[test]
     fn fused_matrices_give_what_each_gives_alone() {
+        // (The graph only fuses matrices of one kind; the op computes any mix.)
         let k = 96;
-        let parts = [matmul(48, k, 2), matmul(20, k, 2), matmul(300, k, 2)];
+        let parts = [
+            matmul(48, k, 2),
+            matmul_encoded(20, k, 2, TensorEncoding::Int4Block32),
+            matmul(300, k, 2),
+        ];
         let fused = Int8MatMul {
             weights: parts.iter().flat_map(|p| p.weights.clone()).collect(),
             workers: Arc::new(Workers::new(2).unwrap()),

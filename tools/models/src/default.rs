@@ -40,7 +40,7 @@ pub fn image_path(recipe: &Recipe) -> PathBuf {
         .join(format!(
             "{}-{sha}-v{IMAGE_VERSION}-{}-e{}.ember",
             recipe.name,
-            quantize::SCHEME,
+            quantize::Scheme::Int8.name(),
             ember_tract::ENGINE_REVISION
         ))
 }
@@ -79,13 +79,15 @@ pub fn prepare(recipe: &Recipe, threads: usize) -> Result<Prepared> {
     let start = Instant::now();
     let file =
         GgufFile::open(&gguf).with_context(|| format!("cannot load model {}", gguf.display()))?;
-    quantize::quantize(&file, &image, true, threads).with_context(|| {
-        format!(
-            "cannot quantize {} into {}",
-            gguf.display(),
-            image.display()
-        )
-    })?;
+    quantize::quantize(&file, &image, quantize::Scheme::Int8, true, threads).with_context(
+        || {
+            format!(
+                "cannot quantize {} into {}",
+                gguf.display(),
+                image.display()
+            )
+        },
+    )?;
     eprintln!(
         "made {} in {:.1} s",
         image.display(),

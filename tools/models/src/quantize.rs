@@ -1,12 +1,18 @@
-//! `ember quantize`: a GGUF model → an Ember image with int8 weights in blocks of 32 and the
-//! ONNX graph that runs them.
+//! `ember quantize`: a GGUF model → an Ember image with int8 (or 4-bit) weights in blocks of 32
+//! and the ONNX graph that runs them.
 //!
-//! Each 2-D weight becomes symmetric int8 blocks of 32 values with an f32 scale, stored as
-//! `u = q + 128` (ONNX `MatMulNBits` bits 8). Q8_0 and Q4_0 source blocks map onto these
-//! exactly; other types (Q4_1, F32/F16/BF16) are dequantized and re-quantized per block
-//! (scale = max|w| / 127), which is where weight loss comes from. 1-D tensors (norms) stay
-//! `f32`. The quality report runs the int8 engine itself (int8 activations included) against
-//! the f32 reference on the GGUF.
+//! [`Scheme::Int8`]: each 2-D weight becomes symmetric int8 blocks of 32 values with an f32
+//! scale, stored as `u = q + 128` (ONNX `MatMulNBits` bits 8). Q8_0 and Q4_0 source blocks map
+//! onto these exactly; other types (Q4_1, F32/F16/BF16) are dequantized and re-quantized per
+//! block (scale = max|w| / 127), which is where weight loss comes from.
+//!
+//! [`Scheme::Q4`]: the layers' matrices become 4-bit blocks of 32 (value = d · q + m,
+//! `MatMulNBits` bits 4). Q4_0 and Q4_1 source blocks are stored exactly; other types are
+//! quantized to Q4_1 with ggml's reference rounding first. The token embedding (and the output
+//! matrix, when the model has its own) stays int8, as above.
+//!
+//! 1-D tensors (norms) stay `f32`. The quality report runs the int8 engine itself (int8
+//! activations included) against the f32 reference on the GGUF.
 
 use anyhow::{Result, bail};
 use ember_core::image::{
@@ -22,8 +28,25 @@ use half::f16;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
 
-/// Name recorded in the manifest for this scheme.
-pub const SCHEME: &str = "int8-block32";
+/// How the weight matrices are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scheme {
+    /// Symmetric int8 in blocks of 32 (the default).
+    #[default]
+    Int8,
+    /// The layers' matrices in 4-bit blocks of 32 (GGUF Q4_0/Q4_1 exactly), embedding int8.
+    Q4,
+}
+
+impl Scheme {
+    /// The name recorded in the manifest.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Int8 => "int8-block32",
+            Scheme::Q4 => "q4-block32",
+        }
+    }
+}
 
 /// The text the quality report is measured on (teacher-forced).
 pub const QUALITY_TEXT: &str = "The old lighthouse stood at the edge of the cliff, its white tower \
@@ -36,8 +59,43 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }
 
-/// Encodes one GGUF tensor for the image.
-pub fn encode_tensor(info: &TensorInfo, data: &[u8]) -> Result<EncodedTensor, GgufError> {
+/// Encodes a layer's matrix in 4-bit blocks: Q4_0 and Q4_1 exactly, anything else through
+/// ggml's Q4_1 quantization.
+fn encode_4bit(info: &TensorInfo, data: &[u8]) -> Result<EncodedTensor, GgufError> {
+    let requantized;
+    let (ty, data) = match info.ty {
+        TensorType::Q4_0 | TensorType::Q4_1 => (info.ty, data),
+        _ => {
+            requantized = ember_gguf::quantize(TensorType::Q4_1, &dequantize(info, data)?)?;
+            (TensorType::Q4_1, &requantized[..])
+        }
+    };
+    let block_bytes = if ty == TensorType::Q4_0 { 18 } else { 20 };
+    let (mut quants, mut scales, mut mins) = (Vec::new(), Vec::new(), Vec::new());
+    for block in data.chunks_exact(block_bytes) {
+        let d = f16_at(block, 0);
+        scales.push(d);
+        // Q4_0: value = d · (q − 8) = d · q + (−8d), exact in f32.
+        mins.push(if ty == TensorType::Q4_0 {
+            -8.0 * d
+        } else {
+            f16_at(block, 2)
+        });
+        let nibbles = &block[block_bytes - 16..];
+        quants.extend(nibbles.iter().map(|q| q & 0x0F));
+        quants.extend(nibbles.iter().map(|q| q >> 4));
+    }
+    Ok(EncodedTensor::int4(
+        &info.name, &info.dims, &quants, &scales, &mins,
+    ))
+}
+
+/// Encodes one GGUF tensor for the image under `scheme`.
+pub fn encode_tensor(
+    info: &TensorInfo,
+    data: &[u8],
+    scheme: Scheme,
+) -> Result<EncodedTensor, GgufError> {
     let name = info.name.as_str();
     let dims = info.dims.as_slice();
     let f32_bytes = |values: Vec<f32>| {
@@ -55,6 +113,10 @@ pub fn encode_tensor(info: &TensorInfo, data: &[u8]) -> Result<EncodedTensor, Gg
             &f32_bytes(values),
             &[],
         ));
+    }
+    let embedding = name == "token_embd.weight" || name == "output.weight";
+    if scheme == Scheme::Q4 && !embedding {
+        return encode_4bit(info, data);
     }
     let (mut quants, mut scales) = (Vec::new(), Vec::new());
     match info.ty {
@@ -101,6 +163,7 @@ pub fn encode_tensor(info: &TensorInfo, data: &[u8]) -> Result<EncodedTensor, Gg
 fn manifest_and_vocabulary(
     file: &GgufFile,
     vocabulary: &Vocabulary<'_>,
+    scheme: Scheme,
 ) -> Result<(Manifest, TokenizerData)> {
     let m = file.metadata();
     let config = ModelConfig::from_gguf(m)?;
@@ -133,7 +196,7 @@ fn manifest_and_vocabulary(
             top_p: 0.95,
             repetition_penalty: 1.0,
         },
-        quantization: SCHEME.into(),
+        quantization: scheme.name().into(),
         tensors: Vec::new(),
         sections: Vec::new(),
         // Filled in once the image exists (see `quantize`).
@@ -199,15 +262,21 @@ pub fn measure_quality(gguf: &GgufFile, image: &Image, threads: usize) -> Result
     })
 }
 
-/// Writes the image of the GGUF `file` to `output` and returns its size.
+/// Writes the image of the GGUF `file` to `output` under `scheme` and returns its size.
 ///
 /// The image is written twice: first without its self-test's tokens (to `<output>.trial`), so
 /// the int8 engine can run it and generate them, then with them under the final name.
-pub fn quantize(file: &GgufFile, output: &Path, progress: bool, threads: usize) -> Result<u64> {
+pub fn quantize(
+    file: &GgufFile,
+    output: &Path,
+    scheme: Scheme,
+    progress: bool,
+    threads: usize,
+) -> Result<u64> {
     let vocabulary = Vocabulary::from_gguf(file.metadata())?;
     // The tokenizer must build before anything is written.
     Tokenizer::from_vocabulary(vocabulary.clone())?;
-    let (manifest, data) = manifest_and_vocabulary(file, &vocabulary)?;
+    let (manifest, data) = manifest_and_vocabulary(file, &vocabulary, scheme)?;
     let mut writer = ImageWriter::new(manifest, data);
     let bar = if progress {
         ProgressBar::new(file.tensors().len() as u64).with_style(
@@ -219,7 +288,7 @@ pub fn quantize(file: &GgufFile, output: &Path, progress: bool, threads: usize) 
     };
     for info in file.tensors() {
         bar.set_message(info.name.clone());
-        writer.add_tensor(encode_tensor(info, file.tensor_data(info))?);
+        writer.add_tensor(encode_tensor(info, file.tensor_data(info), scheme)?);
         bar.inc(1);
     }
     bar.finish_and_clear();

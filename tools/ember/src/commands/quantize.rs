@@ -9,12 +9,17 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Turn a GGUF model into an Ember image: int8 weights + the ONNX graph that runs them.
+/// Turn a GGUF model into an Ember image: quantized weights + the ONNX graph that runs them.
 ///
-/// Q8_0 and Q4_0 weights are stored exactly; other matrices (Q4_1, F16, F32, …) are
-/// re-quantized to symmetric int8 per block of 32. The report runs the int8 engine on the image
-/// against the f32 reference on the GGUF, teacher-forced over a built-in text: top-1 agreement,
-/// mean KL divergence, largest logit error.
+/// --scheme int8 (default): Q8_0 and Q4_0 weights are stored exactly; other matrices (Q4_1, F16,
+/// F32, …) are re-quantized to symmetric int8 per block of 32.
+/// --scheme q4: the layers' matrices in 4-bit blocks of 32 (value = d·q + m): Q4_0 and Q4_1
+/// blocks are stored exactly, others quantized to Q4_1 first; the token embedding stays int8.
+/// Smaller and faster where memory bandwidth is short; a little less accurate.
+///
+/// The report runs Ember's engine on the image (int8 activations) against the f32 reference on
+/// the GGUF, teacher-forced over a built-in text: top-1 agreement, mean KL divergence, largest
+/// logit error.
 #[derive(clap::Args)]
 pub struct Args {
     /// The GGUF model.
@@ -22,6 +27,9 @@ pub struct Args {
     /// The image to write (written to a `.part` file, renamed when complete).
     #[arg(short, long)]
     output: PathBuf,
+    /// How the weights are stored: int8 or q4.
+    #[arg(long, value_enum, default_value_t = SchemeArg::Int8)]
+    scheme: SchemeArg,
     /// Skip the quality report.
     #[arg(long)]
     no_report: bool,
@@ -34,6 +42,24 @@ pub struct Args {
     /// Print one JSON object instead of the text.
     #[arg(long)]
     json: bool,
+}
+
+/// `--scheme`'s values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SchemeArg {
+    /// Symmetric int8 blocks of 32.
+    Int8,
+    /// 4-bit blocks of 32 for the layers' matrices (GGUF Q4_0/Q4_1 exactly).
+    Q4,
+}
+
+impl From<SchemeArg> for quantize::Scheme {
+    fn from(scheme: SchemeArg) -> Self {
+        match scheme {
+            SchemeArg::Int8 => quantize::Scheme::Int8,
+            SchemeArg::Q4 => quantize::Scheme::Q4,
+        }
+    }
 }
 
 /// What `ember quantize` made.
@@ -61,7 +87,7 @@ impl std::fmt::Display for Quantized {
         if let Some(q) = &self.quality {
             write!(
                 f,
-                "\nquality of the int8 engine vs the f32 reference on the GGUF ({} teacher-forced positions): top-1 agreement {:.1}%, mean KL {:.2e} nats, max logit error {:.3e}",
+                "\nquality of Ember's engine on the image vs the f32 reference on the GGUF ({} teacher-forced positions): top-1 agreement {:.1}%, mean KL {:.2e} nats, max logit error {:.3e}",
                 q.positions,
                 q.top1_agreement * 100.0,
                 q.mean_kl,
@@ -78,7 +104,8 @@ pub fn run(args: Args) -> Result<()> {
     let gguf = GgufFile::open(&args.model)
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
     let threads = super::use_threads(args.threads)?;
-    let bytes = quantize::quantize(&gguf, &args.output, !args.quiet, threads)?;
+    let scheme = quantize::Scheme::from(args.scheme);
+    let bytes = quantize::quantize(&gguf, &args.output, scheme, !args.quiet, threads)?;
     let image = Image::open(&args.output)?;
     image.verify()?;
     let seconds = start.elapsed().as_secs_f64();
@@ -86,7 +113,9 @@ pub fn run(args: Args) -> Result<()> {
         None
     } else {
         if !args.quiet {
-            eprintln!("measuring the int8 engine against the f32 reference on the GGUF…");
+            eprintln!(
+                "measuring Ember's engine on the image against the f32 reference on the GGUF…"
+            );
         }
         Some(quantize::measure_quality(&gguf, &image, threads)?)
     };
@@ -94,7 +123,7 @@ pub fn run(args: Args) -> Result<()> {
         image: args.output,
         bytes,
         tensors: image.manifest().tensors.len(),
-        scheme: quantize::SCHEME,
+        scheme: scheme.name(),
         seconds,
         quality,
     };
