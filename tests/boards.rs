@@ -276,3 +276,40 @@ fn packaging_refuses_a_wrong_binary_a_model_over_budget_and_a_damaged_model() {
 
     assert!(!tarball.exists() && !PathBuf::from(format!("{}.part", tarball.display())).exists());
 }
+
+/// The memory plan counts the image as it is: on a 256 MiB budget (a Pi Zero 2 W's), SmolLM2's
+/// `--scheme q4` image leaves room for a longer context than its int8 image.
+#[test]
+fn a_q4_image_leaves_the_board_more_context() {
+    let dir = fresh_temp_dir("boards-q4");
+    let profile = profile_with_budget(&dir, 256);
+    let plan = |image: &Path| {
+        let stdout = stdout_of(&emberd(&[
+            "--board",
+            profile.to_str().unwrap(),
+            "--model",
+            image.to_str().unwrap(),
+            "--dry-run",
+        ]));
+        let field = |name: &str| {
+            dry_run_field(&stdout, name).unwrap_or_else(|| panic!("no {name} in {stdout}"))
+        };
+        let image_bytes = std::fs::metadata(image).unwrap().len();
+        assert!(
+            field("memory").contains(&format!("image {}", mib(image_bytes))),
+            "{stdout}"
+        );
+        let context = field("context");
+        context
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("context {context:?}"))
+    };
+    let (int8, q4) = (
+        plan(&ember_e2e::smollm2_image().0),
+        plan(&ember_e2e::smollm2_q4_image().0),
+    );
+    eprintln!("context on a 256 MiB budget: int8 {int8}, q4 {q4} positions");
+    assert!(q4 > int8, "int8 {int8}, q4 {q4}");
+}
