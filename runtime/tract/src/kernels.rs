@@ -208,6 +208,44 @@ impl Kernel {
         }
     }
 
+    /// [`Kernel::dot_group`] for activation rows `0..out.len() / 16`, each row's 16 results in
+    /// turn in `out`. With AVX-512 VNNI, four activation rows share each load of the
+    /// weights (a prefill's rows); the results are the same as row by row, bit for bit.
+    pub fn dot_group_rows(self, w: &[u8], w_scales: &[f32], a: &QuantizedRows, out: &mut [f32]) {
+        let rows = out.len() / ROW_GROUP;
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel(Isa::Avx512Vnni) {
+            const BATCH: usize = 4;
+            let blocks = a.cols / 32;
+            assert!(w.len() >= blocks * GROUP_BLOCK && w_scales.len() >= blocks * ROW_GROUP);
+            while rows - done >= BATCH {
+                let row = |i: usize| {
+                    let at = done + i;
+                    (
+                        &a.quants[at * a.cols..][..a.cols],
+                        &a.scales[at * blocks..][..blocks],
+                        &a.sums[at * blocks..][..blocks],
+                    )
+                };
+                // SAFETY: this kernel exists only when the CPU has AVX-512 F, BW and VNNI; the
+                // weights hold `blocks` full blocks (asserted above), each activation row too.
+                let results =
+                    unsafe { x86::rows_avx512vnni::<BATCH>(w, w_scales, std::array::from_fn(row)) };
+                for (out, result) in out[done * ROW_GROUP..]
+                    .chunks_exact_mut(ROW_GROUP)
+                    .zip(results)
+                {
+                    out.copy_from_slice(&result);
+                }
+                done += BATCH;
+            }
+        }
+        for r in done..rows {
+            out[r * ROW_GROUP..][..ROW_GROUP].copy_from_slice(&self.dot_group(w, w_scales, a, r));
+        }
+    }
+
     /// The dot products of the 16 rows of one 4-bit group with activation row `row` of `a`:
     /// for row `r`, `Σ_b a.scales[b] · (w_scales[16b + r] · Σ_j q_rj · a.quants[32b + j]
     /// + w_mins[16b + r] · a.sums[b])`, where `w` is the group's `8 · cols` interleaved bytes
@@ -271,27 +309,41 @@ impl QuantizedRows {
     /// Quantizes `x` (rows of `cols` values, `cols` a multiple of 32), rounding half to even
     /// as llama.cpp's vector code does.
     pub fn new(x: &[f32], cols: usize) -> Self {
+        let mut rows = QuantizedRows::zeroed(x.len() / cols.max(1), cols);
+        Self::quantize_blocks(x, &mut rows.quants, &mut rows.scales, &mut rows.sums);
+        rows
+    }
+
+    /// `rows` rows of zeros, to be filled by [`QuantizedRows::quantize_blocks`].
+    pub fn zeroed(rows: usize, cols: usize) -> Self {
+        let blocks = rows * cols / 32;
+        QuantizedRows {
+            cols,
+            quants: vec![0; blocks * 32],
+            scales: vec![0.0; blocks],
+            sums: vec![0; blocks],
+        }
+    }
+
+    /// Quantizes the blocks of 32 of `x` into `quants`, `scales` and `sums`.
+    pub fn quantize_blocks(x: &[f32], quants: &mut [i8], scales: &mut [f32], sums: &mut [i32]) {
         /// Adding and removing 1.5 · 2²³ rounds an f32 of magnitude below 2²² to an integer,
         /// half to even, in plain arithmetic the compiler vectorizes (|v / d_a| ≤ 127 here).
         const ROUNDING: f32 = 12_582_912.0;
-        let blocks = x.len() / 32;
-        let mut rows = QuantizedRows {
-            cols,
-            quants: vec![0; blocks * 32],
-            scales: Vec::with_capacity(blocks),
-            sums: Vec::with_capacity(blocks),
-        };
-        for (block, quants) in x.chunks_exact(32).zip(rows.quants.chunks_exact_mut(32)) {
+        for (((block, quants), scale), sum) in x
+            .chunks_exact(32)
+            .zip(quants.chunks_exact_mut(32))
+            .zip(scales.iter_mut())
+            .zip(sums.iter_mut())
+        {
             let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let scale = amax / 127.0;
-            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            *scale = amax / 127.0;
+            let inverse = if *scale > 0.0 { 1.0 / *scale } else { 0.0 };
             for (q, v) in quants.iter_mut().zip(block) {
                 *q = ((v * inverse + ROUNDING) - ROUNDING) as i8;
             }
-            rows.scales.push(scale);
-            rows.sums.push(quants.iter().map(|&q| q as i32).sum());
+            *sum = quants.iter().map(|&q| q as i32).sum();
         }
-        rows
     }
 
     /// Number of rows.
@@ -427,6 +479,51 @@ mod x86 {
         let mut out = [0f32; ROW_GROUP];
         // SAFETY: `out` holds 16 floats.
         unsafe { _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(acc[0], acc[1])) };
+        out
+    }
+
+    /// `group_avx512vnni` for `R` activation rows (quants, scales, sums) at once, each row's
+    /// arithmetic in the same order as there, sharing each load of the weights.
+    ///
+    /// The caller guarantees AVX-512 F/BW/VNNI and that `w`, `w_scales` and every row hold its
+    /// scales' number of blocks.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn rows_avx512vnni<const R: usize>(
+        w: &[u8],
+        w_scales: &[f32],
+        rows: [(&[i8], &[f32], &[i32]); R],
+    ) -> [[f32; ROW_GROUP]; R] {
+        let blocks = rows[0].1.len();
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for b in 0..blocks {
+            let mut sums = [[_mm512_setzero_si512(); 2]; R];
+            for (sums, (_, _, a_sums)) in sums.iter_mut().zip(&rows) {
+                sums[0] = _mm512_set1_epi32(-128 * a_sums[b]);
+            }
+            for c in 0..8 {
+                // SAFETY: run c of block b lies within `w`, and four bytes at 32b + 4c within
+                // each row (caller); unaligned loads.
+                unsafe {
+                    let run = _mm512_loadu_si512(w.as_ptr().add(b * GROUP_BLOCK + c * 64).cast());
+                    for (sums, (a, _, _)) in sums.iter_mut().zip(&rows) {
+                        let q = (a.as_ptr().add(32 * b + 4 * c) as *const i32).read_unaligned();
+                        sums[c % 2] = _mm512_dpbusd_epi32(sums[c % 2], run, _mm512_set1_epi32(q));
+                    }
+                }
+            }
+            // SAFETY: block b's scales lie within `w_scales` (caller).
+            let d = unsafe { _mm512_loadu_ps(w_scales.as_ptr().add(b * ROW_GROUP)) };
+            for ((acc, sums), (_, a_scales, _)) in acc.iter_mut().zip(&sums).zip(&rows) {
+                let sum = _mm512_add_epi32(sums[0], sums[1]);
+                let d = _mm512_mul_ps(d, _mm512_set1_ps(a_scales[b]));
+                acc[b % 2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc[b % 2]);
+            }
+        }
+        let mut out = [[0f32; ROW_GROUP]; R];
+        for (out, acc) in out.iter_mut().zip(&acc) {
+            // SAFETY: `out` holds 16 floats.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(acc[0], acc[1])) };
+        }
         out
     }
 

@@ -155,27 +155,23 @@ impl MappedMatrix {
         self.rows.div_ceil(ROW_GROUP)
     }
 
-    /// The 16 dot products of group `group` with activation row `row` of `a`.
-    fn dot_group(
-        &self,
-        kernel: Kernel,
-        group: usize,
-        a: &QuantizedRows,
-        row: usize,
-    ) -> [f32; ROW_GROUP] {
+    /// The 16 dot products of group `group` with each activation row of `a`, row after row.
+    fn dot_group(&self, kernel: Kernel, group: usize, a: &QuantizedRows, out: &mut [f32]) {
         let blocks = ROW_GROUP * self.cols / 32;
         let scales = &f32s(&self.map[self.scales.clone()])[group * blocks..][..blocks];
         match &self.mins {
             None => {
                 let bytes = ROW_GROUP * self.cols;
                 let quants = &self.map[self.quants.clone()][group * bytes..][..bytes];
-                kernel.dot_group(quants, scales, a, row)
+                kernel.dot_group_rows(quants, scales, a, out);
             }
             Some(mins) => {
                 let bytes = ROW_GROUP * self.cols / 2;
                 let quants = &self.map[self.quants.clone()][group * bytes..][..bytes];
                 let mins = &f32s(&self.map[mins.clone()])[group * blocks..][..blocks];
-                kernel.dot_group4(quants, scales, mins, a, row)
+                for (r, out) in out.chunks_exact_mut(ROW_GROUP).enumerate() {
+                    out.copy_from_slice(&kernel.dot_group4(quants, scales, mins, a, r));
+                }
             }
         }
     }
@@ -231,9 +227,34 @@ impl Int8MatMul {
         (&self.weights[self.weights.len() - 1], index)
     }
 
+    /// `x` quantized, its rows split across the threads when there are several.
+    fn quantize(&self, x: &[f32]) -> QuantizedRows {
+        let cols = self.cols();
+        let rows = x.len() / cols.max(1);
+        if rows < 2 {
+            return QuantizedRows::new(x, cols);
+        }
+        let mut a = QuantizedRows::zeroed(rows, cols);
+        let (per_chunk, blocks) = (self.workers.chunk_size(rows), cols / 32);
+        let parts: Vec<_> = x
+            .chunks(per_chunk * cols)
+            .zip(a.quants.chunks_mut(per_chunk * cols))
+            .zip(a.scales.chunks_mut(per_chunk * blocks))
+            .zip(a.sums.chunks_mut(per_chunk * blocks))
+            .map(|(((x, quants), scales), sums)| Mutex::new((x, quants, scales, sums)))
+            .collect();
+        self.workers.run(parts.len(), &|chunk| {
+            let mut part = parts[chunk].lock().unwrap_or_else(|e| e.into_inner());
+            let (x, quants, scales, sums) = &mut *part;
+            QuantizedRows::quantize_blocks(x, quants, scales, sums);
+        });
+        drop(parts);
+        a
+    }
+
     /// For `rows × k` inputs, each matrix's `rows × n_i` outputs.
     pub fn compute(&self, x: &[f32]) -> Vec<Vec<f32>> {
-        let a = QuantizedRows::new(x, self.cols());
+        let a = self.quantize(x);
         let rows = a.rows();
         // Every matrix's groups in a row; each chunk is a run of whole groups, read once for all
         // activation rows; per group the results are `rows × 16`.
@@ -248,9 +269,7 @@ impl Int8MatMul {
             let mut out = chunks[chunk].lock().unwrap_or_else(|e| e.into_inner());
             for (i, out) in out.chunks_mut(ROW_GROUP * rows).enumerate() {
                 let (weights, group) = self.group(chunk * per_chunk + i);
-                for (s, out) in out.chunks_mut(ROW_GROUP).enumerate() {
-                    out.copy_from_slice(&weights.dot_group(self.kernel, group, &a, s));
-                }
+                weights.dot_group(self.kernel, group, &a, out);
             }
         });
         drop(chunks);
