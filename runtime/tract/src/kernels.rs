@@ -287,7 +287,24 @@ impl Kernel {
             Kernel(Isa::Avx2) => unsafe {
                 x86::group4_avx2(w, w_scales, w_mins, quants, scales, sums)
             },
-            _ => group4_portable(w, w_scales, w_mins, quants, scales, sums),
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: `detect`/`available` only return this kernel when the CPU has FEAT_DotProd;
+            // the slices hold `blocks` full blocks (asserted above).
+            Kernel(Isa::NeonDot) => unsafe {
+                arm::group4_sdot(w, w_scales, w_mins, quants, scales, sums)
+            },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: every aarch64 CPU has NEON; the slices hold `blocks` full blocks.
+            Kernel(Isa::Neon) => unsafe {
+                arm::group4_neon(w, w_scales, w_mins, quants, scales, sums)
+            },
+            #[cfg(target_arch = "arm")]
+            // SAFETY: `detect`/`available` only return this kernel when the CPU has NEON; the
+            // slices hold `blocks` full blocks.
+            Kernel(Isa::NeonArmv7) => unsafe {
+                armv7::group4_neon(w, w_scales, w_mins, quants, scales, sums)
+            },
+            Kernel(Isa::Portable) => group4_portable(w, w_scales, w_mins, quants, scales, sums),
         }
     }
 }
@@ -787,7 +804,7 @@ mod x86 {
 
 #[cfg(target_arch = "aarch64")]
 mod arm {
-    use super::{GROUP_BLOCK, ROW_GROUP};
+    use super::{GROUP_BLOCK, GROUP_BLOCK4, ROW_GROUP};
     use std::arch::aarch64::*;
 
     /// Run `c` of block `b`: its four vectors (vector `i` holds the run's four columns of rows
@@ -916,11 +933,162 @@ mod arm {
         }
         store(acc)
     }
+
+    /// Run `t` of 4-bit block `b`: the low and the high nibbles of its four vectors (vector `i`
+    /// of the first array holds the run's first four columns of rows `4i..4i + 4`, of the
+    /// second its last four, 0–15 as i8), and the run's first and last four activation bytes,
+    /// each in every 32-bit lane.
+    ///
+    /// The caller guarantees that 4-bit block `b` lies within `w` and `a`.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn run4(
+        w: &[u8],
+        a: &[i8],
+        b: usize,
+        t: usize,
+    ) -> ([int8x16_t; 4], [int8x16_t; 4], int8x16_t, int8x16_t) {
+        let mask = vdupq_n_u8(0x0F);
+        // SAFETY: run t of block b lies within `w`, and eight bytes at 32b + 8t within `a`
+        // (caller); unaligned loads (`vld1q_u8` reads bytes, the i32s are read unaligned).
+        unsafe {
+            let run = w.as_ptr().add(b * GROUP_BLOCK4 + t * 64);
+            let q = a.as_ptr().add(32 * b + 8 * t) as *const i32;
+            let bytes = [0, 1, 2, 3].map(|i| vld1q_u8(run.add(16 * i)));
+            (
+                bytes.map(|v| vreinterpretq_s8_u8(vandq_u8(v, mask))),
+                bytes.map(|v| vreinterpretq_s8_u8(vshrq_n_u8::<4>(v))),
+                vreinterpretq_s8_s32(vdupq_n_s32(q.read_unaligned())),
+                vreinterpretq_s8_s32(vdupq_n_s32(q.add(1).read_unaligned())),
+            )
+        }
+    }
+
+    /// Adds 4-bit block `b`'s integer sums (rows `4i..4i + 4` in `sums[i]`), scaled, and its
+    /// minimums times `a_scale · a_sum` to `acc`.
+    ///
+    /// The caller guarantees that block `b`'s 16 scales and minimums lie within `w_scales` and
+    /// `w_mins`.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn accumulate4(
+        acc: &mut [float32x4_t; 4],
+        sums: [int32x4_t; 4],
+        w_scales: &[f32],
+        w_mins: &[f32],
+        a_scale: f32,
+        a_sum: i32,
+        b: usize,
+    ) {
+        // SAFETY: the block's 16 scales lie within `w_scales` (caller).
+        unsafe { accumulate(acc, sums, w_scales, a_scale, b) };
+        let offset = vdupq_n_f32(a_scale * a_sum as f32);
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: the block's 16 minimums lie within `w_mins` (caller).
+            let m = unsafe { vld1q_f32(w_mins.as_ptr().add(b * ROW_GROUP + 4 * i)) };
+            *acc = vfmaq_f32(*acc, m, offset);
+        }
+    }
+
+    /// The caller guarantees that `w`, `w_scales`, `w_mins`, `a` and `a_sums` hold
+    /// `a_scales.len()` 4-bit blocks.
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn group4_neon(
+        w: &[u8],
+        w_scales: &[f32],
+        w_mins: &[f32],
+        a: &[i8],
+        a_scales: &[f32],
+        a_sums: &[i32],
+    ) -> [f32; ROW_GROUP] {
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        for (b, &a_scale) in a_scales.iter().enumerate() {
+            // Rows 4i and 4i + 1 in `low[i]`, 4i + 2 and 4i + 3 in `high[i]`, four i16 lanes a
+            // row: lane k adds up the products of byte k of the row's four in each run, both
+            // nibbles of the block's four runs, |Σ| ≤ 8 · 15 · 128 < 2^15.
+            let mut low = [vdupq_n_s16(0); 4];
+            let mut high = [vdupq_n_s16(0); 4];
+            for t in 0..4 {
+                // SAFETY: block b is in bounds (caller).
+                let (first, last, q_first, q_last) = unsafe { run4(w, a, b, t) };
+                for i in 0..4 {
+                    low[i] = vmlal_s8(low[i], vget_low_s8(first[i]), vget_low_s8(q_first));
+                    low[i] = vmlal_s8(low[i], vget_low_s8(last[i]), vget_low_s8(q_last));
+                    high[i] = vmlal_high_s8(high[i], first[i], q_first);
+                    high[i] = vmlal_high_s8(high[i], last[i], q_last);
+                }
+            }
+            let sums = [0, 1, 2, 3].map(|i| vpaddq_s32(vpaddlq_s16(low[i]), vpaddlq_s16(high[i])));
+            // SAFETY: block b's scales and minimums are in bounds (caller).
+            unsafe { accumulate4(&mut acc, sums, w_scales, w_mins, a_scale, a_sums[b], b) };
+        }
+        store(acc)
+    }
+
+    /// The caller guarantees the dot-product extension and that `w`, `w_scales`, `w_mins`, `a`
+    /// and `a_sums` hold `a_scales.len()` 4-bit blocks.
+    #[target_feature(enable = "neon,dotprod")]
+    pub(super) unsafe fn group4_sdot(
+        w: &[u8],
+        w_scales: &[f32],
+        w_mins: &[f32],
+        a: &[i8],
+        a_scales: &[f32],
+        a_sums: &[i32],
+    ) -> [f32; ROW_GROUP] {
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        for (b, &a_scale) in a_scales.iter().enumerate() {
+            // Rows 4i..4i + 4: low nibbles' products in `s[i]`, high nibbles' in `s[4 + i]`,
+            // eight dependency chains.
+            let mut s = [vdupq_n_s32(0); 8];
+            for t in 0..4 {
+                // SAFETY: block b is in bounds (caller).
+                let (first, last, q_first, q_last) = unsafe { run4(w, a, b, t) };
+                // `sdot` as in `group_sdot`; nibbles 0–15 are valid i8 operands.
+                // SAFETY: the caller guarantees FEAT_DotProd; registers only, no memory.
+                unsafe {
+                    std::arch::asm!(
+                        "sdot {s0:v}.4s, {w0:v}.16b, {q0:v}.16b",
+                        "sdot {s1:v}.4s, {w1:v}.16b, {q0:v}.16b",
+                        "sdot {s2:v}.4s, {w2:v}.16b, {q0:v}.16b",
+                        "sdot {s3:v}.4s, {w3:v}.16b, {q0:v}.16b",
+                        "sdot {s4:v}.4s, {w4:v}.16b, {q1:v}.16b",
+                        "sdot {s5:v}.4s, {w5:v}.16b, {q1:v}.16b",
+                        "sdot {s6:v}.4s, {w6:v}.16b, {q1:v}.16b",
+                        "sdot {s7:v}.4s, {w7:v}.16b, {q1:v}.16b",
+                        s0 = inout(vreg) s[0],
+                        s1 = inout(vreg) s[1],
+                        s2 = inout(vreg) s[2],
+                        s3 = inout(vreg) s[3],
+                        s4 = inout(vreg) s[4],
+                        s5 = inout(vreg) s[5],
+                        s6 = inout(vreg) s[6],
+                        s7 = inout(vreg) s[7],
+                        w0 = in(vreg) first[0],
+                        w1 = in(vreg) first[1],
+                        w2 = in(vreg) first[2],
+                        w3 = in(vreg) first[3],
+                        w4 = in(vreg) last[0],
+                        w5 = in(vreg) last[1],
+                        w6 = in(vreg) last[2],
+                        w7 = in(vreg) last[3],
+                        q0 = in(vreg) q_first,
+                        q1 = in(vreg) q_last,
+                        options(pure, nomem, nostack, preserves_flags),
+                    );
+                }
+            }
+            let sums = [0, 1, 2, 3].map(|i| vaddq_s32(s[i], s[4 + i]));
+            // SAFETY: block b's scales and minimums are in bounds (caller).
+            unsafe { accumulate4(&mut acc, sums, w_scales, w_mins, a_scale, a_sums[b], b) };
+        }
+        store(acc)
+    }
 }
 
 #[cfg(target_arch = "arm")]
 mod armv7 {
-    use super::{GROUP_BLOCK, ROW_GROUP};
+    use super::{GROUP_BLOCK, GROUP_BLOCK4, ROW_GROUP};
 
     /// Whether the CPU has NEON (the kernel's `HWCAP_NEON` bit).
     pub(super) fn has_neon() -> bool {
@@ -946,6 +1114,31 @@ mod armv7 {
                 "vpadal.s16 q3, q7\n",
                 "vmull.s8 q7, d11, d12\n",
                 "vpadal.s16 q4, q7\n",
+            )
+        };
+    }
+
+    /// Instructions for run `t` of the rows of one quad of a 4-bit block: split its 16 weight
+    /// bytes (loaded at `{w}`, which then moves on by `{stride}` to the next run) into low
+    /// nibbles (q6) and high nibbles (q5), multiply them by the run's first and last four
+    /// activation bytes (`$first`, `$last`: lanes of d0–d3) and add the products to the i16
+    /// lanes of q3 (rows 4i, 4i + 1) and q4 (rows 4i + 2, 4i + 3).
+    macro_rules! run4 {
+        ($first:literal, $last:literal) => {
+            concat!(
+                "vld1.8 {{d10-d11}}, [{w}], {stride}\n",
+                "vand q6, q5, q2\n",
+                "vshr.u8 q5, q5, #4\n",
+                "vdup.32 d14, ",
+                $first,
+                "\n",
+                "vdup.32 d15, ",
+                $last,
+                "\n",
+                "vmlal.s8 q3, d12, d14\n",
+                "vmlal.s8 q4, d13, d14\n",
+                "vmlal.s8 q3, d10, d15\n",
+                "vmlal.s8 q4, d11, d15\n",
             )
         };
     }
@@ -1046,6 +1239,94 @@ mod armv7 {
         for (b, &a_scale) in a_scales.iter().enumerate() {
             // SAFETY: block b lies within the slices; the CPU has NEON (caller).
             unsafe { block(&mut out, w, w_scales, a, a_scale, b) };
+        }
+        out
+    }
+
+    /// The caller guarantees NEON and that `w`, `w_scales`, `w_mins`, `a` and `a_sums` hold
+    /// `a_scales.len()` 4-bit blocks.
+    pub(super) unsafe fn group4_neon(
+        w: &[u8],
+        w_scales: &[f32],
+        w_mins: &[f32],
+        a: &[i8],
+        a_scales: &[f32],
+        a_sums: &[i32],
+    ) -> [f32; ROW_GROUP] {
+        let mut out = [0f32; ROW_GROUP];
+        for (b, &a_scale) in a_scales.iter().enumerate() {
+            let offset = a_scale * a_sums[b] as f32;
+            // Assembly for the reasons given in `block`, adding block b's 16 rows, scaled by
+            // their `w_scales` and `a_scale`, and their `w_mins` times `offset` to `out`.
+            // q0–q1: the block's 32 activations; q2: 0x0F in every byte; per quad of rows,
+            // q3–q4: i16 sums, four lanes a row (lane k adds up the products of byte k of the
+            // row's four in each run, both nibbles of four runs, |Σ| ≤ 8 · 15 · 128 < 2^15),
+            // q5–q6: nibbles, d14–d15: activations broadcast, then d14: `a_scale` and `offset`.
+            // SAFETY: reads 256 bytes of weights at `w` + 256b, 32 activations at `a` + 32b and
+            // 16 scales and 16 minimums at `w_scales` + 16b and `w_mins` + 16b (all in bounds,
+            // caller), reads and writes the 16 floats of `out`; the CPU has NEON (caller); the
+            // registers it uses are declared clobbered, as in `block`; `subs` sets the flags.
+            unsafe {
+                std::arch::asm!(
+                    ".fpu neon",
+                    "vld1.8 {{d0-d3}}, [{a}]",
+                    "vmov.i8 q2, #0x0F",
+                    "mov {quads}, #4",
+                    // One quad of rows 4i..4i + 4 per pass: the four rows' eight columns
+                    // 8t..8t + 8 lie 16i bytes into run t.
+                    "2:",
+                    "vmov.i32 q3, #0",
+                    "vmov.i32 q4, #0",
+                    run4!("d0[0]", "d0[1]"),
+                    run4!("d1[0]", "d1[1]"),
+                    run4!("d2[0]", "d2[1]"),
+                    run4!("d3[0]", "d3[1]"),
+                    // Back from the end of the block to the next quad's first 16 bytes.
+                    "sub {w}, {w}, #240",
+                    // The four rows' sums, in f32 (exact: |sum| ≤ 32 · 15 · 128 < 2^24).
+                    "vpaddl.s16 q3, q3",
+                    "vpaddl.s16 q4, q4",
+                    "vpadd.i32 d6, d6, d7",
+                    "vpadd.i32 d7, d8, d9",
+                    "vcvt.f32.s32 q3, q3",
+                    "vmov d14, {a_scale}, {offset}",
+                    "vld1.32 {{d8-d9}}, [{w_scales}]!",
+                    "vmul.f32 q4, q4, d14[0]",
+                    "vld1.32 {{d10-d11}}, [{w_mins}]!",
+                    "vld1.32 {{d12-d13}}, [{out}]",
+                    "vmla.f32 q6, q3, q4",
+                    "vmla.f32 q6, q5, d14[1]",
+                    "vst1.32 {{d12-d13}}, [{out}]!",
+                    "subs {quads}, {quads}, #1",
+                    "bne 2b",
+                    w = inout(reg) w.as_ptr().add(b * GROUP_BLOCK4) => _,
+                    a = in(reg) a.as_ptr().add(32 * b),
+                    w_scales = inout(reg) w_scales.as_ptr().add(b * ROW_GROUP) => _,
+                    w_mins = inout(reg) w_mins.as_ptr().add(b * ROW_GROUP) => _,
+                    out = inout(reg) out.as_mut_ptr() => _,
+                    a_scale = in(reg) a_scale.to_bits(),
+                    offset = in(reg) offset.to_bits(),
+                    stride = in(reg) 64u32,
+                    quads = out(reg) _,
+                    out("d0") _,
+                    out("d1") _,
+                    out("d2") _,
+                    out("d3") _,
+                    out("d4") _,
+                    out("d5") _,
+                    out("d6") _,
+                    out("d7") _,
+                    out("d8") _,
+                    out("d9") _,
+                    out("d10") _,
+                    out("d11") _,
+                    out("d12") _,
+                    out("d13") _,
+                    out("d14") _,
+                    out("d15") _,
+                    options(nostack),
+                );
+            }
         }
         out
     }
