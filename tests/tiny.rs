@@ -295,26 +295,20 @@ fn q4_image_keeps_4bit_blocks_exactly() {
     );
 }
 
-/// `ember bench --json` measures both contexts; with `EMBER_REQUIRE_PEER=1` (set by CI, which
-/// installs the `xllamacpp` wheel) llama.cpp must have run on the same prompts too.
-#[test]
-fn bench_reports_both_contexts_and_the_peer() {
-    let model = tiny_model();
-    let report: serde_json::Value = serde_json::from_str(
-        stdout_of(&ember(&[
-            "bench",
-            "--model",
-            model.to_str().unwrap(),
-            "--decode-tokens",
-            "8",
-            "--json",
-        ]))
-        .trim(),
-    )
-    .unwrap();
-    let runs = report["runs"].as_array().unwrap();
+/// `ember bench --json` on a model, with `args` after it.
+fn bench(model: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["bench", "--model", model.to_str().unwrap(), "--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(stdout_of(&ember(&all)).trim()).unwrap()
+}
+
+/// Both contexts measured: the short prompt, then 400 tokens, every number positive.
+fn assert_both_contexts(runs: &serde_json::Value, report: &serde_json::Value) {
+    let runs = runs
+        .as_array()
+        .unwrap_or_else(|| panic!("no runs in {report}"));
     assert_eq!(runs.len(), 2, "{report}");
-    assert_eq!(runs[1]["prompt_tokens"], 400);
+    assert_eq!(runs[1]["prompt_tokens"], 400, "{report}");
     for run in runs {
         for key in [
             "time_to_first_token_seconds",
@@ -324,24 +318,62 @@ fn bench_reports_both_contexts_and_the_peer() {
             assert!(run[key].as_f64().unwrap() > 0.0, "{key} in {run}");
         }
     }
-    assert!(report["rss_anon_bytes"].as_u64().unwrap() > 0);
-    if std::env::var("EMBER_REQUIRE_PEER").as_deref() == Ok("1") {
-        let peer = &report["peer"];
-        assert_eq!(peer["runs"].as_array().map(Vec::len), Some(2), "{report}");
-        assert!(
-            peer["runs"][1]["decode_tokens_per_second"]
-                .as_f64()
-                .unwrap()
-                > 0.0
-        );
-    } else {
-        assert!(report["peer"].is_object() || report["peer_skipped"].is_string());
+}
+
+/// `ember bench --json --threads 2,1` on the tiny image measures both contexts at 1 and at 2
+/// threads; with `EMBER_REQUIRE_PEER=1` (set by CI, which installs the `xllamacpp` and
+/// `onnxruntime` wheels) both peers must have run at each too, on the same prompts: llama.cpp on
+/// the GGUF and onnxruntime on the exported graph. On a GGUF, onnxruntime says why it cannot run.
+#[test]
+fn bench_reports_both_contexts_and_the_peers() {
+    let (image, _) = tiny_image();
+    let gguf = tiny_model();
+    let report = bench(
+        &image,
+        &[
+            "--gguf",
+            gguf.to_str().unwrap(),
+            "--decode-tokens",
+            "8",
+            "--threads",
+            "2,1",
+        ],
+    );
+    assert!(report["profile"].is_null(), "{report}");
+    let sections = report["threads"].as_array().unwrap();
+    let counts: Vec<_> = sections.iter().map(|s| s["threads"].as_u64()).collect();
+    assert_eq!(counts, [Some(1), Some(2)], "{report}");
+    for section in sections {
+        assert_both_contexts(&section["runs"], &report);
+        assert!(section["load_seconds"].as_f64().unwrap() > 0.0);
+        assert!(section["rss_anon_bytes"].as_u64().unwrap() > 0);
+        for name in ["llama_cpp", "onnxruntime"] {
+            let peer = &section["peers"][name];
+            if peer["runs"].is_array() || ember_e2e::peers_required() {
+                assert_both_contexts(&peer["runs"], &report);
+                assert!(peer["load_seconds"].as_f64().unwrap() > 0.0, "{report}");
+                assert!(peer["engine"].is_string(), "{report}");
+            } else {
+                assert!(peer["skipped"].is_string(), "{report}");
+            }
+        }
     }
+
+    let report = bench(&gguf, &["--decode-tokens", "4", "--threads", "1"]);
+    let sections = report["threads"].as_array().unwrap();
+    assert_eq!(sections.len(), 1, "{report}");
+    assert_eq!(sections[0]["threads"], 1, "{report}");
+    let skipped = sections[0]["peers"]["onnxruntime"]["skipped"].as_str();
+    assert!(
+        skipped.is_some_and(|why| why.contains("Ember image")),
+        "{report}"
+    );
 }
 
 /// `ember bench --profile` on the tiny image counts the ops a decoded token runs: per layer one
 /// attention op and four int8 matmuls (query/key/value fused, output, gate/up fused, down), plus
-/// the output projection — the load-time rewrites at work. On a GGUF it says why it cannot.
+/// the output projection — the load-time rewrites at work; one profile, at the largest
+/// `--threads`. On a GGUF it says why it cannot.
 #[test]
 fn bench_profile_counts_the_fused_ops_per_token() {
     let (image, _) = tiny_image();
@@ -350,21 +382,14 @@ fn bench_profile_counts_the_fused_ops_per_token() {
         .manifest()
         .architecture
         .n_layers as f64;
-    let report: serde_json::Value = serde_json::from_str(
-        stdout_of(&ember(&[
-            "bench",
-            "--model",
-            image.to_str().unwrap(),
-            "--decode-tokens",
-            "6",
-            "--profile",
-            "--json",
-        ]))
-        .trim(),
-    )
-    .unwrap();
+    let report = bench(
+        &image,
+        &["--decode-tokens", "6", "--profile", "--threads", "1,2"],
+    );
     let profile = &report["profile"];
     assert_eq!(profile["tokens"], 5, "{profile}");
+    // One profile, at the largest thread count.
+    assert_eq!(profile["threads"], 2, "{profile}");
     let per_token = |op: &str| {
         profile["kinds"]
             .as_array()

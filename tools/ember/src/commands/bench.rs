@@ -1,16 +1,19 @@
-//! `ember bench`: speed and memory of a model run here beside llama.cpp, or of a device as a
-//! voice kiosk sees it.
+//! `ember bench`: speed and memory of a model run here beside llama.cpp and onnxruntime, or of a
+//! device as a voice kiosk sees it.
 
 use super::DeviceArgs;
 use anyhow::Result;
 use ember_tools::{bench, remote};
 use std::path::PathBuf;
 
-/// Measure speed and memory here, beside llama.cpp on the same GGUF.
+/// Measure speed and memory here, beside llama.cpp and onnxruntime.
 ///
 /// Load time, time to first token, prefill and decode speed (short and ~400-token context) and
-/// memory; with the `xllamacpp` wheel installed, llama.cpp on the same GGUF in the same run, and
-/// the ratios.
+/// memory, at each --threads count (default: 1 and all cores); in the same run, on the same
+/// prompt ids and thread counts, two peers when installed: llama.cpp (`pip install xllamacpp`)
+/// on the GGUF, and onnxruntime (`pip install onnxruntime numpy`) on the image's graph as
+/// `ember export-onnx` writes it (into a temporary directory; Ember images only), with the
+/// Ember ÷ peer ratios. One table section per thread count.
 ///
 /// Without --model: the default model's image, and llama.cpp on the GGUF it was made from.
 /// With --port instead: a device running `emberd` on that serial line — time to first token,
@@ -31,11 +34,13 @@ pub struct Args {
     /// Tokens generated per measurement.
     #[arg(long, default_value_t = 32)]
     decode_tokens: usize,
-    /// Worker threads for both engines (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    /// Worker threads for Ember and the peers: one count, or several separated by commas
+    /// (`1,2`), each measured in turn (default: 1 and all cores).
+    #[arg(long, value_delimiter = ',', num_args = 1)]
+    threads: Vec<usize>,
     /// Also time every op of the int8 engine while it decodes --decode-tokens tokens after the
-    /// short prompt, and print the time per token by op kind and the ops run per token.
+    /// short prompt (at the largest --threads), and print the time per token by op kind and the
+    /// ops run per token.
     #[arg(long, conflicts_with = "port")]
     profile: bool,
     /// Print one JSON object instead of the table.
@@ -55,7 +60,18 @@ pub fn run(args: Args) -> Result<()> {
         )?;
         return super::emit(&report, args.json);
     }
-    let threads = super::use_threads(args.threads)?;
+    let mut counts = args.threads;
+    if counts.is_empty() {
+        let all = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        counts = vec![1, all];
+    }
+    counts.sort_unstable();
+    counts.dedup();
+    if counts.first() == Some(&0) {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    // The pool for what runs before the measurements (the default model's first quantization).
+    let threads = super::use_threads(counts.last().copied())?;
     let (model, gguf) = match args.model {
         Some(model) => (model, args.gguf),
         None => {
@@ -69,7 +85,7 @@ pub fn run(args: Args) -> Result<()> {
     let report = bench::bench(
         &model,
         gguf.as_deref(),
-        threads,
+        &counts,
         args.decode_tokens,
         args.profile,
     )?;

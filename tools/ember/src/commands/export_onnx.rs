@@ -1,6 +1,6 @@
 //! `ember export-onnx`: an image's graph and weights as files onnxruntime runs.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ember_image::Image;
 use std::path::PathBuf;
 
@@ -22,33 +22,9 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let image = Image::open(&args.image)?;
     image.verify()?;
-    std::fs::create_dir_all(&args.output)
-        .with_context(|| format!("cannot create {}", args.output.display()))?;
-    let graph = image.section(ember_image::GRAPH_SECTION)?;
-    let weights = image.section(ember_image::WEIGHTS_SECTION)?;
-    // The image interleaves int8 rows for Ember's kernels; onnxruntime reads them row-major,
-    // at the same offsets.
-    let mut standard = image.section_bytes(weights).to_vec();
-    for entry in &image.manifest().tensors {
-        if image.manifest().sections.get(entry.section as usize) != Some(weights) {
-            continue;
-        }
-        let range = entry.offset as usize..(entry.offset + entry.length) as usize;
-        let tensor = ember_image::standard_layout(entry, &standard[range.clone()]);
-        standard[range].copy_from_slice(&tensor);
-    }
-    let mut written = Vec::new();
-    for (name, bytes) in [
-        ("model.onnx", image.section_bytes(graph)),
-        (ember_tract::graph::WEIGHTS_FILE, &standard[..]),
-    ] {
-        let target = args.output.join(name);
-        ember_image::write_atomically(&target, bytes)?;
-        written.push(format!(
-            "wrote {} ({} bytes)",
-            target.display(),
-            bytes.len()
-        ));
-    }
+    let written: Vec<String> = ember_tools::onnx::export(&image, &args.output)?
+        .into_iter()
+        .map(|(target, bytes)| format!("wrote {} ({bytes} bytes)", target.display()))
+        .collect();
     super::emit(&written.join("\n"), false)
 }
