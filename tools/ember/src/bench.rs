@@ -328,6 +328,12 @@ pub fn bench(
     if counts[0] == 0 {
         bail!("--threads must be at least 1");
     }
+    // Ember's f32 reference (GGUF) splits its work over rayon's pool; the int8 engine brings
+    // its own workers.
+    let is_gguf = matches!(
+        ModelFile::open(path).with_context(|| format!("cannot load model {}", path.display()))?,
+        ModelFile::Gguf(_)
+    );
     let mut engine_name = String::new();
     let mut measured: Option<Vec<Vec<u32>>> = None;
     let mut onnx_dir: Option<Result<TempDir, String>> = None;
@@ -335,12 +341,7 @@ pub fn bench(
     let mut sections = Vec::new();
     for &count in &counts {
         eprintln!("measuring ember at {count} thread{}", plural(count));
-        // The f32 reference splits its work over rayon's pool: one of `count` threads.
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(count)
-            .build()
-            .context("cannot start worker threads")?;
-        let (load_seconds, runs, resident, is_gguf) = pool.install(|| -> Result<_> {
+        let mut ember = || -> Result<_> {
             let start = Instant::now();
             let model = LoadedModel::open(path, count)?;
             let load_seconds = start.elapsed().as_secs_f64();
@@ -368,9 +369,19 @@ pub fn bench(
                 eprintln!("profiling ember at {count} thread{}", plural(count));
                 profile_report = Some(profile(engine, prompt, decode_tokens)?);
             }
-            let is_gguf = matches!(model.file, ModelFile::Gguf(_));
-            Ok((load_seconds, runs, memory::resident(), is_gguf))
-        })?;
+            Ok((load_seconds, runs, memory::resident()))
+        };
+        let (load_seconds, runs, resident) = if is_gguf {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(count)
+                .build()
+                .context("cannot start worker threads")?
+                .install(ember)?
+        } else {
+            // On this thread: a pool thread's allocator arena would keep what this count freed
+            // in the next count's RssAnon.
+            ember()?
+        };
         let prompts = measured.as_deref().unwrap_or_default();
         let llama_cpp = match peer_gguf.or(is_gguf.then_some(path)) {
             None => Peer::Skipped {

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 /// memory, at each --threads count (default: 1 and all cores); in the same run, on the same
 /// prompt ids and thread counts, two peers when installed: llama.cpp (`pip install xllamacpp`)
 /// on the GGUF, and onnxruntime (`pip install onnxruntime numpy`) on the image's graph as
-/// `ember export-onnx` writes it (into a temporary directory; Ember images only), with the
+/// `ember export-onnx` writes it (into a temporary directory, its MatMulNBits set to
+/// accuracy_level 4: int8 activations, as Ember's kernels; Ember images only), with the
 /// Ember ÷ peer ratios. One table section per thread count.
 ///
 /// Without --model: the default model's image, and llama.cpp on the GGUF it was made from.
