@@ -148,6 +148,8 @@ impl Eq for CachedAttention {}
 /// `head_dim` consecutive values.
 #[derive(Debug, Clone, Default)]
 struct LayerCache {
+    /// Per key/value head, its keys in tiles of eight positions, each tile transposed
+    /// (`hd × 8`).
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
     positions: usize,
@@ -212,7 +214,8 @@ impl CachedAttention {
         let heads = width / hd;
         let kv_heads = heads / group;
         ensure!(
-            heads * hd == width
+            hd.is_multiple_of(LANES)
+                && heads * hd == width
                 && kv_heads * group == heads
                 && k.shape() == [1, steps, kv_heads * hd]
                 && v.shape() == [1, steps, kv_heads * hd]
@@ -263,10 +266,18 @@ impl CachedAttention {
             let (cos, sin) = angles(step);
             for head in 0..kv_heads {
                 let at = (step * kv_heads + head) * hd;
-                let keys = &mut cache.keys[head];
-                keys.extend_from_slice(&k[at..at + hd]);
-                let end = keys.len();
-                rotate(&mut keys[end - hd..], cos, sin);
+                let mut key = k[at..at + hd].to_vec();
+                rotate(&mut key, cos, sin);
+                // Keys are stored transposed in tiles of eight positions (`hd × 8`, zeros
+                // beyond the last position), ready for eight scores at a time.
+                let (position, keys) = (start + step, &mut cache.keys[head]);
+                if position.is_multiple_of(LANES) {
+                    keys.resize(keys.len() + hd * LANES, 0.0);
+                }
+                let tile = &mut keys[position / LANES * hd * LANES..][..hd * LANES];
+                for (d, &x) in key.iter().enumerate() {
+                    tile[d * LANES + position % LANES] = x;
+                }
                 cache.values[head].extend_from_slice(&v[at..at + hd]);
             }
         }
@@ -282,40 +293,88 @@ impl CachedAttention {
         let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![0f32; queries.len()];
         let cache = &*cache;
-        // Each chunk is a run of whole (position, head) rows.
-        let total = steps * heads;
-        let per_chunk = self.workers.chunk_size(total);
-        let chunks: Vec<Mutex<&mut [f32]>> =
-            out.chunks_mut(per_chunk * hd).map(Mutex::new).collect();
-        self.workers.run(chunks.len(), &|chunk| {
-            let mut out = chunks[chunk].lock().unwrap_or_else(|e| e.into_inner());
-            let mut scores = Vec::new();
-            for (i, out) in out.chunks_mut(hd).enumerate() {
-                let row = chunk * per_chunk + i;
-                let query = &queries[row * hd..][..hd];
-                let (step, head) = (row / heads, row % heads / group);
-                let seen = start + step + 1;
-                let (keys, values) = (&cache.keys[head][..seen * hd], &cache.values[head]);
-                attend_row(query, keys, values, scale, &mut scores, out);
+        // One item: a key/value head and up to BLOCK_STEPS positions, i.e. the `group` query
+        // heads that share that head at each of those positions: every key and value is loaded
+        // once for all of them.
+        let blocks = steps.div_ceil(BLOCK_STEPS);
+        let items = kv_heads * blocks;
+        let results: Vec<Mutex<Vec<f32>>> = (0..items).map(|_| Mutex::default()).collect();
+        let per_chunk = self.workers.chunk_size(items);
+        let rows_of = |item: usize| {
+            let (block, kv) = (item / kv_heads, item % kv_heads);
+            let first = block * BLOCK_STEPS;
+            (first..steps.min(first + BLOCK_STEPS))
+                .flat_map(move |step| (0..group).map(move |h| (step, kv * group + h)))
+        };
+        // Later positions see more keys: chunks take every `chunks`-th item, not a run of
+        // them, so that each gets its share of early and late ones.
+        let chunks = items.div_ceil(per_chunk);
+        self.workers.run(chunks, &|chunk| {
+            let mut scratch = Scratch::default();
+            for item in (chunk..items).step_by(chunks) {
+                let kv = item % kv_heads;
+                let rows: Vec<(&[f32], usize)> = rows_of(item)
+                    .map(|(step, head)| {
+                        (
+                            &queries[(step * heads + head) * hd..][..hd],
+                            start + step + 1,
+                        )
+                    })
+                    .collect();
+                let mut result = vec![0f32; rows.len() * hd];
+                attend_block(
+                    &rows,
+                    &cache.keys[kv],
+                    &cache.values[kv],
+                    scale,
+                    &mut scratch,
+                    &mut result,
+                );
+                *results[item].lock().unwrap_or_else(|e| e.into_inner()) = result;
             }
         });
-        drop(chunks);
+        for (item, result) in results.into_iter().enumerate() {
+            let result = result.into_inner().unwrap_or_else(|e| e.into_inner());
+            for ((step, head), row) in rows_of(item).zip(result.chunks_exact(hd)) {
+                out[(step * heads + head) * hd..][..hd].copy_from_slice(row);
+            }
+        }
         Ok(tvec!(
-            Tensor::from_shape(&[1, steps, width], &out)?.into_tvalue()
+            tract_ndarray::Array3::from_shape_vec((1, steps, width), out)?
+                .into_tensor()
+                .into_tvalue()
         ))
     }
 }
 
-/// One query row's attention over `keys` (whole keys of `out.len()` values): softmax of the
-/// scaled dot products, then the weighted sum of as many `values`, added to `out`. On x86-64 with
-/// AVX2 the same code runs compiled for 256-bit vectors (the same arithmetic, in wider
-/// registers: no fused multiply-adds, so the results are bit for bit those of the plain build).
-fn attend_row(
-    query: &[f32],
+/// Positions whose queries one work item of attention takes together.
+const BLOCK_STEPS: usize = 4;
+/// Keys (and query rows) an inner loop of [`attend_block`] takes at once: one 256-bit vector.
+const LANES: usize = 8;
+
+/// [`attend_block`]'s working memory, kept across the items a thread takes.
+#[derive(Default)]
+struct Scratch {
+    /// Each row's scores, then its softmax weights (`rows × longest`).
+    weights: Vec<f32>,
+    /// The queries, four rows side by side.
+    queries: Vec<[f32; 4]>,
+    /// Four rows' weights side by side.
+    columns: Vec<[f32; 4]>,
+}
+
+/// Attention for several query rows that share one key/value head: `rows` holds each query and
+/// how many positions it sees (a prefix of the cache's `keys`, in transposed tiles of eight,
+/// and `values`, whole vectors of `out.len() / rows.len()` values); each row's
+/// softmax-weighted sum of the values goes to `out`, row after row. Scores come from a tile of
+/// eight keys at a time, so no dot product needs a horizontal sum; on x86-64 with AVX2 the same code runs compiled for 256-bit
+/// vectors.
+fn attend_block(
+    rows: &[(&[f32], usize)],
     keys: &[f32],
     values: &[f32],
     scale: f32,
-    scores: &mut Vec<f32>,
+    scratch: &mut Scratch,
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
@@ -323,70 +382,117 @@ fn attend_row(
         /// The caller guarantees AVX2.
         #[target_feature(enable = "avx2")]
         unsafe fn avx2(
-            query: &[f32],
+            rows: &[(&[f32], usize)],
             keys: &[f32],
             values: &[f32],
             scale: f32,
-            scores: &mut Vec<f32>,
+            scratch: &mut Scratch,
             out: &mut [f32],
         ) {
-            attend_row_generic(query, keys, values, scale, scores, out);
+            attend_block_generic(rows, keys, values, scale, scratch, out);
         }
         // SAFETY: the CPU has AVX2 (detected above).
-        return unsafe { avx2(query, keys, values, scale, scores, out) };
+        return unsafe { avx2(rows, keys, values, scale, scratch, out) };
     }
-    attend_row_generic(query, keys, values, scale, scores, out);
+    attend_block_generic(rows, keys, values, scale, scratch, out);
 }
 
-/// [`attend_row`]'s arithmetic, inlined into each build of it.
+/// [`attend_block`]'s arithmetic, inlined into each build of it. Plain loops over fixed-size
+/// arrays (not iterator adapters, which would be compiled outside the caller's target features).
 #[inline(always)]
-fn attend_row_generic(
-    query: &[f32],
+fn attend_block_generic(
+    rows: &[(&[f32], usize)],
     keys: &[f32],
     values: &[f32],
     scale: f32,
-    scores: &mut Vec<f32>,
+    scratch: &mut Scratch,
     out: &mut [f32],
 ) {
-    let hd = out.len();
-    scores.clear();
-    scores.resize(keys.len() / hd, 0.0);
-    // Plain loops (not iterator adapters, which would be compiled outside this function's
-    // target features).
-    for (score, key) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
-        *score = dot(query, key) * scale;
-    }
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    for (weight, value) in scores.iter().zip(values.chunks_exact(hd)) {
-        let weight = weight / sum;
-        for (o, x) in out.iter_mut().zip(value) {
-            *o += weight * x;
+    let hd = out.len() / rows.len().max(1);
+    let longest = rows.iter().map(|&(_, seen)| seen).max().unwrap_or(0);
+    let Scratch {
+        weights,
+        queries,
+        columns,
+    } = scratch;
+    weights.clear();
+    weights.resize(rows.len() * longest, 0.0);
+    // The queries four rows at a time, interleaved: `queries[c·hd + d][i]` is dimension d of
+    // row 4c + i (zeros past the last row).
+    let quads = rows.len().div_ceil(4);
+    queries.clear();
+    queries.resize(quads * hd, [0.0; 4]);
+    for (r, &(query, _)) in rows.iter().enumerate() {
+        for (d, &x) in query.iter().enumerate().take(hd) {
+            queries[r / 4 * hd + d][r % 4] = x;
         }
     }
-}
-
-/// `Σ a·b`, in eight lanes the compiler turns into vector code.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a8.zip(b8) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
+    // Scores, four rows by eight keys (one tile) at a time.
+    for first_key in (0..longest).step_by(LANES) {
+        let width = LANES.min(longest - first_key);
+        let (tile, _) = keys[first_key * hd..][..hd * LANES].as_chunks::<LANES>();
+        for (quad, q) in queries.chunks_exact(hd).enumerate() {
+            let mut acc = [[0f32; LANES]; 4];
+            for (k, q) in tile.iter().zip(q) {
+                for i in 0..4 {
+                    for l in 0..LANES {
+                        acc[i][l] += q[i] * k[l];
+                    }
+                }
+            }
+            for (i, acc) in acc.iter().enumerate().take(rows.len() - 4 * quad) {
+                let row = &mut weights[(4 * quad + i) * longest + first_key..][..width];
+                for (w, a) in row.iter_mut().zip(acc) {
+                    *w = a * scale;
+                }
+            }
         }
     }
-    lanes.iter().sum::<f32>() + tail
+    // Softmax over the positions each row sees; the rest weigh 0.
+    for (row, &(_, seen)) in weights.chunks_exact_mut(longest.max(1)).zip(rows) {
+        let (seen_scores, unseen) = row.split_at_mut(seen);
+        let max = seen_scores
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for s in seen_scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        for s in seen_scores.iter_mut() {
+            *s /= sum;
+        }
+        unseen.fill(0.0);
+    }
+    // Weighted sums of the values, four rows by eight dimensions at a time, with the four
+    // rows' weights side by side (`columns[j][i]`).
+    for first_row in (0..rows.len()).step_by(4) {
+        let count = 4.min(rows.len() - first_row);
+        columns.clear();
+        columns.resize(longest, [0.0; 4]);
+        for i in 0..count {
+            let row = &weights[(first_row + i) * longest..][..longest];
+            for (column, &w) in columns.iter_mut().zip(row) {
+                column[i] = w;
+            }
+        }
+        for first_dim in (0..hd).step_by(LANES) {
+            let mut acc = [[0f32; LANES]; 4];
+            for (w, value) in columns.iter().zip(values.chunks_exact(hd)) {
+                let (v, _) = value[first_dim..].as_chunks::<LANES>();
+                let v = &v[0];
+                for i in 0..4 {
+                    for l in 0..LANES {
+                        acc[i][l] += w[i] * v[l];
+                    }
+                }
+            }
+            for (i, acc) in acc.iter().enumerate().take(count) {
+                out[(first_row + i) * hd + first_dim..][..LANES].copy_from_slice(acc);
+            }
+        }
+    }
 }
 
 impl TypedOp for CachedAttention {

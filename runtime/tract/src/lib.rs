@@ -22,8 +22,9 @@ pub mod workers;
 /// The revision of the int8 engine's arithmetic, raised with every change that can alter the
 /// tokens it generates (and so the self-test tokens `ember quantize` records in an image).
 /// 1: tract's attention over concatenated caches; 2: Ember's attention over a cache in place;
-/// 3: dot products over groups of 16 interleaved rows (sums in another order).
-pub const ENGINE_REVISION: u32 = 3;
+/// 3: dot products over groups of 16 interleaved rows (sums in another order); 4: attention
+/// scores from keys stored in transposed tiles of eight (each score summed in another order).
+pub const ENGINE_REVISION: u32 = 4;
 
 pub use cpu::CpuReport;
 pub use engine::{OpProfile, TractModel, TractSession, self_test};

@@ -314,12 +314,14 @@ impl EvalOp for Int8MatMul {
         );
         let outputs = self.compute(x.try_as_plain_ram()?.as_slice::<f32>()?);
         outputs
-            .iter()
+            .into_iter()
             .zip(&self.weights)
             .map(|(y, weights)| {
                 let mut out_shape: TVec<usize> = shape.into();
                 *out_shape.last_mut().unwrap_or(&mut 0) = weights.rows;
-                Ok(Tensor::from_shape(&out_shape, y)?.into_tvalue())
+                // Moved into the tensor, not copied.
+                let y = tract_ndarray::ArrayD::from_shape_vec(&*out_shape, y)?;
+                Ok(y.into_tensor().into_tvalue())
             })
             .collect()
     }

@@ -69,7 +69,13 @@ impl LoadedModel {
     pub fn engine_name(&self) -> String {
         match &self.engine {
             Engine::Reference(_) => "ember f32 reference".into(),
-            Engine::Tract(model) => format!("ember int8 (tract, {} kernel)", model.kernel().name()),
+            Engine::Tract(model) => {
+                let scheme = match &self.file {
+                    ModelFile::Image(image) => image.manifest().quantization.as_str(),
+                    ModelFile::Gguf(_) => "int8",
+                };
+                format!("ember {scheme} (tract, {} kernel)", model.kernel().name())
+            }
         }
     }
 }
