@@ -1496,6 +1496,35 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_of_rows_gives_each_row_bit_for_bit_what_it_gives_alone() {
+        let cols = 96;
+        let group: Vec<u8> = (0..ROW_GROUP * cols)
+            .map(|i| (i * 7919 % 251) as u8)
+            .collect();
+        let scales: Vec<f32> = (0..ROW_GROUP * cols / 32)
+            .map(|i| 0.001 * (1 + i % 13) as f32)
+            .collect();
+        for rows in [1, 4, 7, 9] {
+            let x: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0)
+                .collect();
+            let a = QuantizedRows::new(&x, cols);
+            for kernel in Kernel::available() {
+                let mut batch = vec![0f32; rows * ROW_GROUP];
+                kernel.dot_group_rows(&group, &scales, &a, &mut batch);
+                for r in 0..rows {
+                    assert_eq!(
+                        batch[r * ROW_GROUP..][..ROW_GROUP],
+                        kernel.dot_group(&group, &scales, &a, r),
+                        "{} rows {rows} row {r}",
+                        kernel.name()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn activations_round_half_to_even() {
         let mut x = vec![0f32; 32];
         x[..6].copy_from_slice(&[127.0, 0.5, 1.5, 2.5, -0.5, -1.5]);
