@@ -367,8 +367,8 @@ struct Scratch {
 /// how many positions it sees (a prefix of the cache's `keys`, in transposed tiles of eight,
 /// and `values`, whole vectors of `out.len() / rows.len()` values); each row's
 /// softmax-weighted sum of the values goes to `out`, row after row. Scores come from a tile of
-/// eight keys at a time, so no dot product needs a horizontal sum; on x86-64 with AVX2 the same code runs compiled for 256-bit
-/// vectors.
+/// eight keys at a time, so no dot product needs a horizontal sum; on x86-64 with AVX2 the same
+/// code runs compiled for 256-bit vectors.
 fn attend_block(
     rows: &[(&[f32], usize)],
     keys: &[f32],

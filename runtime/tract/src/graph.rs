@@ -269,44 +269,35 @@ impl Builder<'_> {
                 vec![rows * blocks],
             )
         };
-        let mut arrays = vec![
-            (
+        let mut array = |array: &str, data_type, dims: &[i64], offset: u64, length| {
+            let name = format!("{tensor}.{suffix}.{array}");
+            self.external(&name, data_type, dims, entry.offset + offset, length);
+            name
+        };
+        Ok(MatrixArrays {
+            quants: array(
                 "quants",
                 DataType::Uint8,
-                quant_dims,
+                &quant_dims,
                 layout.quants.0,
                 layout.standard.0,
             ),
-            (
+            scales: array(
                 "scales",
                 DataType::Float,
-                scale_dims.clone(),
+                &scale_dims,
                 layout.scales.0,
                 layout.standard.1,
             ),
-        ];
-        if four_bit {
-            arrays.push((
-                "zero_points",
-                DataType::Float,
-                scale_dims,
-                layout.mins.0,
-                layout.standard.2,
-            ));
-        }
-        let mut names = arrays
-            .into_iter()
-            .map(|(array, data_type, dims, offset, length)| {
-                let name = format!("{tensor}.{suffix}.{array}");
-                self.external(&name, data_type, &dims, entry.offset + offset, length);
-                name
-            })
-            .collect::<Vec<_>>()
-            .into_iter();
-        Ok(MatrixArrays {
-            quants: names.next().unwrap_or_default(),
-            scales: names.next().unwrap_or_default(),
-            zero_points: names.next(),
+            zero_points: four_bit.then(|| {
+                array(
+                    "zero_points",
+                    DataType::Float,
+                    &scale_dims,
+                    layout.mins.0,
+                    layout.standard.2,
+                )
+            }),
         })
     }
 

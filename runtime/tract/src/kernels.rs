@@ -171,12 +171,8 @@ impl Kernel {
         row: usize,
     ) -> [f32; ROW_GROUP] {
         let blocks = a.cols / 32;
-        let (quants, scales) = (
-            &a.quants[row * a.cols..][..a.cols],
-            &a.scales[row * blocks..][..blocks],
-        );
-        #[cfg(target_arch = "x86_64")]
-        let sums = &a.sums[row * blocks..][..blocks];
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+        let (quants, scales, sums) = a.row(row);
         assert!(w.len() >= blocks * GROUP_BLOCK && w_scales.len() >= blocks * ROW_GROUP);
         match self {
             #[cfg(target_arch = "x86_64")]
@@ -213,34 +209,32 @@ impl Kernel {
     /// weights (a prefill's rows); the results are the same as row by row, bit for bit.
     pub fn dot_group_rows(self, w: &[u8], w_scales: &[f32], a: &QuantizedRows, out: &mut [f32]) {
         let rows = out.len() / ROW_GROUP;
-        let mut done = 0;
+        // Rows the four-row kernel takes; the rest go one by one.
         #[cfg(target_arch = "x86_64")]
-        if self == Kernel(Isa::Avx512Vnni) {
+        let done = if self == Kernel(Isa::Avx512Vnni) {
             const BATCH: usize = 4;
             let blocks = a.cols / 32;
             assert!(w.len() >= blocks * GROUP_BLOCK && w_scales.len() >= blocks * ROW_GROUP);
-            while rows - done >= BATCH {
-                let row = |i: usize| {
-                    let at = done + i;
-                    (
-                        &a.quants[at * a.cols..][..a.cols],
-                        &a.scales[at * blocks..][..blocks],
-                        &a.sums[at * blocks..][..blocks],
-                    )
-                };
+            let batched = rows - rows % BATCH;
+            for first in (0..batched).step_by(BATCH) {
+                let row = |i: usize| a.row(first + i);
                 // SAFETY: this kernel exists only when the CPU has AVX-512 F, BW and VNNI; the
                 // weights hold `blocks` full blocks (asserted above), each activation row too.
                 let results =
                     unsafe { x86::rows_avx512vnni::<BATCH>(w, w_scales, std::array::from_fn(row)) };
-                for (out, result) in out[done * ROW_GROUP..]
+                for (out, result) in out[first * ROW_GROUP..]
                     .chunks_exact_mut(ROW_GROUP)
                     .zip(results)
                 {
                     out.copy_from_slice(&result);
                 }
-                done += BATCH;
             }
-        }
+            batched
+        } else {
+            0
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let done = 0;
         for r in done..rows {
             out[r * ROW_GROUP..][..ROW_GROUP].copy_from_slice(&self.dot_group(w, w_scales, a, r));
         }
@@ -260,11 +254,7 @@ impl Kernel {
         row: usize,
     ) -> [f32; ROW_GROUP] {
         let blocks = a.cols / 32;
-        let (quants, scales, sums) = (
-            &a.quants[row * a.cols..][..a.cols],
-            &a.scales[row * blocks..][..blocks],
-            &a.sums[row * blocks..][..blocks],
-        );
+        let (quants, scales, sums) = a.row(row);
         assert!(
             w.len() >= blocks * GROUP_BLOCK4
                 && w_scales.len() >= blocks * ROW_GROUP
@@ -356,6 +346,16 @@ impl QuantizedRows {
             return unsafe { avx2(x, quants, scales, sums) };
         }
         quantize_blocks_generic(x, quants, scales, sums);
+    }
+
+    /// Row `row`: its quantized values, its blocks' scales and their sums.
+    pub fn row(&self, row: usize) -> (&[i8], &[f32], &[i32]) {
+        let blocks = self.cols / 32;
+        (
+            &self.quants[row * self.cols..][..self.cols],
+            &self.scales[row * blocks..][..blocks],
+            &self.sums[row * blocks..][..blocks],
+        )
     }
 
     /// Number of rows.
