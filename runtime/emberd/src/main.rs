@@ -253,7 +253,8 @@ impl Device<'_> {
             Some(board) => {
                 let needs = ModelNeeds {
                     image_bytes: image.file_size(),
-                    cache_bytes_per_position: config.cache_bytes_per_position(),
+                    cache_bytes_per_position: config.cache_values_per_position()
+                        * ember_tract::CACHE_BYTES_PER_VALUE,
                     context_length: config.context_length,
                 };
                 let plan = board

@@ -31,9 +31,9 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// Bytes of KV cache one context position takes: keys and values of every layer, in f32.
-    pub fn cache_bytes_per_position(&self) -> u64 {
-        (self.n_layers * 2 * self.n_head_kv * self.head_dim * size_of::<f32>()) as u64
+    /// Numbers of KV cache one context position takes: keys and values of every layer.
+    pub fn cache_values_per_position(&self) -> u64 {
+        (self.n_layers * 2 * self.n_head_kv * self.head_dim) as u64
     }
 
     /// Reads the `llama.*` keys; refuses other architectures and inconsistent shapes.

@@ -144,13 +144,13 @@ impl PartialEq for CachedAttention {
 }
 impl Eq for CachedAttention {}
 
-/// A session's cache for one layer: per key/value head, every position's key (and value) as
-/// `head_dim` consecutive values.
+/// A session's cache for one layer.
 #[derive(Debug, Clone, Default)]
 struct LayerCache {
     /// Per key/value head, its keys in tiles of eight positions, each tile transposed
-    /// (`hd × 8`).
+    /// (`hd × 8`, zeros beyond the last position).
     keys: Vec<Vec<f32>>,
+    /// Per key/value head, every position's value as `hd` consecutive numbers.
     values: Vec<Vec<f32>>,
     positions: usize,
 }
@@ -255,21 +255,22 @@ impl CachedAttention {
             (&cos[at..at + half], &sin[at..at + half])
         };
         if cache.keys.len() != kv_heads {
-            cache.keys = vec![Vec::new(); kv_heads];
-            cache.values = vec![Vec::new(); kv_heads];
+            // Room for the whole context at once (pages are only taken as positions fill them).
+            let context = cos.len() / half;
+            cache.keys = vec![Vec::with_capacity(context.next_multiple_of(LANES) * hd); kv_heads];
+            cache.values = vec![Vec::with_capacity(context * hd); kv_heads];
         }
         let (k, v) = (
             k.try_as_plain_ram()?.as_slice::<f32>()?,
             v.try_as_plain_ram()?.as_slice::<f32>()?,
         );
+        let mut key = vec![0f32; hd];
         for step in 0..steps {
             let (cos, sin) = angles(step);
             for head in 0..kv_heads {
                 let at = (step * kv_heads + head) * hd;
-                let mut key = k[at..at + hd].to_vec();
+                key.copy_from_slice(&k[at..at + hd]);
                 rotate(&mut key, cos, sin);
-                // Keys are stored transposed in tiles of eight positions (`hd × 8`, zeros
-                // beyond the last position), ready for eight scores at a time.
                 let (position, keys) = (start + step, &mut cache.keys[head]);
                 if position.is_multiple_of(LANES) {
                     keys.resize(keys.len() + hd * LANES, 0.0);
@@ -291,29 +292,38 @@ impl CachedAttention {
             }
         }
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut out = vec![0f32; queries.len()];
         let cache = &*cache;
-        // One item: a key/value head and up to BLOCK_STEPS positions, i.e. the `group` query
-        // heads that share that head at each of those positions: every key and value is loaded
-        // once for all of them.
+        // One item: a key/value head, up to BLOCK_STEPS positions (the `group` query heads
+        // that share that head at each of them: every key and value is loaded once for all of
+        // them) and a part of the cache. Decoding (one block) would leave fewer items than
+        // threads, so the cache is then cut into parts, one per thread, whose partial softmaxes
+        // are merged afterwards.
         let blocks = steps.div_ceil(BLOCK_STEPS);
-        let items = kv_heads * blocks;
-        let results: Vec<Mutex<Vec<f32>>> = (0..items).map(|_| Mutex::default()).collect();
-        let per_chunk = self.workers.chunk_size(items);
-        let rows_of = |item: usize| {
-            let (block, kv) = (item / kv_heads, item % kv_heads);
+        let tiles = cache.positions.div_ceil(LANES);
+        let parts = if blocks == 1 {
+            self.workers.threads().min(tiles / MIN_PART_TILES).max(1)
+        } else {
+            1
+        };
+        let items = blocks * kv_heads * parts;
+        let rows_of = |block: usize, kv: usize| {
             let first = block * BLOCK_STEPS;
             (first..steps.min(first + BLOCK_STEPS))
                 .flat_map(move |step| (0..group).map(move |h| (step, kv * group + h)))
         };
+        let results: Vec<Mutex<Partial>> = (0..items).map(|_| Mutex::default()).collect();
         // Later positions see more keys: chunks take every `chunks`-th item, not a run of
         // them, so that each gets its share of early and late ones.
-        let chunks = items.div_ceil(per_chunk);
+        let chunks = items.div_ceil(self.workers.chunk_size(items));
         self.workers.run(chunks, &|chunk| {
             let mut scratch = Scratch::default();
             for item in (chunk..items).step_by(chunks) {
-                let kv = item % kv_heads;
-                let rows: Vec<(&[f32], usize)> = rows_of(item)
+                let (part, kv, block) = (
+                    item % parts,
+                    item / parts % kv_heads,
+                    item / parts / kv_heads,
+                );
+                let rows: Vec<(&[f32], usize)> = rows_of(block, kv)
                     .map(|(step, head)| {
                         (
                             &queries[(step * heads + head) * hd..][..hd],
@@ -321,22 +331,44 @@ impl CachedAttention {
                         )
                     })
                     .collect();
-                let mut result = vec![0f32; rows.len() * hd];
-                attend_block(
+                let first = part * tiles / parts * LANES;
+                let end = ((part + 1) * tiles / parts * LANES).min(cache.positions);
+                let mut partial = Partial::default();
+                attend_part(
                     &rows,
-                    &cache.keys[kv],
-                    &cache.values[kv],
+                    (&cache.keys[kv], &cache.values[kv]),
+                    first..end,
                     scale,
                     &mut scratch,
-                    &mut result,
+                    &mut partial,
                 );
-                *results[item].lock().unwrap_or_else(|e| e.into_inner()) = result;
+                *results[item].lock().unwrap_or_else(|e| e.into_inner()) = partial;
             }
         });
-        for (item, result) in results.into_iter().enumerate() {
-            let result = result.into_inner().unwrap_or_else(|e| e.into_inner());
-            for ((step, head), row) in rows_of(item).zip(result.chunks_exact(hd)) {
-                out[(step * heads + head) * hd..][..hd].copy_from_slice(row);
+        let results: Vec<Partial> = results
+            .into_iter()
+            .map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        let mut out = vec![0f32; queries.len()];
+        for (index, partials) in results.chunks_exact(parts).enumerate() {
+            let (block, kv) = (index / kv_heads, index % kv_heads);
+            for (r, (step, head)) in rows_of(block, kv).enumerate() {
+                let row = &mut out[(step * heads + head) * hd..][..hd];
+                let max = partials
+                    .iter()
+                    .map(|p| p.maxima[r])
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let mut total = 0.0;
+                for partial in partials {
+                    let weight = (partial.maxima[r] - max).exp();
+                    total += weight * partial.totals[r];
+                    for (o, &x) in row.iter_mut().zip(&partial.sums[r * hd..][..hd]) {
+                        *o += weight * x;
+                    }
+                }
+                for o in row.iter_mut() {
+                    *o /= total;
+                }
             }
         }
         Ok(tvec!(
@@ -349,71 +381,157 @@ impl CachedAttention {
 
 /// Positions whose queries one work item of attention takes together.
 const BLOCK_STEPS: usize = 4;
-/// Keys (and query rows) an inner loop of [`attend_block`] takes at once: one 256-bit vector.
+/// Keys (and query rows) an inner loop of [`attend_part`] takes at once: one 256-bit vector.
 const LANES: usize = 8;
+/// Positions whose values [`attend_part`] weighs for every dimension before it reads on.
+const VALUE_BLOCK: usize = 16;
+/// How far ahead of the position it reads attention asks for keys and values to be fetched.
+const PREFETCH_POSITIONS: usize = 64;
+/// The fewest tiles of keys a part of the cache is given when decoding splits it.
+const MIN_PART_TILES: usize = 2;
 
-/// [`attend_block`]'s working memory, kept across the items a thread takes.
+/// Attention of some query rows over a part of the cache, before the parts are merged: per
+/// row, the largest score in the part, the sum of `exp(score − largest)` and those weights'
+/// sum of values (`rows × hd`, row after row).
+#[derive(Default)]
+struct Partial {
+    maxima: Vec<f32>,
+    totals: Vec<f32>,
+    sums: Vec<f32>,
+}
+
+/// [`attend_part`]'s working memory, kept across the items a thread takes.
 #[derive(Default)]
 struct Scratch {
-    /// Each row's scores, then its softmax weights (`rows × longest`).
+    /// Each row's scores, then its weights (`rows × longest`).
     weights: Vec<f32>,
     /// The queries, four rows side by side.
     queries: Vec<[f32; 4]>,
     /// Four rows' weights side by side.
     columns: Vec<[f32; 4]>,
+    /// Four rows' running sums of weighted values, eight dimensions per entry.
+    sums: Vec<[[f32; LANES]; 4]>,
 }
 
-/// Attention for several query rows that share one key/value head: `rows` holds each query and
-/// how many positions it sees (a prefix of the cache's `keys`, in transposed tiles of eight,
-/// and `values`, whole vectors of `out.len() / rows.len()` values); each row's
-/// softmax-weighted sum of the values goes to `out`, row after row. Scores come from a tile of
-/// eight keys at a time, so no dot product needs a horizontal sum; on x86-64 with AVX2 the same
-/// code runs compiled for 256-bit vectors.
-fn attend_block(
+/// The arithmetic [`attend_part`]'s build for a CPU can do beyond plain f32 operations.
+trait Arith: Copy {
+    /// `a · b + c`, fused into one rounding where the CPU has an instruction for it.
+    #[inline(always)]
+    fn mul_add(self, a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+
+    /// Asks for the cache's bytes from `data` on (any address: a prefetch never faults) to be
+    /// brought into the cache: the cache is read once per token, and waiting on each line
+    /// as it is reached leaves most of the memory bandwidth unused.
+    #[inline(always)]
+    fn prefetch(self, _data: *const f32, _bytes: usize) {}
+}
+
+/// Plain f32 operations, for any CPU.
+#[derive(Clone, Copy)]
+struct Portable;
+
+impl Arith for Portable {}
+
+/// x86-64's FMA and prefetch instructions; a value exists only where the CPU has FMA.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Fma(());
+
+#[cfg(target_arch = "x86_64")]
+impl Fma {
+    fn detect() -> Option<Self> {
+        std::arch::is_x86_feature_detected!("fma").then_some(Fma(()))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Arith for Fma {
+    /// One `vfmadd` where inlined into a build with FMA enabled ([`attend_part`]'s), else the
+    /// library call (as exact, slower).
+    #[inline(always)]
+    fn mul_add(self, a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+
+    #[inline(always)]
+    fn prefetch(self, data: *const f32, bytes: usize) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        for line in (0..bytes).step_by(64) {
+            // SAFETY: a prefetch is a hint that reads nothing and never faults, whatever the
+            // address (SSE, which every x86-64 CPU has).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(data.cast::<i8>().wrapping_add(line)) };
+        }
+    }
+}
+
+/// Attention of several query rows that share one key/value head over the cached positions
+/// `range` (its start a multiple of [`LANES`]): `rows` holds each query and how many positions
+/// it sees (a prefix of the cache, given as the head's keys, in transposed tiles of eight, and
+/// values, whole vectors of `hd` numbers). Scores come from a tile of eight keys at a time, so
+/// no dot product needs a horizontal sum; on x86-64 with AVX2 and FMA the same code runs
+/// compiled for 256-bit vectors.
+fn attend_part(
     rows: &[(&[f32], usize)],
-    keys: &[f32],
-    values: &[f32],
+    cache: (&[f32], &[f32]),
+    range: std::ops::Range<usize>,
     scale: f32,
     scratch: &mut Scratch,
-    out: &mut [f32],
+    partial: &mut Partial,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        /// The caller guarantees AVX2.
-        #[target_feature(enable = "avx2")]
+    if let Some(fma) = Fma::detect()
+        && std::arch::is_x86_feature_detected!("avx2")
+    {
+        /// The caller guarantees AVX2 and FMA.
+        #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2(
+            fma: Fma,
             rows: &[(&[f32], usize)],
-            keys: &[f32],
-            values: &[f32],
+            cache: (&[f32], &[f32]),
+            range: std::ops::Range<usize>,
             scale: f32,
             scratch: &mut Scratch,
-            out: &mut [f32],
+            partial: &mut Partial,
         ) {
-            attend_block_generic(rows, keys, values, scale, scratch, out);
+            attend_part_generic(fma, rows, cache, range, scale, scratch, partial);
         }
-        // SAFETY: the CPU has AVX2 (detected above).
-        return unsafe { avx2(rows, keys, values, scale, scratch, out) };
+        // SAFETY: the CPU has AVX2 and FMA (detected above).
+        return unsafe { avx2(fma, rows, cache, range, scale, scratch, partial) };
     }
-    attend_block_generic(rows, keys, values, scale, scratch, out);
+    attend_part_generic(Portable, rows, cache, range, scale, scratch, partial);
 }
 
-/// [`attend_block`]'s arithmetic, inlined into each build of it. Plain loops over fixed-size
+/// [`attend_part`]'s arithmetic, inlined into each build of it. Plain loops over fixed-size
 /// arrays (not iterator adapters, which would be compiled outside the caller's target features).
 #[inline(always)]
-fn attend_block_generic(
+fn attend_part_generic(
+    arith: impl Arith,
     rows: &[(&[f32], usize)],
-    keys: &[f32],
-    values: &[f32],
+    (keys, values): (&[f32], &[f32]),
+    range: std::ops::Range<usize>,
     scale: f32,
     scratch: &mut Scratch,
-    out: &mut [f32],
+    partial: &mut Partial,
 ) {
-    let hd = out.len() / rows.len().max(1);
-    let longest = rows.iter().map(|&(_, seen)| seen).max().unwrap_or(0);
+    let hd = rows.first().map_or(LANES, |(q, _)| q.len());
+    let first = range.start;
+    // Positions of the part some row sees.
+    let longest = rows
+        .iter()
+        .map(|&(_, seen)| seen.min(range.end).saturating_sub(first))
+        .max()
+        .unwrap_or(0);
+    partial.maxima.clear();
+    partial.totals.clear();
+    partial.sums.clear();
+    partial.sums.resize(rows.len() * hd, 0.0);
     let Scratch {
         weights,
         queries,
         columns,
+        sums,
     } = scratch;
     weights.clear();
     weights.resize(rows.len() * longest, 0.0);
@@ -428,15 +546,22 @@ fn attend_block_generic(
         }
     }
     // Scores, four rows by eight keys (one tile) at a time.
+    let keys = &keys[first * hd..];
+    let tile_bytes = hd * LANES * size_of::<f32>();
     for first_key in (0..longest).step_by(LANES) {
         let width = LANES.min(longest - first_key);
+        arith.prefetch(
+            keys.as_ptr()
+                .wrapping_add((first_key + PREFETCH_POSITIONS) * hd),
+            tile_bytes,
+        );
         let (tile, _) = keys[first_key * hd..][..hd * LANES].as_chunks::<LANES>();
         for (quad, q) in queries.chunks_exact(hd).enumerate() {
             let mut acc = [[0f32; LANES]; 4];
             for (k, q) in tile.iter().zip(q) {
                 for i in 0..4 {
                     for l in 0..LANES {
-                        acc[i][l] += q[i] * k[l];
+                        acc[i][l] = arith.mul_add(q[i], k[l], acc[i][l]);
                     }
                 }
             }
@@ -448,25 +573,34 @@ fn attend_block_generic(
             }
         }
     }
-    // Softmax over the positions each row sees; the rest weigh 0.
+    // Softmax's numerators over the positions each row sees (the rest weigh 0), and their
+    // largest score and sum, for the merge.
     for (row, &(_, seen)) in weights.chunks_exact_mut(longest.max(1)).zip(rows) {
-        let (seen_scores, unseen) = row.split_at_mut(seen);
+        let visible = seen.saturating_sub(first).min(longest);
+        let (seen_scores, unseen) = row.split_at_mut(visible);
         let max = seen_scores
             .iter()
             .copied()
             .fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
         for s in seen_scores.iter_mut() {
             *s = (*s - max).exp();
-            sum += *s;
-        }
-        for s in seen_scores.iter_mut() {
-            *s /= sum;
         }
         unseen.fill(0.0);
+        partial.maxima.push(max);
+        partial.totals.push(seen_scores.iter().sum());
+    }
+    if longest == 0 {
+        partial.maxima.resize(rows.len(), f32::NEG_INFINITY);
+        partial.totals.resize(rows.len(), 0.0);
+        return;
     }
     // Weighted sums of the values, four rows by eight dimensions at a time, with the four
-    // rows' weights side by side (`columns[j][i]`).
+    // rows' weights side by side (`columns[j][i]`). The values are read in order, a block of
+    // positions at a time, all dimensions of a block before the next (a pass per run of
+    // dimensions over the whole cache would stride through memory); each sum still adds its
+    // terms in position order.
+    let values = &values[first * hd..];
+    let chunks = hd / LANES;
     for first_row in (0..rows.len()).step_by(4) {
         let count = 4.min(rows.len() - first_row);
         columns.clear();
@@ -477,22 +611,65 @@ fn attend_block_generic(
                 column[i] = w;
             }
         }
-        for first_dim in (0..hd).step_by(LANES) {
-            let mut acc = [[0f32; LANES]; 4];
-            for (w, value) in columns.iter().zip(values.chunks_exact(hd)) {
-                let (v, _) = value[first_dim..].as_chunks::<LANES>();
-                let v = &v[0];
-                for i in 0..4 {
-                    for l in 0..LANES {
-                        acc[i][l] += w[i] * v[l];
-                    }
-                }
+        sums.clear();
+        sums.resize(chunks, [[0.0; LANES]; 4]);
+        for (columns, values) in columns
+            .chunks(VALUE_BLOCK)
+            .zip(values.chunks(VALUE_BLOCK * hd))
+        {
+            arith.prefetch(
+                values.as_ptr().wrapping_add(PREFETCH_POSITIONS * hd),
+                VALUE_BLOCK * hd * size_of::<f32>(),
+            );
+            let mut pairs = sums.chunks_exact_mut(2);
+            for (pair, acc) in (&mut pairs).enumerate() {
+                let acc: &mut [_; 2] = acc.try_into().expect("a pair");
+                weigh_values(arith, acc, 2 * pair, columns, values, hd);
             }
+            if let [acc] = pairs.into_remainder() {
+                weigh_values(
+                    arith,
+                    std::array::from_mut(acc),
+                    chunks - 1,
+                    columns,
+                    values,
+                    hd,
+                );
+            }
+        }
+        for (chunk, acc) in sums.iter().enumerate() {
             for (i, acc) in acc.iter().enumerate().take(count) {
-                out[(first_row + i) * hd + first_dim..][..LANES].copy_from_slice(acc);
+                partial.sums[(first_row + i) * hd + chunk * LANES..][..LANES].copy_from_slice(acc);
             }
         }
     }
+}
+
+/// Adds to `sums` (four rows' sums of `C` runs of eight dimensions, from run `first` of each
+/// value) each position's value weighted by the rows' `columns` entry, position after
+/// position: `4 · C` independent sums keep the vector units busy.
+#[inline(always)]
+fn weigh_values<const C: usize>(
+    arith: impl Arith,
+    sums: &mut [[[f32; LANES]; 4]; C],
+    first: usize,
+    columns: &[[f32; 4]],
+    values: &[f32],
+    hd: usize,
+) {
+    let mut acc = *sums;
+    for (w, value) in columns.iter().zip(values.chunks_exact(hd)) {
+        let (v, _) = value[first * LANES..][..C * LANES].as_chunks::<LANES>();
+        for c in 0..C {
+            let v = &v[c];
+            for i in 0..4 {
+                for l in 0..LANES {
+                    acc[c][i][l] = arith.mul_add(w[i], v[l], acc[c][i][l]);
+                }
+            }
+        }
+    }
+    *sums = acc;
 }
 
 impl TypedOp for CachedAttention {
@@ -589,11 +766,14 @@ mod tests {
     }
 
     /// Causal attention with RoPE over all positions so far, in f64, straight from the
-    /// definition: `all_q[p][h]` (query head h), `all_k[p][kv]`, `all_v[p][kv]`.
+    /// definition: `all_q[p][h]` (query head h), `all_k[p][kv]`, `all_v[p][kv]`; keys (rotated
+    /// in f32 with the tables `cos`/`sin`, as the op does).
+    #[allow(clippy::too_many_arguments)]
     fn naive(
         all_q: &[Vec<Vec<f32>>],
         all_k: &[Vec<Vec<f32>>],
         all_v: &[Vec<Vec<f32>>],
+        (cos, sin): (&[f32], &[f32]),
         p: usize,
         h: usize,
         group: usize,
@@ -604,8 +784,9 @@ mod tests {
         let query = rotated(&all_q[p][h], p);
         let scores: Vec<f64> = (0..=p)
             .map(|t| {
-                let key = rotated(&all_k[t][kv], t);
-                (0..hd).map(|d| query[d] * key[d]).sum::<f64>() * scale
+                let mut key = all_k[t][kv].clone();
+                rotate(&mut key, &cos[t * hd / 2..], &sin[t * hd / 2..]);
+                (0..hd).map(|d| query[d] * f64::from(key[d])).sum::<f64>() * scale
             })
             .collect();
         let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -614,7 +795,7 @@ mod tests {
         (0..hd)
             .map(|d| {
                 (0..=p)
-                    .map(|t| exps[t] / sum * all_v[t][kv][d] as f64)
+                    .map(|t| exps[t] / sum * f64::from(all_v[t][kv][d]))
                     .sum()
             })
             .collect()
@@ -630,13 +811,14 @@ mod tests {
             head_dim: hd,
             workers: Arc::new(Workers::new(2).unwrap()),
         };
-        let (cos, sin) = tables(16, hd);
-        let cos = Tensor::from_shape(&[16, hd / 2], &cos).unwrap();
-        let sin = Tensor::from_shape(&[16, hd / 2], &sin).unwrap();
+        // Decoding after 41 positions splits the cache into parts (two threads).
+        let (cos_table, sin_table) = tables(64, hd);
+        let cos = Tensor::from_shape(&[64, hd / 2], &cos_table).unwrap();
+        let sin = Tensor::from_shape(&[64, hd / 2], &sin_table).unwrap();
         let mut cache = LayerCache::default();
         let (mut all_q, mut all_k, mut all_v) = (Vec::new(), Vec::new(), Vec::new());
         let mut position = 0;
-        for (call, steps) in [5usize, 1, 1, 3].into_iter().enumerate() {
+        for (call, steps) in [5usize, 1, 1, 3, 30, 1, 1].into_iter().enumerate() {
             let per_step = |heads: usize, seed: usize| -> Vec<Vec<Vec<f32>>> {
                 (0..steps)
                     .map(|s| {
@@ -679,7 +861,15 @@ mod tests {
             all_v.extend(v);
             for s in 0..steps {
                 for h in 0..heads {
-                    let want = naive(&all_q, &all_k, &all_v, position + s, h, group);
+                    let want = naive(
+                        &all_q,
+                        &all_k,
+                        &all_v,
+                        (&cos_table, &sin_table),
+                        position + s,
+                        h,
+                        group,
+                    );
                     for (got, want) in out[(s * heads + h) * hd..][..hd].iter().zip(want) {
                         assert!(
                             (*got as f64 - want).abs() < 1e-5,

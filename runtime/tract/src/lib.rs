@@ -23,8 +23,13 @@ pub mod workers;
 /// tokens it generates (and so the self-test tokens `ember quantize` records in an image).
 /// 1: tract's attention over concatenated caches; 2: Ember's attention over a cache in place;
 /// 3: dot products over groups of 16 interleaved rows (sums in another order); 4: attention
-/// scores from keys stored in transposed tiles of eight (each score summed in another order).
-pub const ENGINE_REVISION: u32 = 4;
+/// scores from keys stored in transposed tiles of eight (each score summed in another order);
+/// 5: softmax normalized after the weighted sum, decoding's cache split into parts merged
+/// afterwards, scores and weighted sums with fused multiply-adds on x86-64.
+pub const ENGINE_REVISION: u32 = 5;
+
+/// Bytes the int8 engine's KV cache takes per key or value number (f32).
+pub const CACHE_BYTES_PER_VALUE: u64 = 4;
 
 pub use cpu::CpuReport;
 pub use engine::{OpProfile, TractModel, TractSession, self_test};
