@@ -124,6 +124,9 @@ impl TractModel {
         )
         .map_err(|e| backend("the image's attention", e))?;
         ops::fuse_matmuls(graph);
+        ops::fuse_gated_units(graph);
+        ops::fuse_residual_adds(graph);
+        ops::fuse_rms_norms(graph);
         let threads = threads.max(1);
         let workers =
             Workers::new(threads).map_err(|e| backend("cannot start the worker threads", e))?;

@@ -77,6 +77,16 @@ pub(crate) fn int_attr(name: &str, value: i64) -> AttributeProto {
     }
 }
 
+/// A float attribute.
+pub(crate) fn float_attr(name: &str, value: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Float as i32,
+        f: value,
+        ..Default::default()
+    }
+}
+
 /// An integer-list attribute.
 pub(crate) fn ints_attr(name: &str, values: &[i64]) -> AttributeProto {
     AttributeProto {

@@ -1,10 +1,14 @@
 //! Ember's own tract ops for the graph's contrib nodes: `MatMulNBits` (bits 8 and 4) and
 //! `GatherBlockQuantized` (bits 8) that read their weights in place from the image's mapping
-//! instead of copying them into tract tensors.
+//! instead of copying them into tract tensors; and the load-time rewrites that give one
+//! matmul node more of a layer's work ([`fuse_matmuls`], [`fuse_gated_units`],
+//! [`fuse_residual_adds`], [`fuse_rms_norms`]), each computing what the nodes it replaces
+//! computed, bit for bit.
 //!
 //! tract's ONNX parser calls a plain `fn` per node, so the mapping reaches the builders through
 //! [`MappedTensors::install`], a thread-local set for the duration of one parse.
 
+use crate::graph::{float_attr, int_attr, ints_attr};
 use crate::kernels::{Kernel, QuantizedRows};
 use crate::workers::Workers;
 use ember_core::image::{ROW_GROUP, padded_rows, quant_index, scale_index};
@@ -14,9 +18,10 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use tract_onnx::model::ParsingContext;
-use tract_onnx::pb::NodeProto;
+use tract_onnx::pb::{GraphProto, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
+use tract_onnx::tract_hir::tract_core::tract_linalg::routines::{self, Func};
 
 /// Initializers whose bytes stay in the mapping, by name, with what the ops need to run.
 #[derive(Debug, Clone)]
@@ -150,11 +155,6 @@ impl MappedMatrix {
         })
     }
 
-    /// Groups of rows stored.
-    fn groups(&self) -> usize {
-        self.rows.div_ceil(ROW_GROUP)
-    }
-
     /// The 16 dot products of group `group` with each activation row of `a`, row after row.
     fn dot_group(&self, kernel: Kernel, group: usize, a: &QuantizedRows, out: &mut [f32]) {
         let blocks = ROW_GROUP * self.cols / 32;
@@ -188,27 +188,51 @@ impl MappedMatrix {
 }
 
 /// `y_i = x · W_iᵀ` for int8 or 4-bit matrices `W_i` (`n_i` rows of `k`) held in the mapping,
-/// with `x` quantized to int8: one output per matrix. Several matrices over the same input (a layer's query, key and value
-/// projections; its gate and up projections) share one quantization of the input and one
-/// split of their rows across the threads.
+/// with `x` quantized to int8: one output per matrix. Several matrices over the same input (a
+/// layer's query, key and value projections; its gate and up projections) share one
+/// quantization of the input and one split of their rows across the threads. A gated pair
+/// (gate `G`, up `U`, of one shape) gives one output instead, `SiLU(x · Gᵀ) ⊙ (x · Uᵀ)`, made
+/// where each thread computed its rows.
 #[derive(Debug, Clone)]
 pub struct Int8MatMul {
     weights: Vec<MappedMatrix>,
+    /// The two matrices are a gate and an up projection, combined as above.
+    gated: bool,
+    /// A second input of the output's shape is added to the one output (a residual
+    /// connection: `r + x · Wᵀ`).
+    residual: bool,
+    /// With this epsilon, `x` is first RMS-normalized row by row and scaled by a last input,
+    /// the norm's weights (as tract's `RmsNorm` and a `Mul` would: the same routine).
+    rms_norm: Option<f32>,
     workers: Arc<Workers>,
     kernel: Kernel,
 }
 
 impl PartialEq for Int8MatMul {
     fn eq(&self, other: &Self) -> bool {
-        self.weights == other.weights
+        let epsilon = |op: &Self| op.rms_norm.map(f32::to_bits);
+        (&self.weights, self.gated, self.residual, epsilon(self))
+            == (&other.weights, other.gated, other.residual, epsilon(other))
     }
 }
 impl Eq for Int8MatMul {}
 
 /// The node type [`fuse_matmuls`] writes (domain `ai.ember`): inputs `x`, then each matrix's
-/// quants and scales (and, with `bits` 4, minimums); attributes `K`, `bits` and `N` (one per
-/// matrix); one output per matrix.
+/// quants and scales (and, with `bits` 4, minimums), then with `residual` the tensor added to
+/// the one output ([`fuse_residual_adds`]), then with `epsilon` the weights of the RMSNorm
+/// applied to `x` first ([`fuse_rms_norms`]); attributes `K`, `bits`, `N` (one per matrix),
+/// `gated` (two matrices, one output: [`fuse_gated_units`]), `residual` and `epsilon`; one
+/// output per matrix otherwise.
 pub const FUSED_MATMULS: &str = "EmberInt8MatMuls";
+
+/// A chunk's share of one output: its groups of 16 columns from `first_group`, as a slice of
+/// every activation row.
+struct Share<'a> {
+    output: usize,
+    first_group: usize,
+    groups: usize,
+    rows: Vec<&'a mut [f32]>,
+}
 
 impl Int8MatMul {
     /// Values per input row.
@@ -216,23 +240,41 @@ impl Int8MatMul {
         self.weights.first().map_or(0, |w| w.cols)
     }
 
-    /// Group `index` of all the matrices' groups in a row: its matrix and its index there.
-    fn group(&self, mut index: usize) -> (&MappedMatrix, usize) {
-        for weights in &self.weights[..self.weights.len() - 1] {
-            if index < weights.groups() {
-                return (weights, index);
-            }
-            index -= weights.groups();
+    /// The outputs: each one's columns and the matrices whose rows make them (the gate and up
+    /// matrices of a gated op, each matrix alone otherwise).
+    fn outputs(&self) -> Vec<(usize, &[MappedMatrix])> {
+        if self.gated {
+            vec![(self.weights[0].rows, &self.weights[..])]
+        } else {
+            self.weights
+                .iter()
+                .map(|w| (w.rows, std::slice::from_ref(w)))
+                .collect()
         }
-        (&self.weights[self.weights.len() - 1], index)
     }
 
-    /// `x` quantized, its rows split across the threads when there are several.
-    fn quantize(&self, x: &[f32]) -> QuantizedRows {
+    /// `x` quantized (RMS-normalized first with `norm`'s weights and epsilon), its rows split
+    /// across the threads when there are several.
+    fn quantize(&self, x: &[f32], norm: Option<(&[f32], f32)>) -> TractResult<QuantizedRows> {
         let cols = self.cols();
+        let rms_norm = norm.map(|_| routines::rms_norm_f32()).transpose()?;
+        let normalized = |x: &[f32]| -> Option<Vec<f32>> {
+            let (rms_norm, (weights, epsilon)) = (rms_norm?, norm?);
+            let mut y = x.to_vec();
+            for row in y.chunks_exact_mut(cols.max(1)) {
+                rms_norm(row, epsilon);
+                for (y, w) in row.iter_mut().zip(weights) {
+                    *y *= w;
+                }
+            }
+            Some(y)
+        };
         let rows = x.len() / cols.max(1);
         if rows < 2 {
-            return QuantizedRows::new(x, cols);
+            return Ok(QuantizedRows::new(
+                normalized(x).as_deref().unwrap_or(x),
+                cols,
+            ));
         }
         let mut a = QuantizedRows::zeroed(rows, cols);
         let (per_chunk, blocks) = (self.workers.chunk_size(rows), cols / 32);
@@ -246,50 +288,147 @@ impl Int8MatMul {
         self.workers.run(parts.len(), &|chunk| {
             let mut part = parts[chunk].lock().unwrap_or_else(|e| e.into_inner());
             let (x, quants, scales, sums) = &mut *part;
-            QuantizedRows::quantize_blocks(x, quants, scales, sums);
+            let normal = normalized(x);
+            QuantizedRows::quantize_blocks(normal.as_deref().unwrap_or(x), quants, scales, sums);
         });
         drop(parts);
-        a
+        Ok(a)
     }
 
-    /// For `rows × k` inputs, each matrix's `rows × n_i` outputs.
-    pub fn compute(&self, x: &[f32]) -> Vec<Vec<f32>> {
-        let a = self.quantize(x);
-        let rows = a.rows();
-        // Every matrix's groups in a row; each chunk is a run of whole groups, read once for all
-        // activation rows; per group the results are `rows × 16`.
-        let groups: usize = self.weights.iter().map(MappedMatrix::groups).sum();
-        let per_chunk = self.workers.chunk_size(groups);
-        let mut grouped = vec![0f32; groups * ROW_GROUP * rows];
-        let chunks: Vec<Mutex<&mut [f32]>> = grouped
-            .chunks_mut(per_chunk * ROW_GROUP * rows)
-            .map(Mutex::new)
-            .collect();
-        self.workers.run(chunks.len(), &|chunk| {
-            let mut out = chunks[chunk].lock().unwrap_or_else(|e| e.into_inner());
-            for (i, out) in out.chunks_mut(ROW_GROUP * rows).enumerate() {
-                let (weights, group) = self.group(chunk * per_chunk + i);
-                weights.dot_group(self.kernel, group, &a, out);
+    /// For `rows × k` inputs, each output's `rows × n` values; `base`, when given, holds the
+    /// first output's starting values (a residual), to which its products are added; `norm`,
+    /// when given, the weights of the RMSNorm applied to `x` first.
+    pub fn compute(
+        &self,
+        x: &[f32],
+        base: Option<Vec<f32>>,
+        norm: Option<&[f32]>,
+    ) -> TractResult<Vec<Vec<f32>>> {
+        let norm = match (norm, self.rms_norm) {
+            (Some(weights), Some(epsilon)) => {
+                ensure!(
+                    weights.len() == self.cols(),
+                    "int8 matmul: {} norm weights for rows of {}",
+                    weights.len(),
+                    self.cols()
+                );
+                Some((weights, epsilon))
             }
-        });
-        drop(chunks);
-        let mut rest = &grouped[..];
-        let mut outputs = Vec::with_capacity(self.weights.len());
-        for weights in &self.weights {
-            let n = weights.rows;
-            let (mine, others) = rest.split_at(weights.groups() * ROW_GROUP * rows);
-            rest = others;
-            let mut y = vec![0f32; rows * n];
-            for (g, group) in mine.chunks(ROW_GROUP * rows).enumerate() {
-                for (s, values) in group.chunks(ROW_GROUP).enumerate() {
-                    let first = g * ROW_GROUP;
-                    let count = ROW_GROUP.min(n - first);
-                    y[s * n + first..][..count].copy_from_slice(&values[..count]);
+            (None, None) => None,
+            _ => bail!("int8 matmul: norm weights and epsilon must come together"),
+        };
+        let a = self.quantize(x, norm)?;
+        let rows = a.rows();
+        let outputs = self.outputs();
+        let silu = if self.gated {
+            Some(Func::Silu.ew_f32()?)
+        } else {
+            None
+        };
+        // Work items: every output's groups of 16 columns, output after output; a chunk is a
+        // run of them, each group's weights read once for all activation rows. Each chunk
+        // writes its columns of the outputs in place: its share of every row.
+        let groups: Vec<usize> = outputs.iter().map(|(n, _)| n.div_ceil(ROW_GROUP)).collect();
+        let items: usize = groups.iter().sum();
+        let per_chunk = self.workers.chunk_size(items);
+        let chunks = items.div_ceil(per_chunk);
+        let adding = base.is_some();
+        let mut ys: Vec<Vec<f32>> = outputs.iter().map(|&(n, _)| vec![0f32; rows * n]).collect();
+        if let (Some(base), Some(first)) = (base, ys.first_mut()) {
+            ensure!(
+                base.len() == first.len(),
+                "int8 matmul: {} values to add to an output of {}",
+                base.len(),
+                first.len()
+            );
+            *first = base;
+        }
+        let mut shares: Vec<Vec<Share>> = (0..chunks).map(|_| Vec::new()).collect();
+        let mut first_item = 0;
+        for (output, (y, &groups)) in ys.iter_mut().zip(&groups).enumerate() {
+            let n = outputs[output].0;
+            let mut rests: Vec<&mut [f32]> = y.chunks_mut(n.max(1)).collect();
+            for (chunk, share) in shares.iter_mut().enumerate() {
+                let first = (chunk * per_chunk).max(first_item);
+                let end = ((chunk + 1) * per_chunk).min(first_item + groups);
+                if first >= end {
+                    continue;
+                }
+                let (first, end) = (first - first_item, end - first_item);
+                let width = (end * ROW_GROUP).min(n) - first * ROW_GROUP;
+                let rows = rests
+                    .iter_mut()
+                    .map(|rest| {
+                        let (piece, others) = std::mem::take(rest).split_at_mut(width);
+                        *rest = others;
+                        piece
+                    })
+                    .collect();
+                share.push(Share {
+                    output,
+                    first_group: first,
+                    groups: end - first,
+                    rows,
+                });
+            }
+            first_item += groups;
+        }
+        let shares: Vec<Mutex<Vec<Share>>> = shares.into_iter().map(Mutex::new).collect();
+        let failed = Mutex::new(None);
+        self.workers.run(chunks, &|chunk| {
+            let mut shares = shares[chunk].lock().unwrap_or_else(|e| e.into_inner());
+            let mut sums = vec![0f32; ROW_GROUP * rows];
+            let mut up = Vec::new();
+            for share in shares.iter_mut() {
+                let (n, matrices) = outputs[share.output];
+                let width = share.rows.first().map_or(0, |r| r.len());
+                if self.gated {
+                    up.clear();
+                    up.resize(rows * width, 0.0);
+                }
+                for local in 0..share.groups {
+                    let group = share.first_group + local;
+                    let count = ROW_GROUP.min(n - group * ROW_GROUP);
+                    matrices[0].dot_group(self.kernel, group, &a, &mut sums);
+                    for (row, sums) in share.rows.iter_mut().zip(sums.chunks_exact(ROW_GROUP)) {
+                        let row = &mut row[local * ROW_GROUP..][..count];
+                        if adding {
+                            for (y, s) in row.iter_mut().zip(sums) {
+                                *y += s;
+                            }
+                        } else {
+                            row.copy_from_slice(&sums[..count]);
+                        }
+                    }
+                    if let [_, up_matrix] = matrices {
+                        up_matrix.dot_group(self.kernel, group, &a, &mut sums);
+                        for (row, sums) in
+                            up.chunks_exact_mut(width).zip(sums.chunks_exact(ROW_GROUP))
+                        {
+                            row[local * ROW_GROUP..][..count].copy_from_slice(&sums[..count]);
+                        }
+                    }
+                }
+                if let Some(silu) = &silu {
+                    for (gate, up) in share.rows.iter_mut().zip(up.chunks_exact(width)) {
+                        if let Err(e) = silu.run(gate) {
+                            failed
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(e);
+                        }
+                        for (g, u) in gate.iter_mut().zip(up) {
+                            *g *= u;
+                        }
+                    }
                 }
             }
-            outputs.push(y);
+        });
+        drop(shares);
+        match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e.context("SiLU of the gate projection")),
+            None => Ok(ys),
         }
-        outputs
     }
 }
 
@@ -304,21 +443,42 @@ impl EvalOp for Int8MatMul {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let x = args_1!(inputs);
-        let x = x.cast_to::<f32>()?;
+        let x = inputs[0].cast_to::<f32>()?;
         let shape = x.shape();
         ensure!(
             shape.last() == Some(&self.cols()),
             "int8 matmul: input {shape:?} does not end in {}",
             self.cols()
         );
-        let outputs = self.compute(x.try_as_plain_ram()?.as_slice::<f32>()?);
+        ensure!(
+            inputs.len() == 1 + usize::from(self.residual) + usize::from(self.rms_norm.is_some()),
+            "int8 matmul: {} inputs",
+            inputs.len()
+        );
+        let base = match inputs.get(1) {
+            Some(base) if self.residual => Some(
+                base.cast_to::<f32>()?
+                    .try_as_plain_ram()?
+                    .as_slice::<f32>()?
+                    .to_vec(),
+            ),
+            _ => None,
+        };
+        let norm = match inputs.last() {
+            Some(weights) if self.rms_norm.is_some() => Some(weights.cast_to::<f32>()?),
+            _ => None,
+        };
+        let norm = match &norm {
+            Some(weights) => Some(weights.try_as_plain_ram()?.as_slice::<f32>()?),
+            None => None,
+        };
+        let outputs = self.compute(x.try_as_plain_ram()?.as_slice::<f32>()?, base, norm)?;
         outputs
             .into_iter()
-            .zip(&self.weights)
-            .map(|(y, weights)| {
+            .zip(self.outputs())
+            .map(|(y, (n, _))| {
                 let mut out_shape: TVec<usize> = shape.into();
-                *out_shape.last_mut().unwrap_or(&mut 0) = weights.rows;
+                *out_shape.last_mut().unwrap_or(&mut 0) = n;
                 // Moved into the tensor, not copied.
                 let y = tract_ndarray::ArrayD::from_shape_vec(&*out_shape, y)?;
                 Ok(y.into_tensor().into_tvalue())
@@ -334,12 +494,12 @@ impl TypedOp for Int8MatMul {
             "int8 matmul needs an input of rank ≥ 1"
         );
         Ok(self
-            .weights
+            .outputs()
             .iter()
-            .map(|weights| {
+            .map(|&(n, _)| {
                 let mut shape: TVec<TDim> = inputs[0].shape.to_tvec();
                 let last = shape.len() - 1;
-                shape[last] = weights.rows.to_dim();
+                shape[last] = n.to_dim();
                 f32::fact(&shape)
             })
             .collect())
@@ -353,7 +513,7 @@ impl Expansion for Int8MatMul {
     }
 
     fn nboutputs(&self) -> TractResult<usize> {
-        Ok(self.weights.len())
+        Ok(self.outputs().len())
     }
 
     fn rules<'r, 'p: 'r, 's: 'r>(
@@ -362,10 +522,10 @@ impl Expansion for Int8MatMul {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_output_arity(outputs, self.weights.len())?;
-        for (output, weights) in outputs.iter().zip(&self.weights) {
+        check_output_arity(outputs, self.outputs().len())?;
+        for (output, (n, _)) in outputs.iter().zip(self.outputs()) {
             s.equals(&output.datum_type, f32::datum_type())?;
-            let n = weights.rows.to_dim();
+            let n = n.to_dim();
             s.given(&inputs[0].rank, move |s, rank| {
                 let rank = rank as usize;
                 s.equals(&output.rank, rank as i64)?;
@@ -384,7 +544,11 @@ impl Expansion for Int8MatMul {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        model.wire_node(prefix, self.clone(), &inputs[..1])
+        // The matrices' initializers are read from the mapping, not wired.
+        let extras = usize::from(self.residual) + usize::from(self.rms_norm.is_some());
+        let mut used = vec![inputs[0]];
+        used.extend_from_slice(&inputs[inputs.len() - extras..]);
+        model.wire_node(prefix, self.clone(), &used)
     }
 }
 
@@ -422,6 +586,9 @@ pub fn build_matmul(
                 n,
                 k,
             )?],
+            gated: false,
+            residual: false,
+            rms_norm: None,
             workers: Arc::clone(&m.workers),
             kernel: m.kernel,
         };
@@ -436,20 +603,29 @@ pub fn build_fused_matmuls(
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let k: usize = node.get_attr("K")?;
     let bits: usize = node.get_attr("bits")?;
+    let gated = node.get_attr_opt::<i64>("gated")?.unwrap_or(0) == 1;
+    let residual = node.get_attr_opt::<i64>("residual")?.unwrap_or(0) == 1;
+    let rms_norm: Option<f32> = node.get_attr_opt("epsilon")?;
     let ns: Vec<usize> = node.get_attr_tvec("N")?.into_vec();
     let per_matrix = if bits == 4 { 3 } else { 2 };
+    let outputs = if gated { 1 } else { ns.len() };
     ensure!(
         (bits == 8 || bits == 4)
             && !ns.is_empty()
-            && node.input.len() == 1 + per_matrix * ns.len()
-            && node.output.len() == ns.len(),
-        "{FUSED_MATMULS} {:?}: bits, inputs, outputs and N do not agree",
+            && (!gated || (ns.len() == 2 && ns[0] == ns[1]))
+            && (!residual || outputs == 1)
+            && node.input.len()
+                == 1 + per_matrix * ns.len()
+                    + usize::from(residual)
+                    + usize::from(rms_norm.is_some())
+            && node.output.len() == outputs,
+        "{FUSED_MATMULS} {:?}: bits, gated, residual, epsilon, inputs, outputs and N do not agree",
         node.name
     );
     MappedTensors::with(|m| {
         let weights = ns
             .iter()
-            .zip(node.input[1..].chunks(per_matrix))
+            .zip(node.input[1..1 + per_matrix * ns.len()].chunks(per_matrix))
             .map(|(&n, inputs)| {
                 let mins = inputs.get(2).map(String::as_str);
                 MappedMatrix::new(m, &inputs[0], &inputs[1], mins, n, k)
@@ -457,6 +633,9 @@ pub fn build_fused_matmuls(
             .collect::<TractResult<_>>()?;
         let op = Int8MatMul {
             weights,
+            gated,
+            residual,
+            rms_norm,
             workers: Arc::clone(&m.workers),
             kernel: m.kernel,
         };
@@ -467,9 +646,7 @@ pub fn build_fused_matmuls(
 /// Rewrites `graph` so that `MatMulNBits` nodes reading the same input become one
 /// [`FUSED_MATMULS`] node: one quantization of the input and one split of the work for a
 /// layer's query, key and value projections, and for its gate and up projections.
-pub fn fuse_matmuls(graph: &mut tract_onnx::pb::GraphProto) {
-    use crate::graph::{int_attr, ints_attr};
-    let attr = |n: &NodeProto, name: &str| n.attribute.iter().find(|a| a.name == name).map(|a| a.i);
+pub fn fuse_matmuls(graph: &mut GraphProto) {
     let fusable = |n: &NodeProto| {
         n.op_type == "MatMulNBits"
             && attr(n, "block_size") == Some(32)
@@ -528,6 +705,259 @@ pub fn fuse_matmuls(graph: &mut tract_onnx::pb::GraphProto) {
         graph.node[index] = fused;
         index += 1;
     }
+}
+
+/// Rewrites `graph` (after [`fuse_matmuls`]) so that each feed-forward unit's
+/// `Mul(Mul(gate, Sigmoid(gate)), up)` is made by the node that computes `gate` and `up`: a
+/// [`FUSED_MATMULS`] node of two matrices whose outputs feed only that pattern becomes
+/// `gated`, with the product as its one output, and the three element-wise nodes go.
+pub fn fuse_gated_units(graph: &mut GraphProto) {
+    let readers = |graph: &GraphProto, name: &str| -> Vec<usize> {
+        (0..graph.node.len())
+            .filter(|&i| graph.node[i].input.iter().any(|input| input == name))
+            .collect()
+    };
+    let is = |n: &NodeProto, op: &str, a: &str, b: &str| {
+        n.op_type == op && n.output.len() == 1 && (n.input == [a, b] || n.input == [b, a])
+    };
+    let mut index = 0;
+    while index < graph.node.len() {
+        let node = &graph.node[index];
+        let pair = node.op_type == FUSED_MATMULS
+            && node.output.len() == 2
+            && attr(node, "gated").is_none()
+            && node
+                .attribute
+                .iter()
+                .find(|a| a.name == "N")
+                .is_some_and(|a| a.ints.len() == 2 && a.ints[0] == a.ints[1]);
+        if !pair {
+            index += 1;
+            continue;
+        }
+        let (gate, up) = (node.output[0].clone(), node.output[1].clone());
+        let found = (|| {
+            let [sigmoid, silu] = readers(graph, &gate)[..] else {
+                return None;
+            };
+            let (sigmoid, silu) = if graph.node[sigmoid].op_type == "Sigmoid" {
+                (sigmoid, silu)
+            } else {
+                (silu, sigmoid)
+            };
+            let sigmoid_node = &graph.node[sigmoid];
+            if sigmoid_node.op_type != "Sigmoid" || sigmoid_node.output.len() != 1 {
+                return None;
+            }
+            let sigmoid_out = sigmoid_node.output[0].clone();
+            if !is(&graph.node[silu], "Mul", &gate, &sigmoid_out)
+                || readers(graph, &sigmoid_out) != [silu]
+            {
+                return None;
+            }
+            let silu_out = graph.node[silu].output[0].clone();
+            let [product] = readers(graph, &silu_out)[..] else {
+                return None;
+            };
+            (is(&graph.node[product], "Mul", &silu_out, &up) && readers(graph, &up) == [product])
+                .then_some([sigmoid, silu, product])
+        })();
+        let Some(elementwise) = found else {
+            index += 1;
+            continue;
+        };
+        let product = graph.node[elementwise[2]].output[0].clone();
+        let node = &mut graph.node[index];
+        node.output = vec![product];
+        node.attribute.push(int_attr("gated", 1));
+        let mut doomed = elementwise;
+        doomed.sort_unstable();
+        for i in doomed.into_iter().rev() {
+            graph.node.remove(i);
+        }
+        index += 1;
+    }
+}
+
+/// Rewrites `graph` so that each `Add` of a residual and a single `MatMulNBits` output (a
+/// layer's attention output and feed-forward down projections) is made by the matmul: a
+/// [`FUSED_MATMULS`] node of one matrix with the residual as its last input (`residual`), in the
+/// `Add`'s place, writing the sum as its output.
+pub fn fuse_residual_adds(graph: &mut GraphProto) {
+    let mut index = 0;
+    while index < graph.node.len() {
+        let node = &graph.node[index];
+        let single = node.op_type == "MatMulNBits"
+            && attr(node, "block_size") == Some(32)
+            && node.output.len() == 1
+            && match attr(node, "bits") {
+                Some(8) => node.input.len() == 3,
+                Some(4) => node.input.len() == 4,
+                _ => false,
+            };
+        let product = node.output.first().cloned().unwrap_or_default();
+        let readers: Vec<usize> = (0..graph.node.len())
+            .filter(|&i| graph.node[i].input.contains(&product))
+            .collect();
+        let add = match readers[..] {
+            [add]
+                if single
+                    && graph.node[add].op_type == "Add"
+                    && graph.node[add].input.len() == 2
+                    && graph.node[add].output.len() == 1
+                    && graph.node[add]
+                        .input
+                        .iter()
+                        .filter(|i| **i == product)
+                        .count()
+                        == 1 =>
+            {
+                add
+            }
+            _ => {
+                index += 1;
+                continue;
+            }
+        };
+        let residual = graph.node[add]
+            .input
+            .iter()
+            .find(|i| **i != product)
+            .cloned()
+            .unwrap_or_default();
+        let node = &graph.node[index];
+        let mut inputs = node.input.clone();
+        inputs.push(residual);
+        let fused = NodeProto {
+            name: format!("{}.residual", node.name),
+            op_type: FUSED_MATMULS.into(),
+            domain: "ai.ember".into(),
+            input: inputs,
+            output: graph.node[add].output.clone(),
+            attribute: vec![
+                int_attr("K", attr(node, "K").unwrap_or(0)),
+                int_attr("bits", attr(node, "bits").unwrap_or(0)),
+                ints_attr("N", &[attr(node, "N").unwrap_or(0)]),
+                int_attr("residual", 1),
+            ],
+            ..Default::default()
+        };
+        // The Add comes later (it reads the product), and everything the matmul reads comes
+        // earlier: the fused node takes the Add's place.
+        graph.node[add] = fused;
+        graph.node.remove(index);
+    }
+}
+
+/// Rewrites `graph` (after the other fusions) so that the RMSNorm before each
+/// [`FUSED_MATMULS`] node is applied by that node as it quantizes its input: the norm's
+/// `Mul(x, x)`, `ReduceMean`, `Add` of epsilon, `Sqrt`, `Reciprocal`, `Mul` by `x` and `Mul` by
+/// the weights (as [`crate::graph`] writes them), read by nothing else, go; the node reads `x`,
+/// takes the weights as its last input and the epsilon as its `epsilon` attribute.
+pub fn fuse_rms_norms(graph: &mut GraphProto) {
+    let mut index = 0;
+    while index < graph.node.len() {
+        let node = &graph.node[index];
+        let chain = if node.op_type == FUSED_MATMULS && attr(node, "epsilon").is_none() {
+            rms_norm_before(graph, index)
+        } else {
+            None
+        };
+        let Some((doomed, x, weights, epsilon)) = chain else {
+            index += 1;
+            continue;
+        };
+        let node = &mut graph.node[index];
+        node.input[0] = x;
+        node.input.push(weights);
+        node.attribute.push(float_attr("epsilon", epsilon));
+        let removed = doomed.iter().filter(|&&i| i < index).count();
+        let mut position = 0;
+        graph.node.retain(|_| {
+            position += 1;
+            !doomed.contains(&(position - 1))
+        });
+        index = index - removed + 1;
+    }
+}
+
+/// The RMSNorm whose output is the input of node `index` and nothing else's: its nodes, its
+/// input, its weights' initializer and its epsilon.
+fn rms_norm_before(graph: &GraphProto, index: usize) -> Option<(Vec<usize>, String, String, f32)> {
+    let producer = |name: &str| {
+        graph
+            .node
+            .iter()
+            .position(|n| n.output.iter().any(|o| o == name))
+    };
+    let readers = |name: &str| {
+        graph
+            .node
+            .iter()
+            .filter(|n| n.input.iter().any(|i| i == name))
+            .count()
+    };
+    let initializer = |name: &str| graph.initializer.iter().find(|t| t.name == name);
+    // The node producing `name`, read by nothing else, if it is an `op` of two inputs.
+    let only = |name: &str, op: &str, inputs: usize| {
+        let at = producer(name)?;
+        let node = &graph.node[at];
+        (node.op_type == op && node.input.len() == inputs && readers(name) == 1).then_some(at)
+    };
+    let other = |node: usize, one: &str| {
+        let inputs = &graph.node[node].input;
+        inputs.iter().find(|i| *i != one).cloned()
+    };
+    let h = graph.node[index].input.first()?;
+    let weighted = only(h, "Mul", 2)?;
+    let weights = graph.node[weighted]
+        .input
+        .iter()
+        .find(|i| initializer(i).is_some_and(|t| t.dims.len() == 1))?
+        .clone();
+    let scaled = other(weighted, &weights)?;
+    let normalized = only(&scaled, "Mul", 2)?;
+    let inverse = graph.node[normalized]
+        .input
+        .iter()
+        .find(|i| producer(i).is_some_and(|p| graph.node[p].op_type == "Reciprocal"))?
+        .clone();
+    let x = other(normalized, &inverse)?;
+    let reciprocal = only(&inverse, "Reciprocal", 1)?;
+    let sqrt = only(&graph.node[reciprocal].input[0], "Sqrt", 1)?;
+    let shifted = only(&graph.node[sqrt].input[0], "Add", 2)?;
+    let eps = graph.node[shifted]
+        .input
+        .iter()
+        .find(|i| initializer(i).is_some_and(|t| t.dims.is_empty()))?
+        .clone();
+    let mean = only(&other(shifted, &eps)?, "ReduceMean", 1)?;
+    let axes = graph.node[mean]
+        .attribute
+        .iter()
+        .find(|a| a.name == "axes")?;
+    if axes.ints != [-1] || attr(&graph.node[mean], "keepdims") != Some(1) {
+        return None;
+    }
+    let square = only(&graph.node[mean].input[0], "Mul", 2)?;
+    if graph.node[square].input != [x.clone(), x.clone()] {
+        return None;
+    }
+    let eps = initializer(&eps)?;
+    let epsilon = match (&eps.raw_data[..], &eps.float_data[..]) {
+        (&[a, b, c, d], _) => f32::from_le_bytes([a, b, c, d]),
+        ([], &[value]) => value,
+        _ => return None,
+    };
+    let doomed = vec![
+        weighted, normalized, reciprocal, sqrt, shifted, mean, square,
+    ];
+    Some((doomed, x, weights, epsilon))
+}
+
+/// Integer attribute `name` of `node`.
+fn attr(node: &NodeProto, name: &str) -> Option<i64> {
+    node.attribute.iter().find(|a| a.name == name).map(|a| a.i)
 }
 
 /// Rows of an int8 `rows × cols` table held in the mapping, dequantized: the token embedding.
@@ -696,6 +1126,9 @@ mod tests {
                 rows: n,
                 cols: k,
             }],
+            gated: false,
+            residual: false,
+            rms_norm: None,
             workers: Arc::new(Workers::new(threads).unwrap()),
             kernel: Kernel::detect(),
         }
@@ -719,7 +1152,7 @@ mod tests {
                 .map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0)
                 .collect();
             let a = QuantizedRows::new(&x, k);
-            let y = op.compute(&x).remove(0);
+            let y = op.compute(&x, None, None).unwrap().remove(0);
             assert_eq!(y.len(), 2 * n);
             for s in 0..2 {
                 for (row, got) in y[s * n..][..n].iter().enumerate() {
@@ -752,7 +1185,7 @@ mod tests {
                 .map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0)
                 .collect();
             let a = QuantizedRows::new(&x, k);
-            let y = op.compute(&x).remove(0);
+            let y = op.compute(&x, None, None).unwrap().remove(0);
             assert_eq!(y.len(), n);
             for (row, got) in y.iter().enumerate() {
                 let mut want = 0f64;
@@ -785,6 +1218,9 @@ mod tests {
         ];
         let fused = Int8MatMul {
             weights: parts.iter().flat_map(|p| p.weights.clone()).collect(),
+            gated: false,
+            residual: false,
+            rms_norm: None,
             workers: Arc::new(Workers::new(2).unwrap()),
             kernel: Kernel::detect(),
         };
@@ -792,9 +1228,9 @@ mod tests {
             let x: Vec<f32> = (0..rows * k)
                 .map(|i| ((i * 13 % 41) as f32 - 20.0) / 9.0)
                 .collect();
-            let together = fused.compute(&x);
+            let together = fused.compute(&x, None, None).unwrap();
             for (alone, together) in parts.iter().zip(&together) {
-                assert_eq!(&alone.compute(&x).remove(0), together);
+                assert_eq!(&alone.compute(&x, None, None).unwrap().remove(0), together);
             }
         }
     }
@@ -807,11 +1243,268 @@ mod tests {
             let x: Vec<f32> = (0..rows * k)
                 .map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0)
                 .collect();
-            let batch = op.compute(&x).remove(0);
+            let batch = op.compute(&x, None, None).unwrap().remove(0);
             for r in 0..rows {
-                let single = op.compute(&x[r * k..][..k]).remove(0);
+                let single = op.compute(&x[r * k..][..k], None, None).unwrap().remove(0);
                 assert_eq!(&batch[r * n..][..n], &single[..], "n {n} k {k} row {r}");
             }
+        }
+    }
+
+    #[test]
+    fn a_gated_pair_gives_silu_of_the_gate_times_up() {
+        for (n, k, threads) in [(50, 96, 2), (1536, 64, 2), (40, 64, 3)] {
+            let (gate, up) = (matmul(n, k, threads), matmul(n, k, threads));
+            let gated = Int8MatMul {
+                weights: vec![gate.weights[0].clone(), up.weights[0].clone()],
+                gated: true,
+                residual: false,
+                rms_norm: None,
+                workers: Arc::new(Workers::new(threads).unwrap()),
+                kernel: Kernel::detect(),
+            };
+            for rows in [1, 4] {
+                let x: Vec<f32> = (0..rows * k)
+                    .map(|i| ((i * 13 % 41) as f32 - 20.0) / 9.0)
+                    .collect();
+                let got = gated.compute(&x, None, None).unwrap();
+                assert_eq!(got.len(), 1);
+                let (g, u) = (
+                    gate.compute(&x, None, None).unwrap().remove(0),
+                    up.compute(&x, None, None).unwrap().remove(0),
+                );
+                for (i, ((got, g), u)) in got[0].iter().zip(&g).zip(&u).enumerate() {
+                    let (g, u) = (f64::from(*g), f64::from(*u));
+                    let want = g / (1.0 + (-g).exp()) * u;
+                    assert!(
+                        (f64::from(*got) - want).abs() <= 1e-5 * want.abs().max(1.0),
+                        "n {n} k {k} rows {rows} value {i}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A graph of one fused gate/up node and the element-wise SwiGLU after it, whose product
+    /// `extra` more nodes read.
+    fn swiglu_graph(gate_readers: &[&str]) -> GraphProto {
+        let node = |op: &str, inputs: &[&str], outputs: &[&str]| NodeProto {
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outputs.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let mut fused = node(
+            FUSED_MATMULS,
+            &["h", "gq", "gs", "uq", "us"],
+            &["gate", "up"],
+        );
+        fused.attribute = vec![
+            int_attr("K", 64),
+            int_attr("bits", 8),
+            ints_attr("N", &[32, 32]),
+        ];
+        let mut nodes = vec![
+            fused,
+            node("Sigmoid", &["gate"], &["sig"]),
+            node("Mul", &["gate", "sig"], &["silu"]),
+            node("Mul", &["silu", "up"], &["product"]),
+            node("Add", &["x", "product"], &["y"]),
+        ];
+        for (i, reader) in gate_readers.iter().enumerate() {
+            nodes.push(node("Neg", &[reader], &[&format!("extra{i}")]));
+        }
+        GraphProto {
+            node: nodes,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_gate_and_up_node_takes_in_the_swiglu_after_it() {
+        let mut graph = swiglu_graph(&[]);
+        fuse_gated_units(&mut graph);
+        let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops, [FUSED_MATMULS, "Add"]);
+        assert_eq!(graph.node[0].output, ["product"]);
+        assert_eq!(attr(&graph.node[0], "gated"), Some(1));
+        // Any other reader of the gate, its sigmoid, its SiLU or the up projection keeps the
+        // graph as it is.
+        for reader in ["gate", "sig", "silu", "up"] {
+            let mut graph = swiglu_graph(&[reader]);
+            let before = graph.clone();
+            fuse_gated_units(&mut graph);
+            assert_eq!(graph, before, "{reader}");
+        }
+    }
+
+    #[test]
+    fn a_residual_is_added_to_the_product() {
+        let (n, k) = (50, 96);
+        let plain = matmul(n, k, 2);
+        let op = Int8MatMul {
+            residual: true,
+            ..plain.clone()
+        };
+        for rows in [1, 3] {
+            let x: Vec<f32> = (0..rows * k).map(|i| (i % 17) as f32 / 7.0 - 1.0).collect();
+            let r: Vec<f32> = (0..rows * n).map(|i| (i % 23) as f32 / 3.0 - 4.0).collect();
+            let product = plain.compute(&x, None, None).unwrap().remove(0);
+            let got = op.compute(&x, Some(r.clone()), None).unwrap().remove(0);
+            let want: Vec<f32> = r.iter().zip(&product).map(|(r, p)| r + p).collect();
+            assert_eq!(got, want);
+        }
+        assert!(op.compute(&[0.0; 96], Some(vec![0.0; 3]), None).is_err());
+    }
+
+    #[test]
+    fn an_add_after_a_single_matmul_becomes_its_residual() {
+        let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            attribute: vec![
+                int_attr("K", 64),
+                int_attr("N", 64),
+                int_attr("bits", 8),
+                int_attr("block_size", 32),
+            ],
+            ..Default::default()
+        };
+        let graph = |extra: bool| {
+            let mut node = vec![
+                node("Neg", &["input"], "x"),
+                node("MatMulNBits", &["h", "q", "s"], "down"),
+                node("Add", &["x", "down"], "y"),
+            ];
+            if extra {
+                node.push(node_reading_down());
+            }
+            GraphProto {
+                node,
+                ..Default::default()
+            }
+        };
+        fn node_reading_down() -> NodeProto {
+            NodeProto {
+                op_type: "Neg".into(),
+                input: vec!["down".into()],
+                output: vec!["other".into()],
+                ..Default::default()
+            }
+        }
+        let mut fused = graph(false);
+        fuse_residual_adds(&mut fused);
+        let ops: Vec<&str> = fused.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops, ["Neg", FUSED_MATMULS]);
+        assert_eq!(fused.node[1].input, ["h", "q", "s", "x"]);
+        assert_eq!(fused.node[1].output, ["y"]);
+        assert_eq!(attr(&fused.node[1], "residual"), Some(1));
+        // A product read elsewhere too stays as it is.
+        let mut kept = graph(true);
+        let before = kept.clone();
+        fuse_residual_adds(&mut kept);
+        assert_eq!(kept, before);
+    }
+
+    #[test]
+    fn a_norm_before_the_matmul_is_applied_to_its_input() {
+        let (n, k, epsilon) = (40, 64, 1e-5);
+        let plain = matmul(n, k, 2);
+        let op = Int8MatMul {
+            rms_norm: Some(epsilon),
+            ..plain.clone()
+        };
+        let weights: Vec<f32> = (0..k).map(|i| 0.5 + (i % 5) as f32 / 4.0).collect();
+        for rows in [1, 3] {
+            let x: Vec<f32> = (0..rows * k).map(|i| (i % 19) as f32 / 5.0 - 2.0).collect();
+            // The norm from its definition, in f64.
+            let normalized: Vec<f32> = x
+                .chunks(k)
+                .flat_map(|row| {
+                    let mean = row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / k as f64;
+                    let scale = 1.0 / (mean + f64::from(epsilon)).sqrt();
+                    row.iter()
+                        .zip(&weights)
+                        .map(move |(&v, &w)| (f64::from(v) * scale * f64::from(w)) as f32)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let got = op.compute(&x, None, Some(&weights)).unwrap().remove(0);
+            let want = plain.compute(&normalized, None, None).unwrap().remove(0);
+            for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+                // (A rounding of the f64 norm can move an activation by one quantization step.)
+                assert!(
+                    (got - want).abs() <= 1e-2 * want.abs().max(1.0),
+                    "rows {rows} value {i}: {got} vs {want}"
+                );
+            }
+        }
+        assert!(op.compute(&[0.0; 64], None, Some(&[1.0; 3])).is_err());
+        assert!(op.compute(&[0.0; 64], None, None).is_err());
+    }
+
+    /// `graph::build`'s RMSNorm of `x` (weights `w`, epsilon `eps`) feeding a fused node, and
+    /// a node reading `extra` if given.
+    fn norm_graph(extra: Option<&str>) -> GraphProto {
+        let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            ..Default::default()
+        };
+        let mut mean = node("ReduceMean", &["square"], "mean");
+        mean.attribute = vec![ints_attr("axes", &[-1]), int_attr("keepdims", 1)];
+        let mut fused = node(FUSED_MATMULS, &["h", "q", "s"], "y");
+        fused.attribute = vec![
+            int_attr("K", 64),
+            int_attr("bits", 8),
+            ints_attr("N", &[64]),
+        ];
+        let mut nodes = vec![
+            node("Neg", &["input"], "x"),
+            node("Mul", &["x", "x"], "square"),
+            mean,
+            node("Add", &["mean", "eps"], "shifted"),
+            node("Sqrt", &["shifted"], "root"),
+            node("Reciprocal", &["root"], "inverse"),
+            node("Mul", &["x", "inverse"], "scaled"),
+            node("Mul", &["scaled", "w"], "h"),
+            fused,
+        ];
+        nodes.extend(extra.map(|name| node("Neg", &[name], "other")));
+        let tensor = |name: &str, dims: Vec<i64>, raw_data: Vec<u8>| tract_onnx::pb::TensorProto {
+            name: name.into(),
+            dims,
+            raw_data,
+            ..Default::default()
+        };
+        GraphProto {
+            node: nodes,
+            initializer: vec![
+                tensor("eps", vec![], 1e-5f32.to_le_bytes().to_vec()),
+                tensor("w", vec![64], vec![0; 256]),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_norm_before_a_fused_matmul_moves_into_it() {
+        let mut graph = norm_graph(None);
+        fuse_rms_norms(&mut graph);
+        let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops, ["Neg", FUSED_MATMULS]);
+        assert_eq!(graph.node[1].input, ["x", "q", "s", "w"]);
+        let epsilon = graph.node[1].attribute.iter().find(|a| a.name == "epsilon");
+        assert_eq!(epsilon.map(|a| a.f), Some(1e-5));
+        for name in [
+            "square", "mean", "shifted", "root", "inverse", "scaled", "h",
+        ] {
+            let mut graph = norm_graph(Some(name));
+            let before = graph.clone();
+            fuse_rms_norms(&mut graph);
+            assert_eq!(graph, before, "{name}");
         }
     }
 }
