@@ -255,10 +255,8 @@ impl CachedAttention {
             (&cos[at..at + half], &sin[at..at + half])
         };
         if cache.keys.len() != kv_heads {
-            // Room for the whole context at once (pages are only taken as positions fill them).
-            let context = cos.len() / half;
-            cache.keys = vec![Vec::with_capacity(context.next_multiple_of(LANES) * hd); kv_heads];
-            cache.values = vec![Vec::with_capacity(context * hd); kv_heads];
+            cache.keys = vec![Vec::new(); kv_heads];
+            cache.values = vec![Vec::new(); kv_heads];
         }
         let (k, v) = (
             k.try_as_plain_ram()?.as_slice::<f32>()?,
@@ -313,8 +311,14 @@ impl CachedAttention {
         };
         let results: Vec<Mutex<Partial>> = (0..items).map(|_| Mutex::default()).collect();
         // Later positions see more keys: chunks take every `chunks`-th item, not a run of
-        // them, so that each gets its share of early and late ones.
-        let chunks = items.div_ceil(self.workers.chunk_size(items));
+        // them, so that each gets its share of early and late ones. A split cache makes items
+        // of one size: one chunk per thread, each taking a part of every head (more chunks
+        // than threads would leave one thread a chunk more).
+        let chunks = if parts > 1 {
+            parts
+        } else {
+            items.div_ceil(self.workers.chunk_size(items))
+        };
         self.workers.run(chunks, &|chunk| {
             let mut scratch = Scratch::default();
             for item in (chunk..items).step_by(chunks) {

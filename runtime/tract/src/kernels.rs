@@ -205,23 +205,25 @@ impl Kernel {
     }
 
     /// [`Kernel::dot_group`] for activation rows `0..out.len() / 16`, each row's 16 results in
-    /// turn in `out`. With AVX-512 VNNI, four activation rows share each load of the
-    /// weights (a prefill's rows); the results are the same as row by row, bit for bit.
+    /// turn in `out`. Where a row-blocked kernel exists (AVX-512 VNNI, AVX2, NEON `sdot`, NEON),
+    /// several activation rows share each load of the weights (a prefill's rows); the results
+    /// are the same as row by row, bit for bit.
     pub fn dot_group_rows(self, w: &[u8], w_scales: &[f32], a: &QuantizedRows, out: &mut [f32]) {
         let rows = out.len() / ROW_GROUP;
-        // Rows the four-row kernel takes; the rest go one by one.
-        #[cfg(target_arch = "x86_64")]
-        let done = if self == Kernel(Isa::Avx512Vnni) {
-            const BATCH: usize = 4;
-            let blocks = a.cols / 32;
-            assert!(w.len() >= blocks * GROUP_BLOCK && w_scales.len() >= blocks * ROW_GROUP);
-            let batched = rows - rows % BATCH;
-            for first in (0..batched).step_by(BATCH) {
-                let row = |i: usize| a.row(first + i);
-                // SAFETY: this kernel exists only when the CPU has AVX-512 F, BW and VNNI; the
-                // weights hold `blocks` full blocks (asserted above), each activation row too.
-                let results =
-                    unsafe { x86::rows_avx512vnni::<BATCH>(w, w_scales, std::array::from_fn(row)) };
+        let blocks = a.cols / 32;
+        assert!(w.len() >= blocks * GROUP_BLOCK && w_scales.len() >= blocks * ROW_GROUP);
+        // Runs `kernel` over batches of `R` rows; returns the rows it took (the rest go one by
+        // one).
+        #[allow(unused)]
+        fn batched<const R: usize>(
+            rows: usize,
+            a: &QuantizedRows,
+            out: &mut [f32],
+            kernel: impl Fn([(&[i8], &[f32], &[i32]); R]) -> [[f32; ROW_GROUP]; R],
+        ) -> usize {
+            let batched = rows - rows % R;
+            for first in (0..batched).step_by(R) {
+                let results = kernel(std::array::from_fn(|i| a.row(first + i)));
                 for (out, result) in out[first * ROW_GROUP..]
                     .chunks_exact_mut(ROW_GROUP)
                     .zip(results)
@@ -230,11 +232,25 @@ impl Kernel {
                 }
             }
             batched
-        } else {
-            0
+        }
+        // SAFETY (each kernel below): a kernel exists only when the CPU has its instructions
+        // (`Kernel::detect`); the weights hold `blocks` full blocks and their scales (asserted
+        // above), and every activation row of `a` holds `blocks` blocks.
+        let done = match self.0 {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => batched::<4>(rows, a, out, |r| unsafe {
+                x86::rows_avx512vnni(w, w_scales, r)
+            }),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => batched::<4>(rows, a, out, |r| unsafe { x86::rows_avx2(w, w_scales, r) }),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDot => {
+                batched::<4>(rows, a, out, |r| unsafe { arm::rows_sdot(w, w_scales, r) })
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => batched::<2>(rows, a, out, |r| unsafe { arm::rows_neon(w, w_scales, r) }),
+            _ => 0,
         };
-        #[cfg(not(target_arch = "x86_64"))]
-        let done = 0;
         for r in done..rows {
             out[r * ROW_GROUP..][..ROW_GROUP].copy_from_slice(&self.dot_group(w, w_scales, a, r));
         }
@@ -654,6 +670,52 @@ mod x86 {
         store(acc)
     }
 
+    /// `group_avx2` for `R` activation rows (quants, scales, sums) at once, each row's
+    /// arithmetic as there, sharing each load of the weights and their sign adjustment.
+    ///
+    /// The caller guarantees AVX2 and FMA and that `w`, `w_scales` and every row hold its
+    /// scales' number of blocks.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn rows_avx2<const R: usize>(
+        w: &[u8],
+        w_scales: &[f32],
+        rows: [(&[i8], &[f32], &[i32]); R],
+    ) -> [[f32; ROW_GROUP]; R] {
+        let offset = _mm256_set1_epi8(-128);
+        let ones = _mm256_set1_epi16(1);
+        let blocks = rows[0].1.len();
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for b in 0..blocks {
+            let mut sums = [[_mm256_setzero_si256(); 2]; R];
+            for c in 0..8 {
+                for half in 0..2 {
+                    // SAFETY: run c of block b lies within `w`, and four bytes at 32b + 4c
+                    // within each row (caller); unaligned loads.
+                    let run = unsafe {
+                        _mm256_loadu_si256(
+                            w.as_ptr().add(b * GROUP_BLOCK + c * 64 + 32 * half).cast(),
+                        )
+                    };
+                    let wq = _mm256_xor_si256(run, offset);
+                    let magnitude = _mm256_sign_epi8(wq, wq);
+                    for (sums, (a, _, _)) in sums.iter_mut().zip(&rows) {
+                        // SAFETY: as above.
+                        let q = _mm256_set1_epi32(unsafe {
+                            (a.as_ptr().add(32 * b + 4 * c) as *const i32).read_unaligned()
+                        });
+                        let pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(q, wq));
+                        sums[half] = _mm256_add_epi32(sums[half], _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+            }
+            for (acc, (sums, (_, a_scales, _))) in acc.iter_mut().zip(sums.iter().zip(&rows)) {
+                // SAFETY: block b's scales lie within `w_scales` (caller).
+                unsafe { add_scaled(acc, *sums, w_scales, b, a_scales[b]) };
+            }
+        }
+        acc.map(|acc| store(acc))
+    }
+
     /// Adds block `b`'s integer sums of the 16 rows (rows 0–7, rows 8–15), times their weight
     /// scales and `a_scale`, into `acc`.
     ///
@@ -964,6 +1026,110 @@ mod arm {
             unsafe { accumulate(&mut acc, [s0, s1, s2, s3], w_scales, a_scale, b) };
         }
         store(acc)
+    }
+
+    /// The activation bytes `4c..4c + 4` of block `b` of `a` in every 32-bit lane.
+    ///
+    /// The caller guarantees that block `b` lies within `a`.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn quad(a: &[i8], b: usize, c: usize) -> int8x16_t {
+        // SAFETY: four bytes at 32b + 4c lie within `a` (caller); an unaligned read.
+        let q = unsafe { (a.as_ptr().add(32 * b + 4 * c) as *const i32).read_unaligned() };
+        vreinterpretq_s8_s32(vdupq_n_s32(q))
+    }
+
+    /// `group_sdot` for `R` activation rows (quants, scales, sums) at once, each row's
+    /// arithmetic as there, sharing each load of the weights.
+    ///
+    /// The caller guarantees the dot-product extension and that `w`, `w_scales` and every row
+    /// hold its scales' number of blocks.
+    #[target_feature(enable = "neon,dotprod")]
+    pub(super) unsafe fn rows_sdot<const R: usize>(
+        w: &[u8],
+        w_scales: &[f32],
+        rows: [(&[i8], &[f32], &[i32]); R],
+    ) -> [[f32; ROW_GROUP]; R] {
+        let blocks = rows[0].1.len();
+        let mut acc = [[vdupq_n_f32(0.0); 4]; R];
+        for b in 0..blocks {
+            let mut sums = [[vdupq_n_s32(0); 4]; R];
+            for c in 0..8 {
+                // SAFETY: block b is in bounds (caller).
+                let ([w0, w1, w2, w3], _) = unsafe { run(w, rows[0].0, b, c) };
+                for (sums, (a, _, _)) in sums.iter_mut().zip(&rows) {
+                    // SAFETY: block b is in bounds (caller).
+                    let q = unsafe { quad(a, b, c) };
+                    let [mut s0, mut s1, mut s2, mut s3] = *sums;
+                    // SAFETY: as in `group_sdot`.
+                    unsafe {
+                        std::arch::asm!(
+                            "sdot {s0:v}.4s, {w0:v}.16b, {q:v}.16b",
+                            "sdot {s1:v}.4s, {w1:v}.16b, {q:v}.16b",
+                            "sdot {s2:v}.4s, {w2:v}.16b, {q:v}.16b",
+                            "sdot {s3:v}.4s, {w3:v}.16b, {q:v}.16b",
+                            s0 = inout(vreg) s0,
+                            s1 = inout(vreg) s1,
+                            s2 = inout(vreg) s2,
+                            s3 = inout(vreg) s3,
+                            w0 = in(vreg) w0,
+                            w1 = in(vreg) w1,
+                            w2 = in(vreg) w2,
+                            w3 = in(vreg) w3,
+                            q = in(vreg) q,
+                            options(pure, nomem, nostack, preserves_flags),
+                        );
+                    }
+                    *sums = [s0, s1, s2, s3];
+                }
+            }
+            for (acc, (sums, (_, a_scales, _))) in acc.iter_mut().zip(sums.iter().zip(&rows)) {
+                // SAFETY: block b's scales are in bounds (caller).
+                unsafe { accumulate(acc, *sums, w_scales, a_scales[b], b) };
+            }
+        }
+        acc.map(|acc| store(acc))
+    }
+
+    /// `group_neon` for `R` activation rows (quants, scales, sums) at once, each row's
+    /// arithmetic as there, sharing each load of the weights.
+    ///
+    /// The caller guarantees that `w`, `w_scales` and every row hold its scales' number of
+    /// blocks.
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn rows_neon<const R: usize>(
+        w: &[u8],
+        w_scales: &[f32],
+        rows: [(&[i8], &[f32], &[i32]); R],
+    ) -> [[f32; ROW_GROUP]; R] {
+        let blocks = rows[0].1.len();
+        let mut acc = [[vdupq_n_f32(0.0); 4]; R];
+        for b in 0..blocks {
+            let mut low = [[vdupq_n_s32(0); 4]; R];
+            let mut high = [[vdupq_n_s32(0); 4]; R];
+            for c in 0..8 {
+                // SAFETY: block b is in bounds (caller).
+                let (quads, _) = unsafe { run(w, rows[0].0, b, c) };
+                for ((low, high), (a, _, _)) in low.iter_mut().zip(high.iter_mut()).zip(&rows) {
+                    // SAFETY: block b is in bounds (caller).
+                    let q = unsafe { quad(a, b, c) };
+                    for i in 0..4 {
+                        low[i] =
+                            vpadalq_s16(low[i], vmull_s8(vget_low_s8(quads[i]), vget_low_s8(q)));
+                        high[i] = vpadalq_s16(high[i], vmull_high_s8(quads[i], q));
+                    }
+                }
+            }
+            for (r, (_, a_scales, _)) in rows.iter().enumerate() {
+                let mut sums = [vdupq_n_s32(0); 4];
+                for i in 0..4 {
+                    sums[i] = vpaddq_s32(low[r][i], high[r][i]);
+                }
+                // SAFETY: block b's scales are in bounds (caller).
+                unsafe { accumulate(&mut acc[r], sums, w_scales, a_scales[b], b) };
+            }
+        }
+        acc.map(|acc| store(acc))
     }
 
     /// Run `t` of 4-bit block `b`: the low and the high nibbles of its four vectors (vector `i`

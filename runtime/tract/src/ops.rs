@@ -226,12 +226,13 @@ impl Eq for Int8MatMul {}
 pub const FUSED_MATMULS: &str = "EmberInt8MatMuls";
 
 /// A chunk's share of one output: its groups of 16 columns from `first_group`, as a slice of
-/// every activation row.
+/// every activation row; for a gated output, room for the up projection's values there.
 struct Share<'a> {
     output: usize,
     first_group: usize,
     groups: usize,
     rows: Vec<&'a mut [f32]>,
+    up: Vec<f32>,
 }
 
 impl Int8MatMul {
@@ -258,38 +259,46 @@ impl Int8MatMul {
     fn quantize(&self, x: &[f32], norm: Option<(&[f32], f32)>) -> TractResult<QuantizedRows> {
         let cols = self.cols();
         let rms_norm = norm.map(|_| routines::rms_norm_f32()).transpose()?;
-        let normalized = |x: &[f32]| -> Option<Vec<f32>> {
-            let (rms_norm, (weights, epsilon)) = (rms_norm?, norm?);
-            let mut y = x.to_vec();
-            for row in y.chunks_exact_mut(cols.max(1)) {
-                rms_norm(row, epsilon);
-                for (y, w) in row.iter_mut().zip(weights) {
-                    *y *= w;
+        // Rows normalized into `y` (as long as `x`), when there is a norm.
+        let normalize = |x: &[f32], y: &mut [f32]| {
+            if let (Some(rms_norm), Some((weights, epsilon))) = (rms_norm, norm) {
+                y.copy_from_slice(x);
+                for row in y.chunks_exact_mut(cols.max(1)) {
+                    rms_norm(row, epsilon);
+                    for (y, w) in row.iter_mut().zip(weights) {
+                        *y *= w;
+                    }
                 }
             }
-            Some(y)
         };
+        // Buffers are allocated here, on the calling thread: memory a worker allocates and
+        // frees stays in its own allocator arena (RssAnon).
+        let mut normal = vec![0f32; if norm.is_some() { x.len() } else { 0 }];
         let rows = x.len() / cols.max(1);
         if rows < 2 {
-            return Ok(QuantizedRows::new(
-                normalized(x).as_deref().unwrap_or(x),
-                cols,
-            ));
+            normalize(x, &mut normal);
+            let x = if norm.is_some() { &normal[..] } else { x };
+            return Ok(QuantizedRows::new(x, cols));
         }
         let mut a = QuantizedRows::zeroed(rows, cols);
         let (per_chunk, blocks) = (self.workers.chunk_size(rows), cols / 32);
+        let mut normals = normal.chunks_mut(per_chunk * cols);
         let parts: Vec<_> = x
             .chunks(per_chunk * cols)
             .zip(a.quants.chunks_mut(per_chunk * cols))
             .zip(a.scales.chunks_mut(per_chunk * blocks))
             .zip(a.sums.chunks_mut(per_chunk * blocks))
-            .map(|(((x, quants), scales), sums)| Mutex::new((x, quants, scales, sums)))
+            .map(|(((x, quants), scales), sums)| {
+                let normal = normals.next().unwrap_or_default();
+                Mutex::new((x, normal, quants, scales, sums))
+            })
             .collect();
         self.workers.run(parts.len(), &|chunk| {
             let mut part = parts[chunk].lock().unwrap_or_else(|e| e.into_inner());
-            let (x, quants, scales, sums) = &mut *part;
-            let normal = normalized(x);
-            QuantizedRows::quantize_blocks(normal.as_deref().unwrap_or(x), quants, scales, sums);
+            let (x, normal, quants, scales, sums) = &mut *part;
+            normalize(x, normal);
+            let x = if norm.is_some() { &normal[..] } else { x };
+            QuantizedRows::quantize_blocks(x, quants, scales, sums);
         });
         drop(parts);
         Ok(a)
@@ -369,27 +378,28 @@ impl Int8MatMul {
                     first_group: first,
                     groups: end - first,
                     rows,
+                    up: vec![0.0; if self.gated { a.rows() * width } else { 0 }],
                 });
             }
             first_item += groups;
         }
-        let shares: Vec<Mutex<Vec<Share>>> = shares.into_iter().map(Mutex::new).collect();
+        // Buffers are allocated here, on the calling thread (see `quantize`).
+        let shares: Vec<Mutex<(Vec<Share>, Vec<f32>)>> = shares
+            .into_iter()
+            .map(|shares| Mutex::new((shares, vec![0f32; ROW_GROUP * rows])))
+            .collect();
         let failed = Mutex::new(None);
         self.workers.run(chunks, &|chunk| {
-            let mut shares = shares[chunk].lock().unwrap_or_else(|e| e.into_inner());
-            let mut sums = vec![0f32; ROW_GROUP * rows];
-            let mut up = Vec::new();
+            let mut guard = shares[chunk].lock().unwrap_or_else(|e| e.into_inner());
+            let (shares, sums) = &mut *guard;
             for share in shares.iter_mut() {
                 let (n, matrices) = outputs[share.output];
                 let width = share.rows.first().map_or(0, |r| r.len());
-                if self.gated {
-                    up.clear();
-                    up.resize(rows * width, 0.0);
-                }
+                let up = &mut share.up;
                 for local in 0..share.groups {
                     let group = share.first_group + local;
                     let count = ROW_GROUP.min(n - group * ROW_GROUP);
-                    matrices[0].dot_group(self.kernel, group, &a, &mut sums);
+                    matrices[0].dot_group(self.kernel, group, &a, sums);
                     for (row, sums) in share.rows.iter_mut().zip(sums.chunks_exact(ROW_GROUP)) {
                         let row = &mut row[local * ROW_GROUP..][..count];
                         if adding {
@@ -401,7 +411,7 @@ impl Int8MatMul {
                         }
                     }
                     if let [_, up_matrix] = matrices {
-                        up_matrix.dot_group(self.kernel, group, &a, &mut sums);
+                        up_matrix.dot_group(self.kernel, group, &a, sums);
                         for (row, sums) in
                             up.chunks_exact_mut(width).zip(sums.chunks_exact(ROW_GROUP))
                         {
