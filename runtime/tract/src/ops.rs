@@ -657,19 +657,10 @@ pub fn build_fused_matmuls(
 /// [`FUSED_MATMULS`] node: one quantization of the input and one split of the work for a
 /// layer's query, key and value projections, and for its gate and up projections.
 pub fn fuse_matmuls(graph: &mut GraphProto) {
-    let fusable = |n: &NodeProto| {
-        n.op_type == "MatMulNBits"
-            && attr(n, "block_size") == Some(32)
-            && match attr(n, "bits") {
-                Some(8) => n.input.len() == 3,
-                Some(4) => n.input.len() == 4,
-                _ => false,
-            }
-    };
     let mut index = 0;
     while index < graph.node.len() {
         let first = &graph.node[index];
-        if !fusable(first) {
+        if !mapped_matmul(first) {
             index += 1;
             continue;
         }
@@ -681,7 +672,10 @@ pub fn fuse_matmuls(graph: &mut GraphProto) {
         let siblings: Vec<usize> = (index..graph.node.len())
             .filter(|&i| {
                 let n = &graph.node[i];
-                fusable(n) && n.input[0] == input && attr(n, "K") == k && attr(n, "bits") == bits
+                mapped_matmul(n)
+                    && n.input[0] == input
+                    && attr(n, "K") == k
+                    && attr(n, "bits") == bits
             })
             .collect();
         if siblings.len() < 2 {
@@ -722,11 +716,6 @@ pub fn fuse_matmuls(graph: &mut GraphProto) {
 /// [`FUSED_MATMULS`] node of two matrices whose outputs feed only that pattern becomes
 /// `gated`, with the product as its one output, and the three element-wise nodes go.
 pub fn fuse_gated_units(graph: &mut GraphProto) {
-    let readers = |graph: &GraphProto, name: &str| -> Vec<usize> {
-        (0..graph.node.len())
-            .filter(|&i| graph.node[i].input.iter().any(|input| input == name))
-            .collect()
-    };
     let is = |n: &NodeProto, op: &str, a: &str, b: &str| {
         n.op_type == op && n.output.len() == 1 && (n.input == [a, b] || n.input == [b, a])
     };
@@ -797,19 +786,9 @@ pub fn fuse_residual_adds(graph: &mut GraphProto) {
     let mut index = 0;
     while index < graph.node.len() {
         let node = &graph.node[index];
-        let single = node.op_type == "MatMulNBits"
-            && attr(node, "block_size") == Some(32)
-            && node.output.len() == 1
-            && match attr(node, "bits") {
-                Some(8) => node.input.len() == 3,
-                Some(4) => node.input.len() == 4,
-                _ => false,
-            };
+        let single = mapped_matmul(node) && node.output.len() == 1;
         let product = node.output.first().cloned().unwrap_or_default();
-        let readers: Vec<usize> = (0..graph.node.len())
-            .filter(|&i| graph.node[i].input.contains(&product))
-            .collect();
-        let add = match readers[..] {
+        let add = match readers(graph, &product)[..] {
             [add]
                 if single
                     && graph.node[add].op_type == "Add"
@@ -900,19 +879,13 @@ fn rms_norm_before(graph: &GraphProto, index: usize) -> Option<(Vec<usize>, Stri
             .iter()
             .position(|n| n.output.iter().any(|o| o == name))
     };
-    let readers = |name: &str| {
-        graph
-            .node
-            .iter()
-            .filter(|n| n.input.iter().any(|i| i == name))
-            .count()
-    };
     let initializer = |name: &str| graph.initializer.iter().find(|t| t.name == name);
     // The node producing `name`, read by nothing else, if it is an `op` of two inputs.
     let only = |name: &str, op: &str, inputs: usize| {
         let at = producer(name)?;
         let node = &graph.node[at];
-        (node.op_type == op && node.input.len() == inputs && readers(name) == 1).then_some(at)
+        (node.op_type == op && node.input.len() == inputs && readers(graph, name).len() == 1)
+            .then_some(at)
     };
     let other = |node: usize, one: &str| {
         let inputs = &graph.node[node].input;
@@ -963,6 +936,25 @@ fn rms_norm_before(graph: &GraphProto, index: usize) -> Option<(Vec<usize>, Stri
         weighted, normalized, reciprocal, sqrt, shifted, mean, square,
     ];
     Some((doomed, x, weights, epsilon))
+}
+
+/// Whether `node` is a `MatMulNBits` that [`Int8MatMul`] runs from the mapping: block 32, bits 8
+/// without zero points or bits 4 with an image's minimums.
+fn mapped_matmul(node: &NodeProto) -> bool {
+    node.op_type == "MatMulNBits"
+        && attr(node, "block_size") == Some(32)
+        && match attr(node, "bits") {
+            Some(8) => node.input.len() == 3,
+            Some(4) => node.input.len() == 4,
+            _ => false,
+        }
+}
+
+/// The nodes of `graph` that read `name`, in order.
+fn readers(graph: &GraphProto, name: &str) -> Vec<usize> {
+    (0..graph.node.len())
+        .filter(|&i| graph.node[i].input.iter().any(|input| input == name))
+        .collect()
 }
 
 /// Integer attribute `name` of `node`.
@@ -1295,15 +1287,19 @@ mod tests {
         }
     }
 
-    /// A graph of one fused gate/up node and the element-wise SwiGLU after it, whose product
-    /// `extra` more nodes read.
-    fn swiglu_graph(gate_readers: &[&str]) -> GraphProto {
-        let node = |op: &str, inputs: &[&str], outputs: &[&str]| NodeProto {
+    /// A node without attributes.
+    fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+        NodeProto {
             op_type: op.into(),
             input: inputs.iter().map(|s| s.to_string()).collect(),
             output: outputs.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
-        };
+        }
+    }
+
+    /// A graph of one fused gate/up node and the element-wise SwiGLU after it, and a node
+    /// reading each of `gate_readers`.
+    fn swiglu_graph(gate_readers: &[&str]) -> GraphProto {
         let mut fused = node(
             FUSED_MATMULS,
             &["h", "gq", "gs", "uq", "us"],
@@ -1369,40 +1365,27 @@ mod tests {
 
     #[test]
     fn an_add_after_a_single_matmul_becomes_its_residual() {
-        let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
-            op_type: op.into(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.into()],
-            attribute: vec![
+        let graph = |extra: bool| {
+            let mut matmul = node("MatMulNBits", &["h", "q", "s"], &["down"]);
+            matmul.attribute = vec![
                 int_attr("K", 64),
                 int_attr("N", 64),
                 int_attr("bits", 8),
                 int_attr("block_size", 32),
-            ],
-            ..Default::default()
-        };
-        let graph = |extra: bool| {
-            let mut node = vec![
-                node("Neg", &["input"], "x"),
-                node("MatMulNBits", &["h", "q", "s"], "down"),
-                node("Add", &["x", "down"], "y"),
+            ];
+            let mut nodes = vec![
+                node("Neg", &["input"], &["x"]),
+                matmul,
+                node("Add", &["x", "down"], &["y"]),
             ];
             if extra {
-                node.push(node_reading_down());
+                nodes.push(node("Neg", &["down"], &["other"]));
             }
             GraphProto {
-                node,
+                node: nodes,
                 ..Default::default()
             }
         };
-        fn node_reading_down() -> NodeProto {
-            NodeProto {
-                op_type: "Neg".into(),
-                input: vec!["down".into()],
-                output: vec!["other".into()],
-                ..Default::default()
-            }
-        }
         let mut fused = graph(false);
         fuse_residual_adds(&mut fused);
         let ops: Vec<&str> = fused.node.iter().map(|n| n.op_type.as_str()).collect();
@@ -1457,32 +1440,26 @@ mod tests {
     /// `graph::build`'s RMSNorm of `x` (weights `w`, epsilon `eps`) feeding a fused node, and
     /// a node reading `extra` if given.
     fn norm_graph(extra: Option<&str>) -> GraphProto {
-        let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
-            op_type: op.into(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.into()],
-            ..Default::default()
-        };
-        let mut mean = node("ReduceMean", &["square"], "mean");
+        let mut mean = node("ReduceMean", &["square"], &["mean"]);
         mean.attribute = vec![ints_attr("axes", &[-1]), int_attr("keepdims", 1)];
-        let mut fused = node(FUSED_MATMULS, &["h", "q", "s"], "y");
+        let mut fused = node(FUSED_MATMULS, &["h", "q", "s"], &["y"]);
         fused.attribute = vec![
             int_attr("K", 64),
             int_attr("bits", 8),
             ints_attr("N", &[64]),
         ];
         let mut nodes = vec![
-            node("Neg", &["input"], "x"),
-            node("Mul", &["x", "x"], "square"),
+            node("Neg", &["input"], &["x"]),
+            node("Mul", &["x", "x"], &["square"]),
             mean,
-            node("Add", &["mean", "eps"], "shifted"),
-            node("Sqrt", &["shifted"], "root"),
-            node("Reciprocal", &["root"], "inverse"),
-            node("Mul", &["x", "inverse"], "scaled"),
-            node("Mul", &["scaled", "w"], "h"),
+            node("Add", &["mean", "eps"], &["shifted"]),
+            node("Sqrt", &["shifted"], &["root"]),
+            node("Reciprocal", &["root"], &["inverse"]),
+            node("Mul", &["x", "inverse"], &["scaled"]),
+            node("Mul", &["scaled", "w"], &["h"]),
             fused,
         ];
-        nodes.extend(extra.map(|name| node("Neg", &[name], "other")));
+        nodes.extend(extra.map(|name| node("Neg", &[name], &["other"])));
         let tensor = |name: &str, dims: Vec<i64>, raw_data: Vec<u8>| tract_onnx::pb::TensorProto {
             name: name.into(),
             dims,
