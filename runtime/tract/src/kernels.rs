@@ -171,7 +171,10 @@ impl Kernel {
         row: usize,
     ) -> [f32; ROW_GROUP] {
         let blocks = a.cols / 32;
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+        #[cfg_attr(
+            not(any(target_arch = "x86_64", target_arch = "aarch64")),
+            allow(unused_variables)
+        )]
         let (quants, scales, sums) = a.row(row);
         assert!(w.len() >= blocks * GROUP_BLOCK && w_scales.len() >= blocks * ROW_GROUP);
         match self {
@@ -188,14 +191,20 @@ impl Kernel {
             },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above, for AVX2 and FMA.
-            Kernel(Isa::Avx2) => unsafe { x86::group_avx2(w, w_scales, quants, scales) },
+            Kernel(Isa::Avx2) => unsafe {
+                x86::rows_avx2(w, w_scales, [(quants, scales, sums)])[0]
+            },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: `detect`/`available` only return this kernel when the CPU has FEAT_DotProd;
             // the slices hold `blocks` full blocks (asserted above).
-            Kernel(Isa::NeonDot) => unsafe { arm::group_sdot(w, w_scales, quants, scales) },
+            Kernel(Isa::NeonDot) => unsafe {
+                arm::rows_sdot(w, w_scales, [(quants, scales, sums)])[0]
+            },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: every aarch64 CPU has NEON; the slices hold `blocks` full blocks.
-            Kernel(Isa::Neon) => unsafe { arm::group_neon(w, w_scales, quants, scales) },
+            Kernel(Isa::Neon) => unsafe {
+                arm::rows_neon(w, w_scales, [(quants, scales, sums)])[0]
+            },
             #[cfg(target_arch = "arm")]
             // SAFETY: `detect`/`available` only return this kernel when the CPU has NEON; the
             // slices hold `blocks` full blocks.
@@ -627,51 +636,9 @@ mod x86 {
         store(acc)
     }
 
-    /// The caller guarantees AVX2 and FMA and that `w`, `w_scales` and `a` hold
-    /// `a_scales.len()` blocks.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn group_avx2(
-        w: &[u8],
-        w_scales: &[f32],
-        a: &[i8],
-        a_scales: &[f32],
-    ) -> [f32; ROW_GROUP] {
-        let offset = _mm256_set1_epi8(-128);
-        let ones = _mm256_set1_epi16(1);
-        // u − 128 as i8, then |w| · (q · sign w) so that vpmaddubsw sees an unsigned operand;
-        // |(u − 128) · q| · 2 ≤ 2 · 128 · 127 fits its i16 pairs.
-        let products = |run: __m256i, q: __m256i| {
-            let wq = _mm256_xor_si256(run, offset);
-            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(q, wq));
-            _mm256_madd_epi16(pairs, ones)
-        };
-        let mut acc = [_mm256_setzero_ps(); 2];
-        for (b, &a_scale) in a_scales.iter().enumerate() {
-            let (mut sum_low, mut sum_high) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-            for c in 0..8 {
-                // SAFETY: run c of block b lies within `w`, and four bytes at 32b + 4c within
-                // `a` (caller); unaligned loads.
-                unsafe {
-                    let run = w.as_ptr().add(b * GROUP_BLOCK + c * 64);
-                    let q = _mm256_set1_epi32(
-                        (a.as_ptr().add(32 * b + 4 * c) as *const i32).read_unaligned(),
-                    );
-                    sum_low =
-                        _mm256_add_epi32(sum_low, products(_mm256_loadu_si256(run.cast()), q));
-                    sum_high = _mm256_add_epi32(
-                        sum_high,
-                        products(_mm256_loadu_si256(run.add(32).cast()), q),
-                    );
-                }
-            }
-            // SAFETY: block b's scales lie within `w_scales` (caller).
-            unsafe { add_scaled(&mut acc, [sum_low, sum_high], w_scales, b, a_scale) };
-        }
-        store(acc)
-    }
-
-    /// `group_avx2` for `R` activation rows (quants, scales, sums) at once, each row's
-    /// arithmetic as there, sharing each load of the weights and their sign adjustment.
+    /// The group's dot products with `R` activation rows (quants, scales, sums) at once,
+    /// sharing each load of the weights and their sign adjustment; each row's arithmetic is
+    /// the same whatever `R` (one row: `Kernel::dot_group`).
     ///
     /// The caller guarantees AVX2 and FMA and that `w`, `w_scales` and every row hold its
     /// scales' number of blocks.
@@ -696,6 +663,8 @@ mod x86 {
                             w.as_ptr().add(b * GROUP_BLOCK + c * 64 + 32 * half).cast(),
                         )
                     };
+                    // u − 128 as i8, then |w| · (q · sign w) so that vpmaddubsw sees an
+                    // unsigned operand; |(u − 128) · q| · 2 ≤ 2 · 128 · 127 fits its i16 pairs.
                     let wq = _mm256_xor_si256(run, offset);
                     let magnitude = _mm256_sign_epi8(wq, wq);
                     for (sums, (a, _, _)) in sums.iter_mut().zip(&rows) {
@@ -902,23 +871,17 @@ mod arm {
     use std::arch::aarch64::*;
 
     /// Run `c` of block `b`: its four vectors (vector `i` holds the run's four columns of rows
-    /// `4i..4i + 4`) as `u − 128`, and the run's four activation bytes in every 32-bit lane.
+    /// `4i..4i + 4`) as `u − 128`.
     ///
-    /// The caller guarantees that block `b` lies within `w` and `a`.
+    /// The caller guarantees that block `b` lies within `w`.
     #[target_feature(enable = "neon")]
     #[inline]
-    unsafe fn run(w: &[u8], a: &[i8], b: usize, c: usize) -> ([int8x16_t; 4], int8x16_t) {
+    unsafe fn run(w: &[u8], b: usize, c: usize) -> [int8x16_t; 4] {
         let offset = vdupq_n_u8(0x80);
-        // SAFETY: run c of block b lies within `w`, and four bytes at 32b + 4c within `a`
-        // (caller); unaligned loads (`vld1q_u8` reads bytes, the i32 is read unaligned).
+        // SAFETY: run c of block b lies within `w` (caller); `vld1q_u8` reads bytes.
         unsafe {
             let run = w.as_ptr().add(b * GROUP_BLOCK + c * 64);
-            let q = (a.as_ptr().add(32 * b + 4 * c) as *const i32).read_unaligned();
-            (
-                [0, 1, 2, 3]
-                    .map(|i| vreinterpretq_s8_u8(veorq_u8(vld1q_u8(run.add(16 * i)), offset))),
-                vreinterpretq_s8_s32(vdupq_n_s32(q)),
-            )
+            [0, 1, 2, 3].map(|i| vreinterpretq_s8_u8(veorq_u8(vld1q_u8(run.add(16 * i)), offset)))
         }
     }
 
@@ -952,82 +915,6 @@ mod arm {
         out
     }
 
-    /// The caller guarantees that `w`, `w_scales` and `a` hold `a_scales.len()` blocks.
-    #[target_feature(enable = "neon")]
-    pub(super) unsafe fn group_neon(
-        w: &[u8],
-        w_scales: &[f32],
-        a: &[i8],
-        a_scales: &[f32],
-    ) -> [f32; ROW_GROUP] {
-        let mut acc = [vdupq_n_f32(0.0); 4];
-        for (b, &a_scale) in a_scales.iter().enumerate() {
-            // Rows 4i and 4i + 1 in `low[i]`, 4i + 2 and 4i + 3 in `high[i]`, two lanes each
-            // holding sums of pairs of products.
-            let mut low = [vdupq_n_s32(0); 4];
-            let mut high = [vdupq_n_s32(0); 4];
-            for c in 0..8 {
-                // SAFETY: block b is in bounds (caller).
-                let (quads, q) = unsafe { run(w, a, b, c) };
-                // |(u − 128) · q| ≤ 128 · 127 fits i16; pairs are summed into i32 lanes.
-                for i in 0..4 {
-                    low[i] = vpadalq_s16(low[i], vmull_s8(vget_low_s8(quads[i]), vget_low_s8(q)));
-                    high[i] = vpadalq_s16(high[i], vmull_high_s8(quads[i], q));
-                }
-            }
-            let mut sums = [vdupq_n_s32(0); 4];
-            for i in 0..4 {
-                sums[i] = vpaddq_s32(low[i], high[i]);
-            }
-            // SAFETY: block b's scales are in bounds (caller).
-            unsafe { accumulate(&mut acc, sums, w_scales, a_scale, b) };
-        }
-        store(acc)
-    }
-
-    /// The caller guarantees the dot-product extension and that `w`, `w_scales` and `a` hold
-    /// `a_scales.len()` blocks.
-    #[target_feature(enable = "neon,dotprod")]
-    pub(super) unsafe fn group_sdot(
-        w: &[u8],
-        w_scales: &[f32],
-        a: &[i8],
-        a_scales: &[f32],
-    ) -> [f32; ROW_GROUP] {
-        let mut acc = [vdupq_n_f32(0.0); 4];
-        for (b, &a_scale) in a_scales.iter().enumerate() {
-            let [mut s0, mut s1, mut s2, mut s3] = [vdupq_n_s32(0); 4];
-            for c in 0..8 {
-                // SAFETY: block b is in bounds (caller).
-                let ([w0, w1, w2, w3], q) = unsafe { run(w, a, b, c) };
-                // `sdot` (FEAT_DotProd): each i32 lane (a row) += four i8 × i8 products. Its
-                // intrinsic is not stable in Rust yet, the instruction is.
-                // SAFETY: the caller guarantees FEAT_DotProd; registers only, no memory.
-                unsafe {
-                    std::arch::asm!(
-                        "sdot {s0:v}.4s, {w0:v}.16b, {q:v}.16b",
-                        "sdot {s1:v}.4s, {w1:v}.16b, {q:v}.16b",
-                        "sdot {s2:v}.4s, {w2:v}.16b, {q:v}.16b",
-                        "sdot {s3:v}.4s, {w3:v}.16b, {q:v}.16b",
-                        s0 = inout(vreg) s0,
-                        s1 = inout(vreg) s1,
-                        s2 = inout(vreg) s2,
-                        s3 = inout(vreg) s3,
-                        w0 = in(vreg) w0,
-                        w1 = in(vreg) w1,
-                        w2 = in(vreg) w2,
-                        w3 = in(vreg) w3,
-                        q = in(vreg) q,
-                        options(pure, nomem, nostack, preserves_flags),
-                    );
-                }
-            }
-            // SAFETY: block b's scales are in bounds (caller).
-            unsafe { accumulate(&mut acc, [s0, s1, s2, s3], w_scales, a_scale, b) };
-        }
-        store(acc)
-    }
-
     /// The activation bytes `4c..4c + 4` of block `b` of `a` in every 32-bit lane.
     ///
     /// The caller guarantees that block `b` lies within `a`.
@@ -1039,8 +926,9 @@ mod arm {
         vreinterpretq_s8_s32(vdupq_n_s32(q))
     }
 
-    /// `group_sdot` for `R` activation rows (quants, scales, sums) at once, each row's
-    /// arithmetic as there, sharing each load of the weights.
+    /// The group's dot products with `R` activation rows (quants, scales, sums) at once,
+    /// sharing each load of the weights; each row's arithmetic is the same whatever `R` (one
+    /// row: `Kernel::dot_group`).
     ///
     /// The caller guarantees the dot-product extension and that `w`, `w_scales` and every row
     /// hold its scales' number of blocks.
@@ -1056,12 +944,14 @@ mod arm {
             let mut sums = [[vdupq_n_s32(0); 4]; R];
             for c in 0..8 {
                 // SAFETY: block b is in bounds (caller).
-                let ([w0, w1, w2, w3], _) = unsafe { run(w, rows[0].0, b, c) };
+                let [w0, w1, w2, w3] = unsafe { run(w, b, c) };
                 for (sums, (a, _, _)) in sums.iter_mut().zip(&rows) {
                     // SAFETY: block b is in bounds (caller).
                     let q = unsafe { quad(a, b, c) };
                     let [mut s0, mut s1, mut s2, mut s3] = *sums;
-                    // SAFETY: as in `group_sdot`.
+                    // `sdot` (FEAT_DotProd): each i32 lane (a row) += four i8 × i8 products.
+                    // Its intrinsic is not stable in Rust yet, the instruction is.
+                    // SAFETY: the caller guarantees FEAT_DotProd; registers only, no memory.
                     unsafe {
                         std::arch::asm!(
                             "sdot {s0:v}.4s, {w0:v}.16b, {q:v}.16b",
@@ -1091,8 +981,9 @@ mod arm {
         acc.map(|acc| store(acc))
     }
 
-    /// `group_neon` for `R` activation rows (quants, scales, sums) at once, each row's
-    /// arithmetic as there, sharing each load of the weights.
+    /// The group's dot products with `R` activation rows (quants, scales, sums) at once with
+    /// NEON `smull` + pairwise adds, sharing each load of the weights; each row's arithmetic is
+    /// the same whatever `R` (one row: `Kernel::dot_group`).
     ///
     /// The caller guarantees that `w`, `w_scales` and every row hold its scales' number of
     /// blocks.
@@ -1105,14 +996,17 @@ mod arm {
         let blocks = rows[0].1.len();
         let mut acc = [[vdupq_n_f32(0.0); 4]; R];
         for b in 0..blocks {
+            // Rows 4i and 4i + 1 in `low[i]`, 4i + 2 and 4i + 3 in `high[i]`, two lanes each
+            // holding sums of pairs of products.
             let mut low = [[vdupq_n_s32(0); 4]; R];
             let mut high = [[vdupq_n_s32(0); 4]; R];
             for c in 0..8 {
                 // SAFETY: block b is in bounds (caller).
-                let (quads, _) = unsafe { run(w, rows[0].0, b, c) };
+                let quads = unsafe { run(w, b, c) };
                 for ((low, high), (a, _, _)) in low.iter_mut().zip(high.iter_mut()).zip(&rows) {
                     // SAFETY: block b is in bounds (caller).
                     let q = unsafe { quad(a, b, c) };
+                    // |(u − 128) · q| ≤ 128 · 127 fits i16; pairs are summed into i32 lanes.
                     for i in 0..4 {
                         low[i] =
                             vpadalq_s16(low[i], vmull_s8(vget_low_s8(quads[i]), vget_low_s8(q)));
@@ -1242,7 +1136,7 @@ mod arm {
             for t in 0..4 {
                 // SAFETY: block b is in bounds (caller).
                 let (first, last, q_first, q_last) = unsafe { run4(w, a, b, t) };
-                // `sdot` as in `group_sdot`; nibbles 0–15 are valid i8 operands.
+                // `sdot` as in `rows_sdot`; nibbles 0–15 are valid i8 operands.
                 // SAFETY: the caller guarantees FEAT_DotProd; registers only, no memory.
                 unsafe {
                     std::arch::asm!(
