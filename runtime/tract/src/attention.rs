@@ -389,8 +389,11 @@ const BLOCK_STEPS: usize = 4;
 const LANES: usize = 8;
 /// Positions whose values [`attend_part`] weighs for every dimension before it reads on.
 const VALUE_BLOCK: usize = 16;
-/// How far ahead of the position it reads attention asks for keys and values to be fetched.
-const PREFETCH_POSITIONS: usize = 64;
+/// How far ahead of the position it reads attention asks for keys and values to be fetched
+/// (into the level-2 cache). Measured on a cache too large for the level-3 cache (2 threads,
+/// 400 positions): 32 took a layer 30–33 µs, 64 took 38–40, 128 took 44; fetched into the
+/// level-1 cache 38, 44 and 48.
+const PREFETCH_POSITIONS: usize = 32;
 /// The fewest tiles of keys a part of the cache is given when decoding splits it.
 const MIN_PART_TILES: usize = 2;
 
@@ -404,17 +407,18 @@ struct Partial {
     sums: Vec<f32>,
 }
 
-/// [`attend_part`]'s working memory, kept across the items a thread takes.
+/// [`attend_part`]'s working memory, kept across the items a thread takes. It takes the rows
+/// in groups of `R` (see [`attend_part_generic`]).
 #[derive(Default)]
 struct Scratch {
     /// Each row's scores, then its weights (`rows × longest`).
     weights: Vec<f32>,
-    /// The queries, four rows side by side.
-    queries: Vec<[f32; 4]>,
-    /// Four rows' weights side by side.
-    columns: Vec<[f32; 4]>,
-    /// Four rows' running sums of weighted values, eight dimensions per entry.
-    sums: Vec<[[f32; LANES]; 4]>,
+    /// The queries, `R` rows side by side.
+    queries: Vec<f32>,
+    /// `R` rows' weights side by side.
+    columns: Vec<f32>,
+    /// `R` rows' running sums of weighted values, eight dimensions at a time.
+    sums: Vec<f32>,
 }
 
 /// The arithmetic [`attend_part`]'s build for a CPU can do beyond plain f32 operations.
@@ -430,6 +434,14 @@ trait Arith: Copy {
     /// as it is reached leaves most of the memory bandwidth unused.
     #[inline(always)]
     fn prefetch(self, _data: *const f32, _bytes: usize) {}
+
+    /// Replaces each `x` of `row` with `exp(x − max)`, as `(x - max).exp()` would.
+    #[inline(always)]
+    fn exp_shifted(self, row: &mut [f32], max: f32) {
+        for x in row {
+            *x = (*x - max).exp();
+        }
+    }
 }
 
 /// Plain f32 operations, for any CPU.
@@ -438,7 +450,8 @@ struct Portable;
 
 impl Arith for Portable {}
 
-/// x86-64's FMA and prefetch instructions; a value exists only where the CPU has FMA.
+/// x86-64's FMA, AVX2 and prefetch instructions; a value exists only where the CPU has FMA and
+/// AVX2.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Fma(());
@@ -446,7 +459,8 @@ struct Fma(());
 #[cfg(target_arch = "x86_64")]
 impl Fma {
     fn detect() -> Option<Self> {
-        std::arch::is_x86_feature_detected!("fma").then_some(Fma(()))
+        (std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx2"))
+            .then_some(Fma(()))
     }
 }
 
@@ -461,12 +475,19 @@ impl Arith for Fma {
 
     #[inline(always)]
     fn prefetch(self, data: *const f32, bytes: usize) {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
         for line in (0..bytes).step_by(64) {
             // SAFETY: a prefetch is a hint that reads nothing and never faults, whatever the
             // address (SSE, which every x86-64 CPU has).
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(data.cast::<i8>().wrapping_add(line)) };
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(data.cast::<i8>().wrapping_add(line)) };
         }
+    }
+
+    /// Eight at a time, the same bits (see [`crate::exp`]).
+    #[inline(always)]
+    fn exp_shifted(self, row: &mut [f32], max: f32) {
+        // SAFETY: a `Fma` exists only where the CPU has AVX2 and FMA.
+        unsafe { crate::exp::exp_shifted(row, max) }
     }
 }
 
@@ -485,9 +506,7 @@ fn attend_part(
     partial: &mut Partial,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(fma) = Fma::detect()
-        && std::arch::is_x86_feature_detected!("avx2")
-    {
+    if let Some(fma) = Fma::detect() {
         /// The caller guarantees AVX2 and FMA.
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2(
@@ -499,18 +518,34 @@ fn attend_part(
             scratch: &mut Scratch,
             partial: &mut Partial,
         ) {
-            attend_part_generic(fma, rows, cache, range, scale, scratch, partial);
+            if rows_in_threes(rows) {
+                attend_part_generic::<3>(fma, rows, cache, range, scale, scratch, partial)
+            } else {
+                attend_part_generic::<4>(fma, rows, cache, range, scale, scratch, partial)
+            }
         }
         // SAFETY: the CPU has AVX2 and FMA (detected above).
         return unsafe { avx2(fma, rows, cache, range, scale, scratch, partial) };
     }
-    attend_part_generic(Portable, rows, cache, range, scale, scratch, partial);
+    if rows_in_threes(rows) {
+        attend_part_generic::<3>(Portable, rows, cache, range, scale, scratch, partial)
+    } else {
+        attend_part_generic::<4>(Portable, rows, cache, range, scale, scratch, partial)
+    }
 }
 
-/// [`attend_part`]'s arithmetic, inlined into each build of it. Plain loops over fixed-size
-/// arrays (not iterator adapters, which would be compiled outside the caller's target features).
+/// Whether [`attend_part_generic`] takes `rows` three at a time (a count of rows that threes
+/// divide and fours do not: decoding with three query heads per key/value head, as SmolLM2)
+/// rather than four, so that no lane computes a row that is not there.
+fn rows_in_threes(rows: &[(&[f32], usize)]) -> bool {
+    rows.len().is_multiple_of(3) && !rows.len().is_multiple_of(4)
+}
+
+/// [`attend_part`]'s arithmetic, inlined into each build of it, taking the rows `R` at a time.
+/// Plain loops over fixed-size arrays (not iterator adapters, which would be compiled outside
+/// the caller's target features).
 #[inline(always)]
-fn attend_part_generic(
+fn attend_part_generic<const R: usize>(
     arith: impl Arith,
     rows: &[(&[f32], usize)],
     (keys, values): (&[f32], &[f32]),
@@ -539,84 +574,91 @@ fn attend_part_generic(
     } = scratch;
     weights.clear();
     weights.resize(rows.len() * longest, 0.0);
-    // The queries four rows at a time, interleaved: `queries[c·hd + d][i]` is dimension d of
-    // row 4c + i (zeros past the last row).
-    let quads = rows.len().div_ceil(4);
+    // The queries `R` rows at a time, interleaved: `queries[g·hd + d][i]` is dimension d of
+    // row R·g + i (zeros past the last row).
     queries.clear();
-    queries.resize(quads * hd, [0.0; 4]);
+    queries.resize(rows.len().div_ceil(R) * hd * R, 0.0);
+    let (queries, _) = queries.as_chunks_mut::<R>();
     for (r, &(query, _)) in rows.iter().enumerate() {
         for (d, &x) in query.iter().enumerate().take(hd) {
-            queries[r / 4 * hd + d][r % 4] = x;
+            queries[r / R * hd + d][r % R] = x;
         }
     }
-    // Scores, four rows by eight keys (one tile) at a time.
+    // Scores, `R` rows by sixteen keys (two tiles) at a time: `2·R` independent sums keep the
+    // vector units busy (`R` would wait on each other's additions).
     let keys = &keys[first * hd..];
     let tile_bytes = hd * LANES * size_of::<f32>();
-    for first_key in (0..longest).step_by(LANES) {
-        let width = LANES.min(longest - first_key);
+    let tile = |first_key: usize| keys[first_key * hd..][..hd * LANES].as_chunks::<LANES>().0;
+    // The loop asks for the keys it will read after the next PREFETCH_POSITIONS; these are
+    // the first ones, asked for all at once.
+    arith.prefetch(keys.as_ptr(), PREFETCH_POSITIONS * hd * size_of::<f32>());
+    for first_key in (0..longest).step_by(2 * LANES) {
         arith.prefetch(
             keys.as_ptr()
                 .wrapping_add((first_key + PREFETCH_POSITIONS) * hd),
-            tile_bytes,
+            2 * tile_bytes,
         );
-        let (tile, _) = keys[first_key * hd..][..hd * LANES].as_chunks::<LANES>();
-        for (quad, q) in queries.chunks_exact(hd).enumerate() {
-            let mut acc = [[0f32; LANES]; 4];
-            for (k, q) in tile.iter().zip(q) {
-                for i in 0..4 {
-                    for l in 0..LANES {
-                        acc[i][l] = arith.mul_add(q[i], k[l], acc[i][l]);
-                    }
-                }
-            }
-            for (i, acc) in acc.iter().enumerate().take(rows.len() - 4 * quad) {
-                let row = &mut weights[(4 * quad + i) * longest + first_key..][..width];
-                for (w, a) in row.iter_mut().zip(acc) {
-                    *w = a * scale;
-                }
-            }
-        }
+        // A last tile without a second is scored twice, its copy's scores dropped.
+        let second = if first_key + LANES < longest {
+            first_key + LANES
+        } else {
+            first_key
+        };
+        score_tiles(
+            arith,
+            [tile(first_key), tile(second)],
+            queries,
+            weights,
+            (rows.len(), longest),
+            first_key,
+            scale,
+        );
     }
     // Softmax's numerators over the positions each row sees (the rest weigh 0), and their
-    // largest score and sum, for the merge.
-    for (row, &(_, seen)) in weights.chunks_exact_mut(longest.max(1)).zip(rows) {
-        let visible = seen.saturating_sub(first).min(longest);
-        let (seen_scores, unseen) = row.split_at_mut(visible);
-        let max = seen_scores
-            .iter()
-            .copied()
-            .fold(f32::NEG_INFINITY, f32::max);
-        for s in seen_scores.iter_mut() {
-            *s = (*s - max).exp();
-        }
-        unseen.fill(0.0);
-        partial.maxima.push(max);
-        partial.totals.push(seen_scores.iter().sum());
-    }
+    // largest score and sum, for the merge, written `R` rows side by side for the weighted
+    // sums of the values (`columns[j][i]`: position j of row `first_row + i`).
     if longest == 0 {
         partial.maxima.resize(rows.len(), f32::NEG_INFINITY);
         partial.totals.resize(rows.len(), 0.0);
         return;
     }
-    // Weighted sums of the values, four rows by eight dimensions at a time, with the four
-    // rows' weights side by side (`columns[j][i]`). The values are read in order, a block of
-    // positions at a time, all dimensions of a block before the next (a pass per run of
-    // dimensions over the whole cache would stride through memory); each sum still adds its
-    // terms in position order.
     let values = &values[first * hd..];
+    arith.prefetch(values.as_ptr(), PREFETCH_POSITIONS * hd * size_of::<f32>());
     let chunks = hd / LANES;
-    for first_row in (0..rows.len()).step_by(4) {
-        let count = 4.min(rows.len() - first_row);
+    for first_row in (0..rows.len()).step_by(R) {
+        let count = R.min(rows.len() - first_row);
         columns.clear();
-        columns.resize(longest, [0.0; 4]);
+        columns.resize(longest * R, 0.0);
+        let (columns, _) = columns.as_chunks_mut::<R>();
         for i in 0..count {
-            let row = &weights[(first_row + i) * longest..][..longest];
-            for (column, &w) in columns.iter_mut().zip(row) {
-                column[i] = w;
+            let r = first_row + i;
+            let visible = rows[r].1.saturating_sub(first).min(longest);
+            let (seen, unseen) = weights[r * longest..][..longest].split_at_mut(visible);
+            let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            arith.exp_shifted(seen, max);
+            unseen.fill(0.0);
+            partial.maxima.push(max);
+        }
+        // The rows' sums run side by side (one addition after another would wait on each
+        // other), each in position order: the same results wherever the buffers lie and
+        // however the work is split (a vector sum from the first aligned address would not
+        // be; adding the unseen positions' zeros changes no sum).
+        let mut totals = [0f32; R];
+        for (j, column) in columns.iter_mut().enumerate() {
+            for i in 0..count {
+                let weight = weights[(first_row + i) * longest + j];
+                column[i] = weight;
+                totals[i] += weight;
             }
         }
+        partial.totals.extend_from_slice(&totals[..count]);
+        // Weighted sums of the values, `R` rows by eight dimensions at a time. The values
+        // are read in order, a block of positions at a time, all dimensions of a block before
+        // the next (a pass per run of dimensions over the whole cache would stride through
+        // memory); each sum still adds its terms in position order.
         sums.clear();
-        sums.resize(chunks, [[0.0; LANES]; 4]);
+        sums.resize(chunks * R * LANES, 0.0);
+        let (sums, _) = sums.as_chunks_mut::<LANES>().0.as_chunks_mut::<R>();
         for (columns, values) in columns
             .chunks(VALUE_BLOCK)
             .zip(values.chunks(VALUE_BLOCK * hd))
@@ -649,15 +691,54 @@ fn attend_part_generic(
     }
 }
 
-/// Adds to `sums` (four rows' sums of `C` runs of eight dimensions, from run `first` of each
-/// value) each position's value weighted by the rows' `columns` entry, position after
-/// position: `4 · C` independent sums keep the vector units busy.
+/// Writes the scaled scores of every row of `queries` (`R` rows side by side, `hd` entries
+/// per group) against two tiles of eight keys, from position `first_key` on, into `weights`
+/// (`rows × longest`): each score a sum over the dimensions in order.
 #[inline(always)]
-fn weigh_values<const C: usize>(
+fn score_tiles<const R: usize>(
     arith: impl Arith,
-    sums: &mut [[[f32; LANES]; 4]; C],
+    tiles: [&[[f32; LANES]]; 2],
+    queries: &[[f32; R]],
+    weights: &mut [f32],
+    (rows, longest): (usize, usize),
+    first_key: usize,
+    scale: f32,
+) {
+    let hd = tiles[0].len();
+    for (group, q) in queries.chunks_exact(hd).enumerate() {
+        let (mut first, mut second) = ([[0f32; LANES]; R], [[0f32; LANES]; R]);
+        for ((q, k), l) in q.iter().zip(tiles[0]).zip(tiles[1]) {
+            for i in 0..R {
+                for j in 0..LANES {
+                    first[i][j] = arith.mul_add(q[i], k[j], first[i][j]);
+                    second[i][j] = arith.mul_add(q[i], l[j], second[i][j]);
+                }
+            }
+        }
+        for (t, acc) in [first, second].iter().enumerate() {
+            let key = first_key + t * LANES;
+            let Some(width) = longest.checked_sub(key).map(|left| left.min(LANES)) else {
+                break;
+            };
+            for (i, acc) in acc.iter().enumerate().take(rows - R * group) {
+                let row = &mut weights[(R * group + i) * longest + key..][..width];
+                for (w, a) in row.iter_mut().zip(acc) {
+                    *w = a * scale;
+                }
+            }
+        }
+    }
+}
+
+/// Adds to `sums` (`R` rows' sums of `C` runs of eight dimensions, from run `first` of each
+/// value) each position's value weighted by the rows' `columns` entry, position after
+/// position: `R · C` independent sums keep the vector units busy.
+#[inline(always)]
+fn weigh_values<const R: usize, const C: usize>(
+    arith: impl Arith,
+    sums: &mut [[[f32; LANES]; R]; C],
     first: usize,
-    columns: &[[f32; 4]],
+    columns: &[[f32; R]],
     values: &[f32],
     hd: usize,
 ) {
@@ -666,7 +747,7 @@ fn weigh_values<const C: usize>(
         let (v, _) = value[first * LANES..][..C * LANES].as_chunks::<LANES>();
         for c in 0..C {
             let v = &v[c];
-            for i in 0..4 {
+            for i in 0..R {
                 for l in 0..LANES {
                     acc[c][i][l] = arith.mul_add(w[i], v[l], acc[c][i][l]);
                 }

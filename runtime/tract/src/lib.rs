@@ -14,6 +14,8 @@
 mod attention;
 pub mod cpu;
 mod engine;
+#[cfg(target_arch = "x86_64")]
+mod exp;
 pub mod graph;
 pub mod kernels;
 pub mod ops;
