@@ -252,6 +252,31 @@ fn chat_with_smollm2_over_a_serial_line() {
     }
 }
 
+/// `ember bench --port` against SmolLM2 behind a PTY: every measurement is there, and each
+/// cancel it sends during the long prompt's prefill ended the reply before its first token (the
+/// bench fails when a token comes first). How fast is the benchmark's to say (README), not this
+/// test's.
+#[test]
+fn bench_over_a_serial_line_cancels_during_the_prefill() {
+    let image = smollm2_image().0;
+    let (_emberd, port) = emberd_on_pty(&image, &["--threads", "2"]);
+    let output = ember_at(&port, &["bench", "--json", "--runs", "2"], "");
+    let report = last_json_line(&stdout_of(&output));
+    assert!(
+        report["long_prompt_tokens"].as_u64().unwrap() > 300,
+        "{report}"
+    );
+    let samples = report["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 2, "{report}");
+    for sample in samples {
+        let sample: Vec<f64> = serde_json::from_value(sample.clone()).unwrap();
+        assert!(sample.iter().all(|&ms| ms > 0.0), "{report}");
+    }
+    // The device answers as usual afterwards (its system prompt is the default again).
+    let after = ember_at(&port, &["ask", "--json", "What is 2 + 2?"], "");
+    assert_ne!(last_json_line(&stdout_of(&after))["finish"], "error");
+}
+
 #[test]
 fn greedy_chat_replies_follow_llama_cpp_native_up_to_near_ties() {
     follows_llama_cpp_native(&smollm2());

@@ -18,7 +18,7 @@ use ember_core::protocol::{
 use ember_core::sampler::SamplingConfig;
 use ember_core::sentence::SentenceSplitter;
 use ember_core::stop::StopFilter;
-use ember_engine::{ChatSession, EngineError, FinishReason, GenerateOptions};
+use ember_engine::{ChatSession, EngineError, FinishReason, GenerateOptions, Progress};
 use ember_flash::{ChunkReply, SlotDir};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -595,13 +595,16 @@ impl<'m, P: Read + Write + ReadReady + Baud> Server<'m, P> {
         let mut slots = self.slots.as_deref_mut();
         let mut first_token = None;
         let mut cancel_requested = false;
-        let result = self.chat.say(turn.text, &turn.options, &mut |piece| {
-            first_token.get_or_insert_with(|| start.elapsed());
-            let stopped = stop.push(piece, &mut |visible| {
-                show(wire, &mut splitter, sentences, visible);
-            });
-            if stopped {
-                return ControlFlow::Break(FinishReason::Stop);
+        // The line is read between slices of the prompt's prefill and between tokens.
+        let result = self.chat.say(turn.text, &turn.options, &mut |progress| {
+            if let Progress::Text(piece) = progress {
+                first_token.get_or_insert_with(|| start.elapsed());
+                let stopped = stop.push(piece, &mut |visible| {
+                    show(wire, &mut splitter, sentences, visible);
+                });
+                if stopped {
+                    return ControlFlow::Break(FinishReason::Stop);
+                }
             }
             while let Some(byte) = wire.poll_byte() {
                 cancel_requested |= take_busy(wire, slots.as_deref_mut(), byte, &status);

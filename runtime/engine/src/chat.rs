@@ -3,7 +3,7 @@
 //! and the cache is rebuilt from what remains.
 
 use crate::{
-    EngineError, FinishReason, GenerateOptions, Generation, LanguageModel, generate_until,
+    EngineError, FinishReason, GenerateOptions, Generation, LanguageModel, Progress, generate_until,
 };
 use ember_core::chat::{ChatTemplate, Message, Role};
 use ember_tokenizer::Tokenizer;
@@ -103,13 +103,15 @@ impl<'a> ChatSession<'a> {
         Ok(self.tokenizer.encode(&text)?)
     }
 
-    /// Sends the user's message and generates the reply, streaming it to `on_text`, which may
-    /// end the reply early (see [`generate_until`]); the reply so far stays in the conversation.
+    /// Sends the user's message and generates the reply, reporting its prefill and streaming
+    /// its text to `on_progress`, which may end the reply early (see [`generate_until`]): the
+    /// reply so far stays in the conversation, unless it was cancelled before its first token
+    /// (then the turn is dropped, as if it had not been said).
     pub fn say(
         &mut self,
         user: &str,
         options: &GenerateOptions,
-        on_text: &mut dyn FnMut(&str) -> ControlFlow<FinishReason>,
+        on_progress: &mut dyn FnMut(Progress<'_>) -> ControlFlow<FinishReason>,
     ) -> Result<Generation, EngineError> {
         self.dropped = 0;
         let context = self.model.context_length();
@@ -159,12 +161,65 @@ impl<'a> ChatSession<'a> {
         // Until the reply is complete the cache holds a partial turn.
         self.cached = false;
         self.unfed = None;
-        let generation = generate_until(self.model, self.tokenizer, &prompt, options, on_text)?;
+        let generation = generate_until(self.model, self.tokenizer, &prompt, options, on_progress)?;
+        if generation.finish == FinishReason::Cancelled && generation.tokens.is_empty() {
+            // The cache may hold part of the prompt: the next turn starts over.
+            return Ok(generation);
+        }
         self.turns.push((user.to_string(), generation.text.clone()));
         self.cached = true;
         if generation.finish != FinishReason::Eos {
             self.unfed = generation.tokens.last().copied();
         }
         Ok(generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Counting, tokenizer};
+    use ember_core::sampler::SamplingConfig;
+
+    fn options() -> GenerateOptions {
+        GenerateOptions {
+            max_tokens: 4,
+            sampling: SamplingConfig::default(),
+        }
+    }
+
+    /// A reply cancelled during its prompt's prefill leaves no turn, and the next turn starts
+    /// over from a fresh cache (the cache held part of the cancelled prompt).
+    #[test]
+    fn a_reply_cancelled_in_its_prefill_is_not_a_turn() {
+        let tokenizer = tokenizer();
+        let mut model = Counting::new(usize::MAX);
+        let long = "tell me everything about the sea and the ships on it ".repeat(3);
+        let mut chat = ChatSession::new(&mut model, &tokenizer, ChatTemplate::chatml(None), None);
+        let first = chat
+            .say("hello", &options(), &mut |_| ControlFlow::Continue(()))
+            .unwrap();
+        assert_eq!(first.tokens.len(), 4);
+        let cancelled = chat
+            .say(&long, &options(), &mut |progress| match progress {
+                Progress::Prefill { .. } => ControlFlow::Break(FinishReason::Cancelled),
+                Progress::Text(_) => ControlFlow::Continue(()),
+            })
+            .unwrap();
+        assert_eq!(cancelled.finish, FinishReason::Cancelled);
+        assert!(cancelled.tokens.is_empty());
+        assert_eq!(chat.turns().len(), 1);
+        assert!(
+            chat.context_used() < first.stats.prompt_tokens + 4 + cancelled.stats.prompt_tokens
+        );
+
+        let expected = chat.render_from(0, "and then?").unwrap().len();
+        let next = chat
+            .say("and then?", &options(), &mut |_| ControlFlow::Continue(()))
+            .unwrap();
+        assert_eq!(chat.turns().len(), 2);
+        // Rebuilt from position 0: the first turn, its reply and the new message.
+        assert_eq!(next.stats.prompt_tokens, expected);
+        assert_eq!(chat.context_used(), expected + 3);
     }
 }

@@ -15,13 +15,16 @@ mod generate;
 pub mod memory;
 mod reference;
 mod source;
+#[cfg(test)]
+mod testing;
 
 pub use chat::ChatSession;
 pub use config::ModelConfig;
 pub use error::EngineError;
 pub use generate::{
-    FinishReason, GenerateOptions, Generation, LanguageModel, SELF_TEST_CONTEXT, SELF_TEST_PROMPT,
-    SELF_TEST_TOKENS, Stats, generate, generate_until, self_test_tokens,
+    FinishReason, GenerateOptions, Generation, Generator, LanguageModel, MIN_PREFILL_SLICE,
+    PREFILL_SLICE, Progress, SELF_TEST_CONTEXT, SELF_TEST_PROMPT, SELF_TEST_TOKENS, Stats, Step,
+    generate, generate_until, self_test_tokens,
 };
 pub use reference::{KvCache, ReferenceModel, ReferenceSession};
 pub use source::{ModelFile, WeightSource};

@@ -234,10 +234,82 @@ pub struct SerialBench {
     pub cancel_ack_ms: f64,
     /// The slowest acknowledgement.
     pub cancel_ack_max_ms: f64,
+    /// Tokens the device prefilled for the long prompt (its `End` statistics).
+    pub long_prompt_tokens: u32,
+    /// Milliseconds from sending cancel, during the long prompt's prefill, to its
+    /// acknowledgement (median).
+    pub prefill_cancel_ack_ms: f64,
+    /// The slowest of those.
+    pub prefill_cancel_ack_max_ms: f64,
     /// Token events per second as seen by the host, after the first (median).
     pub tokens_per_second: f64,
-    /// Every run: (first token, first sentence, cancel ack) in ms.
-    pub samples: Vec<[f64; 3]>,
+    /// Every run: (first token, first sentence, cancel ack, cancel ack during the prefill) in
+    /// ms.
+    pub samples: Vec<[f64; 4]>,
+}
+
+/// The first `bytes` bytes (at most; whole characters) of running text.
+fn running_text(bytes: usize) -> String {
+    let text = ember_models::quantize::QUALITY_TEXT.repeat(2);
+    let mut end = bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// A system prompt and a message of about 1,000 bytes each (a frame carries 1,024) that make a
+/// prompt of some 600 tokens for SmolLM2: running text, and numbers to add at the end of the message (a
+/// digit is a token).
+fn long_prompt() -> (String, String) {
+    let mut message = running_text(700);
+    message.push_str(" Then add up these numbers:");
+    let mut number = 101;
+    while message.len() + 4 <= 1000 {
+        message.push_str(&format!(" {number}"));
+        number += 1;
+    }
+    (running_text(1000), message)
+}
+
+/// Sends `message` (the long prompt's, with its system prompt set), cancels it `after` it was
+/// sent — during its prefill — and returns the milliseconds from the cancel to its
+/// acknowledgement, and the prompt's tokens.
+fn cancel_during_prefill(
+    client: &mut Client,
+    message: &str,
+    after: Duration,
+) -> Result<(f64, u32)> {
+    let request = chat_request(new_session(), message, ChatOptions::default())?;
+    let start = Instant::now();
+    client.send(&request)?;
+    let mut cancel_sent = None;
+    let mut ack = None;
+    let mut end = None;
+    while end.is_none() || ack.is_none() {
+        if cancel_sent.is_none() && start.elapsed() >= after {
+            client.send(&Request::Cancel)?;
+            cancel_sent = Some(start.elapsed());
+        }
+        let event = match client.recv(Duration::from_millis(1)) {
+            Ok(event) => event,
+            Err(ClientError::Timeout(_)) if start.elapsed() < SILENCE_TIMEOUT => continue,
+            Err(e) => return Err(e.into()),
+        };
+        match event {
+            Event::Token { .. } if cancel_sent.is_none() => bail!(
+                "the long prompt's prefill ended before the cancel {after:?} after it was sent"
+            ),
+            Event::End { stats, .. } => end = Some(stats),
+            Event::CancelAck { .. } => ack = Some(start.elapsed()),
+            Event::Error { code, detail } => bail!(describe_error(code, &detail)),
+            _ => {}
+        }
+    }
+    let (Some(sent), Some(ack), Some(stats)) = (cancel_sent, ack, end) else {
+        unreachable!("the loop ends with all three")
+    };
+    Ok(((ack - sent).as_secs_f64() * 1000.0, stats.prompt_tokens))
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -308,11 +380,27 @@ pub fn bench(
         };
         let first_sentence = first_sentence.unwrap_or(cancel_sent);
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        samples.push([ms(first_token), ms(first_sentence), ms(ack - cancel_sent)]);
+        samples.push([
+            ms(first_token),
+            ms(first_sentence),
+            ms(ack - cancel_sent),
+            0.0,
+        ]);
         if tokens > 1 {
             rates.push((tokens - 1) as f64 / (cancel_sent - first_token).as_secs_f64());
         }
     }
+    // A cancel during a long prompt's prefill, a run-dependent 10–70 ms after the request.
+    let (system, message) = long_prompt();
+    set_system(&mut client, &system)?;
+    let mut long_prompt_tokens = 0;
+    for (run, sample) in samples.iter_mut().enumerate() {
+        let after = Duration::from_millis(10 + (run as u64 * 23) % 61);
+        let (ack, tokens) = cancel_during_prefill(&mut client, &message, after)?;
+        sample[3] = ack;
+        long_prompt_tokens = tokens;
+    }
+    set_system(&mut client, "")?;
     client.goodbye(Duration::from_secs(5))?;
     let column = |i: usize| median(samples.iter().map(|s| s[i]).collect());
     let report = SerialBench {
@@ -322,6 +410,9 @@ pub fn bench(
         time_to_first_sentence_ms: column(1),
         cancel_ack_ms: column(2),
         cancel_ack_max_ms: samples.iter().map(|s| s[2]).fold(0.0, f64::max),
+        long_prompt_tokens,
+        prefill_cancel_ack_ms: column(3),
+        prefill_cancel_ack_max_ms: samples.iter().map(|s| s[3]).fold(0.0, f64::max),
         tokens_per_second: median(rates),
         samples,
     };
@@ -347,6 +438,11 @@ impl std::fmt::Display for SerialBench {
             f,
             "cancel acknowledged    {:>8.1} ms   (target < 100; slowest {:.1} ms)",
             self.cancel_ack_ms, self.cancel_ack_max_ms
+        )?;
+        writeln!(
+            f,
+            "cancel in prefill      {:>8.1} ms   (target < 100; slowest {:.1} ms; prompt of {} tokens)",
+            self.prefill_cancel_ack_ms, self.prefill_cancel_ack_max_ms, self.long_prompt_tokens
         )?;
         write!(
             f,

@@ -18,8 +18,9 @@ use std::path::PathBuf;
 ///
 /// Without --model: the default model's image, and llama.cpp on the GGUF it was made from.
 /// With --port instead: a device running `emberd` on that serial line — time to first token,
-/// time to first sentence and how fast a cancel is acknowledged, as seen on the host (median of
-/// --runs).
+/// time to first sentence and how fast a cancel is acknowledged, mid-reply and during a
+/// ~600-token prompt's prefill (a long system prompt, set for the measurement and reset after),
+/// as seen on the host (median of --runs).
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(short, long, conflicts_with = "port", help = super::MODEL_HELP)]

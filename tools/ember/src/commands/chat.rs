@@ -4,7 +4,7 @@ use super::{DeviceArgs, SamplingArgs};
 use anyhow::{Context, Result};
 use ember_core::chat::ChatTemplate;
 use ember_core::protocol::ChatOptions;
-use ember_engine::{ChatSession, FinishReason, GenerateOptions};
+use ember_engine::{ChatSession, FinishReason, GenerateOptions, Progress};
 use ember_serial::Client;
 use ember_tools::{model::LoadedModel, remote};
 use std::io::{BufRead, IsTerminal, Write};
@@ -163,15 +163,18 @@ fn converse(partner: &mut dyn Partner, json: bool) -> Result<()> {
 struct Local<'a> {
     chat: ChatSession<'a>,
     options: GenerateOptions,
-    /// Set by Ctrl-C: the reply stops at its next token.
+    /// Set by Ctrl-C: the reply stops at its next token, or after the slice of its prompt under way.
     interrupt: Arc<AtomicBool>,
 }
 
 impl Partner for Local<'_> {
     fn say(&mut self, text: &str, on_text: &mut dyn FnMut(&str)) -> Result<(String, String)> {
         self.interrupt.store(false, Ordering::SeqCst);
-        let reply = self.chat.say(text, &self.options, &mut |piece| {
-            on_text(piece);
+        // Ctrl-C is seen between slices of the prompt's prefill and between tokens.
+        let reply = self.chat.say(text, &self.options, &mut |progress| {
+            if let Progress::Text(piece) = progress {
+                on_text(piece);
+            }
             if self.interrupt.load(Ordering::SeqCst) {
                 std::ops::ControlFlow::Break(FinishReason::Cancelled)
             } else {
