@@ -173,7 +173,8 @@ pub struct Generator<'m> {
     max_tokens: usize,
     sampler: Sampler,
     decoder: ember_tokenizer::StreamDecoder<'m>,
-    prompt: Vec<u32>,
+    /// Tokens in the prompt.
+    prompt_len: usize,
     /// Tokens of the prompt in the cache.
     fed: usize,
     /// The prompt and the tokens generated (the sampler's repetition window).
@@ -219,7 +220,7 @@ impl<'m> Generator<'m> {
             max_tokens: options.max_tokens,
             sampler: Sampler::new(options.sampling)?,
             decoder: tokenizer.stream_decoder(),
-            prompt: prompt.to_vec(),
+            prompt_len: prompt.len(),
             fed: 0,
             history: prompt.to_vec(),
             tokens: Vec::new(),
@@ -239,7 +240,8 @@ impl<'m> Generator<'m> {
     /// Does the next piece of work: feeds a slice of the prompt, or generates one token, or
     /// flushes the last characters once it ends.
     pub fn step(&mut self) -> Result<Step, EngineError> {
-        if self.fed < self.prompt.len() {
+        // A stop during the prefill leaves the rest of the prompt unfed.
+        if self.ending.is_none() && self.fed < self.prompt_len {
             return self.prefill();
         }
         if let Some(reason) = self.ending {
@@ -282,22 +284,16 @@ impl<'m> Generator<'m> {
     pub fn stop(&mut self, reason: FinishReason) {
         self.ending = Some(reason);
         self.flushed = true;
-        // A stop during the prefill leaves the rest of the prompt unfed.
-        self.prompt.truncate(self.fed);
     }
 
     /// The generation: its tokens, text, why it ended and its statistics.
     pub fn into_generation(self) -> Generation {
         let resident = memory::resident();
         let per_second = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
-        let prefill_seconds = if self.fed == 0 {
-            0.0
-        } else {
-            self.prefill_seconds
-        };
+        let prefill_seconds = self.prefill_seconds;
         Generation {
             stats: Stats {
-                prompt_tokens: self.history.len() - self.tokens.len(),
+                prompt_tokens: self.prompt_len,
                 generated_tokens: self.tokens.len(),
                 load_seconds: 0.0,
                 time_to_first_token_seconds: self.time_to_first_token.unwrap_or(prefill_seconds),
@@ -314,7 +310,7 @@ impl<'m> Generator<'m> {
 
     /// Feeds the next slice of the prompt.
     fn prefill(&mut self) -> Result<Step, EngineError> {
-        let total = self.prompt.len();
+        let total = self.prompt_len;
         let left = total - self.fed;
         let size = if self.fed == 0 {
             MIN_PREFILL_SLICE
@@ -329,8 +325,7 @@ impl<'m> Generator<'m> {
         } else {
             size
         };
-        let slice = &self.prompt[self.fed..self.fed + size];
-        self.logits = self.model.feed(slice)?;
+        self.logits = self.model.feed(&self.history[self.fed..self.fed + size])?;
         self.fed += size;
         self.prefill_seconds = self.start.elapsed().as_secs_f64();
         Ok(Step::Prefilled {

@@ -518,27 +518,32 @@ fn attend_part(
             scratch: &mut Scratch,
             partial: &mut Partial,
         ) {
-            if rows_in_threes(rows) {
-                attend_part_generic::<3>(fma, rows, cache, range, scale, scratch, partial)
-            } else {
-                attend_part_generic::<4>(fma, rows, cache, range, scale, scratch, partial)
-            }
+            attend_part_grouped(fma, rows, cache, range, scale, scratch, partial)
         }
         // SAFETY: the CPU has AVX2 and FMA (detected above).
         return unsafe { avx2(fma, rows, cache, range, scale, scratch, partial) };
     }
-    if rows_in_threes(rows) {
-        attend_part_generic::<3>(Portable, rows, cache, range, scale, scratch, partial)
-    } else {
-        attend_part_generic::<4>(Portable, rows, cache, range, scale, scratch, partial)
-    }
+    attend_part_grouped(Portable, rows, cache, range, scale, scratch, partial)
 }
 
-/// Whether [`attend_part_generic`] takes `rows` three at a time (a count of rows that threes
-/// divide and fours do not: decoding with three query heads per key/value head, as SmolLM2)
-/// rather than four, so that no lane computes a row that is not there.
-fn rows_in_threes(rows: &[(&[f32], usize)]) -> bool {
-    rows.len().is_multiple_of(3) && !rows.len().is_multiple_of(4)
+/// [`attend_part_generic`] taking the rows three at a time when threes divide their count and
+/// fours do not (decoding with three query heads per key/value head, as SmolLM2), so that no
+/// lane computes a row that is not there; four at a time otherwise. Inlined into each build.
+#[inline(always)]
+fn attend_part_grouped(
+    arith: impl Arith,
+    rows: &[(&[f32], usize)],
+    cache: (&[f32], &[f32]),
+    range: std::ops::Range<usize>,
+    scale: f32,
+    scratch: &mut Scratch,
+    partial: &mut Partial,
+) {
+    if rows.len().is_multiple_of(3) && !rows.len().is_multiple_of(4) {
+        attend_part_generic::<3>(arith, rows, cache, range, scale, scratch, partial)
+    } else {
+        attend_part_generic::<4>(arith, rows, cache, range, scale, scratch, partial)
+    }
 }
 
 /// [`attend_part`]'s arithmetic, inlined into each build of it, taking the rows `R` at a time.

@@ -286,15 +286,16 @@ fn cancel_during_prefill(
     let mut cancel_sent = None;
     let mut ack = None;
     let mut end = None;
-    while end.is_none() || ack.is_none() {
+    let (sent, ack, stats) = loop {
+        if let (Some(sent), Some(ack), Some(stats)) = (cancel_sent, ack, end) {
+            break (sent, ack, stats);
+        }
         if cancel_sent.is_none() && start.elapsed() >= after {
             client.send(&Request::Cancel)?;
             cancel_sent = Some(start.elapsed());
         }
-        let event = match client.recv(Duration::from_millis(1)) {
-            Ok(event) => event,
-            Err(ClientError::Timeout(_)) if start.elapsed() < SILENCE_TIMEOUT => continue,
-            Err(e) => return Err(e.into()),
+        let Some(event) = next_event(client, start)? else {
+            continue;
         };
         match event {
             Event::Token { .. } if cancel_sent.is_none() => bail!(
@@ -305,11 +306,18 @@ fn cancel_during_prefill(
             Event::Error { code, detail } => bail!(describe_error(code, &detail)),
             _ => {}
         }
-    }
-    let (Some(sent), Some(ack), Some(stats)) = (cancel_sent, ack, end) else {
-        unreachable!("the loop ends with all three")
     };
     Ok(((ack - sent).as_secs_f64() * 1000.0, stats.prompt_tokens))
+}
+
+/// The next event, waiting 1 ms for it: `None` when none came, an error when none came and the
+/// request was sent (at `start`) [`SILENCE_TIMEOUT`] ago or more.
+fn next_event(client: &mut Client, start: Instant) -> Result<Option<Event>> {
+    match client.recv(Duration::from_millis(1)) {
+        Ok(event) => Ok(Some(event)),
+        Err(ClientError::Timeout(_)) if start.elapsed() < SILENCE_TIMEOUT => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -353,10 +361,8 @@ pub fn bench(
                 client.send(&Request::Cancel)?;
                 cancel_sent = Some(start.elapsed());
             }
-            let event = match client.recv(Duration::from_millis(1)) {
-                Ok(event) => event,
-                Err(ClientError::Timeout(_)) if start.elapsed() < SILENCE_TIMEOUT => continue,
-                Err(e) => return Err(e.into()),
+            let Some(event) = next_event(&mut client, start)? else {
+                continue;
             };
             let now = start.elapsed();
             match event {
