@@ -9,7 +9,7 @@ use ember_core::protocol::{
     self, ChatOptions, ChatRequest, EndReason, ErrorCode, Event, FrameWriter, Request,
 };
 use ember_e2e::{Running, binary, ember_at, emberd_on_pty, tiny_image};
-use ember_serial::{Client, PtyPair, Tty};
+use ember_serial::{Client, Port, PtyPair, Tty};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

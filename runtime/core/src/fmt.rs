@@ -18,6 +18,17 @@ macro_rules! debug {
     }};
 }
 
+macro_rules! info {
+    ($($arg:tt)*) => {{
+        #[cfg(feature = "defmt")]
+        ::defmt::info!($($arg)*);
+        #[cfg(feature = "log")]
+        ::log::info!($($arg)*);
+        #[cfg(not(any(feature = "defmt", feature = "log")))]
+        let _ = ::core::format_args!($($arg)*);
+    }};
+}
+
 macro_rules! warn {
     ($($arg:tt)*) => {{
         #[cfg(feature = "defmt")]

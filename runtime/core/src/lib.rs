@@ -2,6 +2,8 @@
 //!
 //! - [`sampler`]: turns logits into the next token (greedy, temperature, top-k, top-p,
 //!   repetition penalty) with a seeded generator that gives the same tokens on every platform.
+//! - [`device`] (`alloc`): the device's side of the serial line as a state machine fed bytes
+//!   and time (line mode, frame mode, replies, flash and baud rules), for a thin driver.
 //! - [`chat`]: renders a conversation with the model's chat template (ChatML).
 //! - [`utf8`]: assembles streamed token bytes into whole UTF-8 characters.
 //! - [`flash`]: the device's model slots and the rules of flashing an image over the line.
@@ -26,6 +28,8 @@ extern crate alloc;
 mod fmt;
 
 pub mod chat;
+#[cfg(feature = "alloc")]
+pub mod device;
 pub mod flash;
 pub mod frame;
 pub mod image;

@@ -4,6 +4,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use ember_board::{Board, MemoryPlan, ModelNeeds, Serial};
 use ember_core::chat::ChatTemplate;
+use ember_core::device::{self, IDLE_TIMEOUT, LineConfig, Model, Settings};
 use ember_core::flash::{FlashOutcome, Slot};
 use ember_core::image::ImageHeader;
 use ember_core::protocol::{self, ErrorCode, Event, Hello, MAX_FRAME, PROTOCOL_VERSION};
@@ -12,7 +13,7 @@ use ember_engine::{ChatSession, ModelFile, WeightSource};
 use ember_flash::SlotDir;
 use ember_serial::{PtyPair, Tty};
 use ember_tract::{CpuReport, TractModel};
-use emberd::server::{Exit, Server, Settings, Wire};
+use emberd::driver::{Driver, Exit};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -90,10 +91,23 @@ struct Args {
     /// Give up a reply when the other end takes no bytes for this many milliseconds.
     #[arg(long, default_value_t = 2000)]
     write_timeout_ms: u64,
+    /// Go back to line mode (at the board's own rate) when a program has sent nothing for this
+    /// many seconds and no reply runs (0: never); a vanished program leaves the line usable.
+    #[arg(long, default_value_t = IDLE_TIMEOUT.as_secs())]
+    idle_timeout_s: u64,
     /// Print the board, the memory plan and the kernels the engine will use, then exit without
     /// loading the weights or opening the line.
     #[arg(long)]
     dry_run: bool,
+}
+
+/// Waits by sleeping the thread.
+struct Sleep;
+
+impl embedded_hal::delay::DelayNs for Sleep {
+    fn delay_ns(&mut self, ns: u32) {
+        std::thread::sleep(Duration::from_nanos(ns.into()));
+    }
 }
 
 /// Logs to stderr; `EMBER_LOG=debug` shows more, `EMBER_LOG=warn` less.
@@ -183,16 +197,15 @@ fn run(args: Args) -> Result<()> {
             .map_or_else(|| model.clone().unwrap_or_default(), SlotDir::active_path);
         return device.dry_run(&path, slots.as_ref());
     }
-    let mut wire = None;
+    let mut driver = None;
     let mut notice = None;
     loop {
         let path = slots
             .as_ref()
             .map_or_else(|| model.clone().unwrap_or_default(), SlotDir::active_path);
-        match device.serve(&path, slots.as_mut(), &mut wire, notice.take(), start)? {
+        match device.serve(&path, slots.as_mut(), &mut driver, notice.take(), start)? {
             Exit::PortFailed(e) => return Err(e).context("the serial line failed"),
-            Exit::Trial(line, slot) => {
-                wire = Some(*line);
+            Exit::Trial(slot) => {
                 let slots = slots.as_mut().context("a trial boot without slots")?;
                 notice = Some(device.trial(slots, slot)?);
             }
@@ -341,10 +354,10 @@ impl Device<'_> {
         &self,
         path: &Path,
         slots: Option<&mut SlotDir>,
-        wire: &mut Option<Wire<Tty>>,
+        driver: &mut Option<Driver<Tty, Sleep>>,
         notice: Option<Event>,
         start: Instant,
-    ) -> Result<Exit<Tty>> {
+    ) -> Result<Exit> {
         let args = self.args;
         let context = || format!("cannot load model {}", path.display());
         let opened = self.open(path)?;
@@ -387,24 +400,38 @@ impl Device<'_> {
             .sampling
             .validate()
             .context("invalid sampling settings")?;
-        let chat = ChatSession::new(&mut session, &tokenizer, template, args.system.clone());
-        let mut line = match wire.take() {
-            Some(line) => line,
+        let mut chat = ChatSession::new(&mut session, &tokenizer, template, args.system.clone());
+        let model_info = Model {
+            hello,
+            settings,
+            system: args.system.clone(),
+        };
+        let driver = match driver {
+            Some(driver) => {
+                let now = driver.now();
+                driver.device.load(model_info, now);
+                driver
+            }
             None => {
                 let (port, baud) = self.open_line()?;
-                let max_baud = args
-                    .max_baud
-                    .or(self.board.map(|b| b.max_baud))
-                    .unwrap_or(baud);
-                Wire::new(port, baud, max_baud)
+                let config = LineConfig {
+                    baud,
+                    max_baud: args
+                        .max_baud
+                        .or(self.board.map(|b| b.max_baud))
+                        .unwrap_or(baud),
+                    rates: &ember_serial::STANDARD_BAUDS,
+                    idle_timeout: match args.idle_timeout_s {
+                        0 => None,
+                        s => Some(Duration::from_secs(s)),
+                    },
+                };
+                let device = device::Device::new(config, model_info, Duration::ZERO);
+                driver.insert(Driver::new(port, Sleep, device, Instant::now()))
             }
         };
-        let hello = Hello {
-            max_baud: line.max_baud(),
-            ..hello
-        };
         if let Some(notice) = notice {
-            line.announce(&notice);
+            driver.device.send(&notice);
         }
         log::info!(
             "serving {} ({} threads, {} kernel, context {capacity}{}) after {:.2} s",
@@ -416,7 +443,7 @@ impl Device<'_> {
                 .map_or(String::new(), |s| format!(", slot {}", s.table().active)),
             start.elapsed().as_secs_f64()
         );
-        Ok(Server::new(line, chat, hello, settings, slots).run())
+        Ok(driver.serve(&mut chat, slots))
     }
 
     /// Opens the serial line (or makes the PTY pair); returns it and its baud rate.
@@ -434,7 +461,13 @@ impl Device<'_> {
             Serial::Pty => {
                 let pair = PtyPair::open().context("cannot create a PTY pair")?;
                 if let Some(link) = &args.pty_link {
-                    link_to(link, pair.path())?;
+                    pair.link(link).with_context(|| {
+                        format!(
+                            "cannot link {} to {}",
+                            link.display(),
+                            pair.path().display()
+                        )
+                    })?;
                 }
                 // The path goes to stdout alone, for scripts; everything else to stderr.
                 print_result(&format!("{}\n", pair.path().display()))?;
@@ -491,17 +524,6 @@ impl Device<'_> {
         }
         Ok(ImageHeader::parse(&image.mapping()[..])?.manifest_sha256)
     }
-}
-
-/// Points the symbolic link `link` at `target`, replacing it atomically.
-fn link_to(link: &Path, target: &Path) -> Result<()> {
-    let mut temp = link.as_os_str().to_owned();
-    temp.push(".new");
-    let temp = PathBuf::from(temp);
-    let _ = std::fs::remove_file(&temp);
-    std::os::unix::fs::symlink(target, &temp)
-        .and_then(|()| std::fs::rename(&temp, link))
-        .with_context(|| format!("cannot link {} to {}", link.display(), target.display()))
 }
 
 /// Sets the board's CPU knobs for tract (unless the environment already has them), and warns when

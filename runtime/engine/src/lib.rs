@@ -15,8 +15,8 @@ mod generate;
 pub mod memory;
 mod reference;
 mod source;
-#[cfg(test)]
-mod testing;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use chat::ChatSession;
 pub use config::ModelConfig;

@@ -1,4 +1,5 @@
-//! A fake model and a small tokenizer for the unit tests of generation and chat.
+//! A fake model and a small tokenizer for unit tests of generation and chat, here and (with
+//! the `testing` feature) in the crates that drive a chat, such as `emberd`'s in-process tests.
 
 use crate::{EngineError, LanguageModel};
 use ember_tokenizer::{Tokenizer, Vocabulary};
@@ -44,19 +45,27 @@ pub fn tokenizer() -> Tokenizer {
 /// or the end of the sequence once `eos_at` positions are in the cache. Records every batch it
 /// is fed.
 pub struct Counting {
+    /// Positions in the cache.
     pub position: usize,
+    /// Most positions the cache holds.
     pub context: usize,
+    /// The position from which the end of the sequence is most likely.
     pub eos_at: usize,
+    /// How many tokens each call to `feed` took.
     pub batches: Vec<usize>,
+    /// How long each call to `feed` takes (a model with some speed, for tests of cancels).
+    pub delay: std::time::Duration,
 }
 
 impl Counting {
+    /// A model that ends the sequence at position `eos_at`, with a context of 1024.
     pub fn new(eos_at: usize) -> Self {
         Counting {
             position: 0,
             context: 1024,
             eos_at,
             batches: Vec::new(),
+            delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -69,6 +78,7 @@ impl LanguageModel for Counting {
         self.position
     }
     fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        std::thread::sleep(self.delay);
         self.position += tokens.len();
         self.batches.push(tokens.len());
         let mut logits = vec![0.0; EOS as usize + 1];

@@ -22,7 +22,7 @@ use ember_core::flash::{
 };
 use ember_core::frame::crc32;
 use ember_core::image::{ImageError, ImageHeader};
-use ember_core::protocol::{ErrorCode, FlashBegin, FlashChunk};
+use ember_core::protocol::{self, ErrorCode, Event, FlashBegin, FlashChunk, FlashStage, Request};
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -462,6 +462,65 @@ impl SlotDir {
         let mut table = self.table.clone();
         table.incoming = None;
         self.store(&table)
+    }
+
+    /// Answers a flash request from the line with `send`: `FlashNext` where the host goes on,
+    /// `Done` for an abort, `FlashStage`s during a commit, an `Error` when refused. Returns the
+    /// slot a committed image waits in for its trial boot.
+    pub fn answer(&mut self, request: &Request, send: &mut dyn FnMut(&Event)) -> Option<Slot> {
+        let error = |e: &FlashError| Event::Error {
+            code: e.code(),
+            detail: protocol::truncated(&e.to_string()),
+        };
+        let result = match request {
+            Request::FlashBegin(begin) => self.begin(begin).map(|position| {
+                log::info!(
+                    "flash: receiving {} bytes from offset {}",
+                    begin.image_len,
+                    position.offset
+                );
+                Some(Event::FlashNext(position))
+            }),
+            Request::FlashChunk(chunk) => match self.chunk(chunk) {
+                Ok(ChunkReply::Next(position)) => Ok(Some(Event::FlashNext(position))),
+                Ok(ChunkReply::Quiet) => Ok(None),
+                Err(e) => {
+                    log::debug!("flash: {e}");
+                    send(&error(&e));
+                    // Where to go on from (the start of the damaged block).
+                    Ok(self.position().map(Event::FlashNext))
+                }
+            },
+            Request::FlashAbort => self.abort().map(|()| Some(Event::Done)),
+            Request::FlashCommit => {
+                let verifying = Event::FlashStage {
+                    stage: FlashStage::Verifying,
+                };
+                match self.commit(|| send(&verifying)) {
+                    Ok(slot) => {
+                        log::info!("flash: image in slot {slot} verified; trial boot");
+                        send(&Event::FlashStage {
+                            stage: FlashStage::Testing,
+                        });
+                        return Some(slot);
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            _ => Ok(None),
+        };
+        match result {
+            Ok(event) => {
+                if let Some(event) = event {
+                    send(&event);
+                }
+            }
+            Err(e) => {
+                log::warn!("flash: {e}");
+                send(&error(&e));
+            }
+        }
+        None
     }
 
     /// Checks the received image (every block, its SHA-256, its header, manifest and section

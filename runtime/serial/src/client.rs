@@ -1,7 +1,8 @@
 //! The host side of frame mode: open the line, say hello, send requests, read events.
 
+use crate::port::Port;
 use crate::tty::{Tty, TtyError};
-use embedded_io::Write;
+use ember_core::device::IDLE_TIMEOUT;
 use ember_core::frame::{DELIMITER, FrameDecoder};
 use ember_core::protocol::{
     self, EndReason, ErrorCode, Event, FrameWriter, Hello, MAX_FRAME, PROTOCOL_VERSION, ReplyStats,
@@ -48,9 +49,10 @@ pub enum ClientError {
     Protocol(#[from] protocol::ProtocolError),
 }
 
-/// A frame-mode connection to an Ember device.
-pub struct Client {
-    tty: Tty,
+/// A frame-mode connection to an Ember device over a serial line `P` (a [`Tty`], or a
+/// [`crate::MemoryLine`] in tests).
+pub struct Client<P: Port = Tty> {
+    tty: P,
     decoder: FrameDecoder<MAX_FRAME>,
     writer: FrameWriter,
     hello: Hello,
@@ -60,9 +62,12 @@ pub struct Client {
     sent: u64,
     /// The line's rate (0: unknown, as for a PTY master).
     baud: u32,
+    /// Since when the device has had nothing to do (no request sent, no reply running); `None`
+    /// while a reply runs. After [`IDLE_TIMEOUT`] of this the device is back in line mode.
+    quiet_since: Option<Instant>,
 }
 
-impl Client {
+impl Client<Tty> {
     /// Opens `port` at `baud`, switches the device to frame mode and reads its greeting.
     /// Each attempt waits `timeout`.
     pub fn connect(port: &Path, baud: u32, timeout: Duration) -> Result<Client, ClientError> {
@@ -72,9 +77,11 @@ impl Client {
         client.baud = baud;
         Ok(client)
     }
+}
 
+impl<P: Port> Client<P> {
     /// Says hello over an open line.
-    pub fn over(tty: Tty, timeout: Duration) -> Result<Client, ClientError> {
+    pub fn over(tty: P, timeout: Duration) -> Result<Self, ClientError> {
         let mut client = Client {
             tty,
             decoder: FrameDecoder::new(),
@@ -94,6 +101,7 @@ impl Client {
             lost: 0,
             sent: 0,
             baud: 0,
+            quiet_since: None,
         };
         client.greet(timeout, HELLO_ATTEMPTS)?;
         Ok(client)
@@ -130,7 +138,7 @@ impl Client {
             }
         }
         Err(ClientError::NoHello {
-            port: self.tty.port().to_string(),
+            port: self.tty.name().to_string(),
             waited: timeout * attempts,
         })
     }
@@ -190,8 +198,19 @@ impl Client {
         self.sent
     }
 
-    /// Sends one request.
+    /// Sends one request. A device left quiet for half its idle timeout may be about to go
+    /// back to line mode: it is greeted again first.
     pub fn send(&mut self, request: &Request) -> Result<(), ClientError> {
+        let quiet = self
+            .quiet_since
+            .is_some_and(|t| t.elapsed() > IDLE_TIMEOUT / 2);
+        if quiet && !matches!(request, Request::Hello { .. }) {
+            self.greet(Duration::from_secs(1), HELLO_ATTEMPTS)?;
+        }
+        self.quiet_since = match request {
+            Request::Chat(_) => None,
+            _ => Some(Instant::now()),
+        };
         let frame = self.writer.encode(request)?;
         self.tty.write_all(frame)?;
         self.sent += frame.len() as u64;
@@ -249,7 +268,12 @@ impl Client {
             }
             self.next_seq = Some(frame.seq.wrapping_add(1));
             match protocol::decode::<Event>(frame.payload) {
-                Ok(event) => return Ok(Some(event)),
+                Ok(event) => {
+                    if matches!(event, Event::End { .. }) {
+                        self.quiet_since = Some(Instant::now());
+                    }
+                    return Ok(Some(event));
+                }
                 Err(_) => self.damaged += 1,
             }
         }
@@ -287,11 +311,16 @@ impl Client {
         }
     }
 
-    /// Leaves frame mode: the device goes back to line mode.
-    pub fn goodbye(mut self, timeout: Duration) -> Result<(), ClientError> {
+    /// Leaves frame mode: the device goes back to line mode. Returns the line.
+    pub fn goodbye(mut self, timeout: Duration) -> Result<P, ClientError> {
         self.send(&Request::Goodbye)?;
         self.until(timeout, |e| matches!(e, Event::Goodbye), &mut |_| {})?;
-        Ok(())
+        Ok(self.tty)
+    }
+
+    /// The line, as it is (in frame mode, unless the device left it).
+    pub fn into_port(self) -> P {
+        self.tty
     }
 }
 

@@ -41,6 +41,17 @@ impl PtyPair {
         &self.path
     }
 
+    /// Points the symbolic link `link` at the device path, replacing it atomically (so a host
+    /// finds a restarted device at the same path, like a serial adapter plugged back in).
+    pub fn link(&self, link: &Path) -> std::io::Result<()> {
+        let mut temp = link.as_os_str().to_owned();
+        temp.push(".new");
+        let temp = PathBuf::from(temp);
+        let _ = std::fs::remove_file(&temp);
+        std::os::unix::fs::symlink(&self.path, &temp)?;
+        std::fs::rename(&temp, link)
+    }
+
     /// Another descriptor of the master side (blocking), for a thread of its own.
     pub(crate) fn master_clone(&self) -> std::io::Result<OwnedFd> {
         self.master.try_clone()

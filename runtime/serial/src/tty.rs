@@ -1,5 +1,6 @@
 //! A serial line in raw mode: a UART device or a PTY.
 
+use crate::port::Port;
 use embedded_io::{ErrorKind, ErrorType, Read, ReadReady, Write};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::fs::{Mode, OFlags, open};
@@ -167,15 +168,6 @@ impl Tty {
         self.wait(PollFlags::IN, timeout)
     }
 
-    /// Reads what arrives within `timeout`: 0 bytes when nothing did.
-    pub fn read_timeout(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, TtyError> {
-        if self.wait_readable(Some(timeout))? {
-            self.read(buf)
-        } else {
-            Ok(0)
-        }
-    }
-
     fn wait(&mut self, flags: PollFlags, timeout: Option<Duration>) -> Result<bool, TtyError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
@@ -285,6 +277,24 @@ fn standard_speed(baud: u32) -> Option<libc::speed_t> {
         4_000_000 => libc::B4000000,
         _ => return None,
     })
+}
+
+impl Port for Tty {
+    fn name(&self) -> &str {
+        &self.port
+    }
+    fn wait_readable(&mut self, timeout: Option<Duration>) -> Result<bool, TtyError> {
+        Tty::wait_readable(self, timeout)
+    }
+    fn drain(&mut self) -> Result<(), TtyError> {
+        Tty::drain(self)
+    }
+    fn set_baud(&mut self, baud: u32) -> Result<(), TtyError> {
+        Tty::set_baud(self, baud)
+    }
+    fn discard_input(&mut self) -> Result<(), TtyError> {
+        Tty::discard_input(self)
+    }
 }
 
 impl ErrorType for Tty {

@@ -83,10 +83,8 @@ pub fn run(args: Args) -> Result<()> {
             interrupt: remote::interrupt_flag()?,
         };
         converse(&mut device, args.json)?;
-        return device
-            .client
-            .goodbye(Duration::from_secs(5))
-            .map_err(Into::into);
+        device.client.goodbye(Duration::from_secs(5))?;
+        return Ok(());
     }
     let threads = super::use_threads(args.threads)?;
     let path = super::model_or_default(args.model.as_deref(), threads)?;

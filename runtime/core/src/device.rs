@@ -1,0 +1,954 @@
+//! The device's side of the serial line as a state machine, without I/O (sans-IO, like
+//! quinn-proto): fed the bytes that arrive, the time, and the text the model produces, it
+//! returns the bytes to send and what the driver must do — start a reply, forget the
+//! conversation, carry out a flash request, switch the line's rate. Line mode, frame probing,
+//! frame mode, the busy and cancel rules, stop sequences, sentences, settings and the baud rules
+//! all live here; their behaviour is `docs/PROTOCOL.md`'s.
+//!
+//! A driver (`emberd`) loops:
+//! 1. takes every [`Output`] from [`Device::poll`] and carries it out, in order;
+//! 2. hands the bytes that arrived to [`Device::receive`], which takes bytes until it has work
+//!    for the driver and says how many it took (the driver goes back to 1 with the rest);
+//! 3. waits for bytes until [`Device::deadline`], then calls [`Device::handle_timeout`].
+//!
+//! While a reply runs ([`Output::Reply`]) the driver steps the model, hands each piece of text
+//! to [`Device::reply_text`] and the bytes that arrive to [`Device::receive`], ends the reply
+//! when [`Device::halt`] says so, and reports the end with [`Device::reply_ended`].
+//!
+//! Time is a [`Duration`] since any fixed start the driver picks; the device has no clock.
+
+use crate::frame::{DELIMITER, FrameDecoder, FrameError};
+use crate::line::{self, Command, LineEditor, LineEvent, Setting};
+use crate::protocol::{
+    self, BAUD_TRIAL_MS, ChatOptions, ChatRequest, EndReason, ErrorCode, Event, FrameWriter, Hello,
+    MAX_DELTA, MAX_FRAME, MAX_SENTENCE, ProtocolError, ReplyStats, Request, Status,
+};
+use crate::sampler::SamplingConfig;
+use crate::sentence::SentenceSplitter;
+use crate::stop::StopFilter;
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+use core::time::Duration;
+
+/// Most bytes in one typed line.
+pub const MAX_LINE: usize = protocol::MAX_TEXT;
+/// What the device prints when it waits for a line.
+pub const PROMPT: &str = "> ";
+/// How long frame mode lasts without a request (while no reply runs) before the device goes
+/// back to line mode, unless [`LineConfig::idle_timeout`] says otherwise.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The settings replies use unless a request overrides them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// How tokens are picked.
+    pub sampling: SamplingConfig,
+    /// Most tokens per reply.
+    pub max_tokens: u32,
+    /// Stop sequences.
+    pub stops: Vec<String>,
+}
+
+/// The model the device serves, as the line sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    /// The greeting for programs (its `max_baud` is set from [`LineConfig::max_baud`]).
+    pub hello: Hello,
+    /// Settings of a reply when a request does not change them.
+    pub settings: Settings,
+    /// The system prompt (`None`: the model's own).
+    pub system: Option<String>,
+}
+
+/// The serial line's rates and timeouts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineConfig {
+    /// The rate the line starts at (and returns to after a session at another rate).
+    pub baud: u32,
+    /// The fastest rate a program may switch the line to.
+    pub max_baud: u32,
+    /// The rates the port can be set to.
+    pub rates: &'static [u32],
+    /// Frame mode ends after this long without a request while no reply runs (`None`: never).
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Something the driver must do, in the order given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Bytes for the line. If writing them times out, call [`Device::write_stalled`].
+    Write(Vec<u8>),
+    /// Generate the reply to a user's message.
+    Reply(ReplyRequest),
+    /// Forget the conversation (the system prompt stays).
+    Reset,
+    /// Set the system prompt (`None`: the model's own) and forget the conversation.
+    SetSystem(Option<String>),
+    /// Carry out a flash request ([`Request::FlashBegin`], `FlashChunk`, `FlashAbort` or
+    /// `FlashCommit`) on the model slots and answer it with events ([`Device::send`]).
+    Flash(Box<Request>),
+    /// Let the bytes written so far leave, switch the line to this rate, then call
+    /// [`Device::baud_switched`].
+    SwitchBaud(u32),
+}
+
+/// A reply to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplyRequest {
+    /// The user's message.
+    pub text: String,
+    /// Most tokens to generate.
+    pub max_tokens: u32,
+    /// How to pick them.
+    pub sampling: SamplingConfig,
+}
+
+/// The conversation as the engine holds it after a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Context {
+    /// Finished turns.
+    pub turns: u32,
+    /// Positions in use.
+    pub used: u32,
+}
+
+/// How a reply ended, as the driver reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyEnd {
+    /// The model ran: it ended its turn (`Eos`), reached the token limit (`Length`), or the
+    /// driver stopped it because [`Device::halt`] asked (`Stop`, `Cancelled`).
+    Finished {
+        /// Why it ended.
+        reason: EndReason,
+        /// Tokens prefilled.
+        prompt_tokens: u32,
+        /// Tokens generated.
+        generated_tokens: u32,
+        /// Generated tokens per second after the first.
+        decode_tokens_per_second: f32,
+        /// Old turns dropped to make room.
+        turns_dropped: u32,
+        /// The conversation afterwards.
+        context: Context,
+    },
+    /// The engine refused or failed.
+    Failed {
+        /// [`ErrorCode::TooLong`] or [`ErrorCode::Engine`].
+        code: ErrorCode,
+        /// For people.
+        detail: String,
+    },
+}
+
+/// Where the line's bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Text for a person's terminal.
+    Line,
+    /// A `0x00` arrived in line mode: is a `Hello` frame next?
+    Probe,
+    /// Frames for a program.
+    Frame,
+}
+
+/// A reply being generated.
+struct Reply {
+    start: Duration,
+    first_token: Option<Duration>,
+    stop: StopFilter,
+    splitter: SentenceSplitter<MAX_SENTENCE>,
+    /// Frame mode, with sentences for text-to-speech.
+    sentences: bool,
+    /// The host (or a person) asked to cancel.
+    cancel: bool,
+    status: Status,
+}
+
+/// A rate switch asked of the driver and not yet done.
+#[derive(Debug, Clone, Copy)]
+struct Switch {
+    to: u32,
+    /// A trial: the rate to go back to if no frame arrives at the new one.
+    from: Option<u32>,
+}
+
+/// The device's side of the line: see the [module docs](self).
+pub struct Device {
+    config: LineConfig,
+    mode: Mode,
+    line: LineEditor<MAX_LINE>,
+    frames: FrameDecoder<MAX_FRAME>,
+    writer: Box<FrameWriter>,
+    out: VecDeque<Output>,
+    /// The other end stopped taking bytes: output is dropped until it sends something.
+    stalled: bool,
+    /// A write gave up partway, maybe inside a frame: the next frame starts with a delimiter.
+    torn: bool,
+    baud: u32,
+    switch: Option<Switch>,
+    /// A rate on trial: the rate to go back to, and when.
+    trial: Option<(u32, Duration)>,
+    /// When frame mode last had a request (or finished a reply).
+    last_request: Duration,
+    model: Model,
+    context: Context,
+    session: u32,
+    last: Option<ReplyStats>,
+    replies: u32,
+    reply: Option<Reply>,
+}
+
+impl Device {
+    /// A device in line mode serving `model`; its banner is the first output.
+    pub fn new(config: LineConfig, model: Model, now: Duration) -> Self {
+        let mut device = Device {
+            mode: Mode::Line,
+            line: LineEditor::new(),
+            frames: FrameDecoder::new(),
+            writer: Box::default(),
+            out: VecDeque::new(),
+            stalled: false,
+            torn: false,
+            baud: config.baud,
+            switch: None,
+            trial: None,
+            last_request: now,
+            model: model.clone(),
+            context: Context::default(),
+            session: 0,
+            last: None,
+            replies: 0,
+            reply: None,
+            config,
+        };
+        device.load(model, now);
+        device
+    }
+
+    /// Serves another model (after a flash): a new conversation with its settings. The line
+    /// stays as it is; line mode shows the banner again.
+    pub fn load(&mut self, mut model: Model, now: Duration) {
+        model.hello.max_baud = self.config.max_baud.max(self.config.baud);
+        self.model = model;
+        self.context = Context::default();
+        self.session = 0;
+        self.last = None;
+        self.replies = 0;
+        self.last_request = now;
+        if self.mode == Mode::Line {
+            let banner = format!(
+                "\nEmber: {} is listening. Type a message; /help lists the commands.\n{PROMPT}",
+                self.model.hello.model_name
+            );
+            self.text(&banner);
+        }
+    }
+
+    /// The next thing for the driver to do.
+    pub fn poll(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The mode the line is in.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The line's rate as the device set it.
+    pub fn baud(&self) -> u32 {
+        self.baud
+    }
+
+    /// Whether a reply is being generated.
+    pub fn replying(&self) -> bool {
+        self.reply.is_some()
+    }
+
+    /// The greeting for programs.
+    pub fn hello(&self) -> &Hello {
+        &self.model.hello
+    }
+
+    /// Takes bytes that arrived on the line, until one of them gives the driver work (an
+    /// [`Output`] other than bytes); returns how many it took. Bytes that arrive while a rate
+    /// switch waits to be carried out were sent at the old rate and are dropped.
+    pub fn receive(&mut self, now: Duration, bytes: &[u8]) -> usize {
+        for (i, &byte) in bytes.iter().enumerate() {
+            // Someone is there again.
+            self.stalled = false;
+            if self.switch.is_some() {
+                return bytes.len();
+            }
+            self.take(now, byte);
+            if self.switch.is_some() {
+                return bytes.len();
+            }
+            if self.out.iter().any(|o| !matches!(o, Output::Write(_))) {
+                return i + 1;
+            }
+        }
+        bytes.len()
+    }
+
+    /// When [`Device::handle_timeout`] is next due, if ever.
+    pub fn deadline(&self) -> Option<Duration> {
+        if let Some((_, at)) = self.trial {
+            return Some(at);
+        }
+        match (self.mode, self.config.idle_timeout) {
+            (Mode::Frame, Some(idle)) if self.reply.is_none() && self.switch.is_none() => {
+                Some(self.last_request + idle)
+            }
+            _ => None,
+        }
+    }
+
+    /// Acts on the time: a rate on trial that got no frame is given up; frame mode without
+    /// requests for the idle timeout ends.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        match self.deadline() {
+            Some(at) if now >= at => {}
+            _ => return,
+        }
+        if let Some((old, _)) = self.trial.take() {
+            warn!("no frame arrived at {} baud: back to {}", self.baud, old);
+            self.switch_to(old, None);
+            return;
+        }
+        info!("no request in frame mode for a while: back to line mode");
+        self.mode = Mode::Line;
+        if self.baud != self.config.baud {
+            self.switch_to(self.config.baud, None);
+        }
+        self.line.clear();
+        let idle = self.config.idle_timeout.unwrap_or_default().as_secs_f32();
+        self.text(&format!(
+            "\n(no program spoke for {idle} s: back in line mode)\n{PROMPT}"
+        ));
+    }
+
+    /// The driver carried out [`Output::SwitchBaud`] (`switched`), or the port refused it.
+    pub fn baud_switched(&mut self, now: Duration, switched: bool) {
+        let Some(switch) = self.switch.take() else {
+            return;
+        };
+        if !switched {
+            warn!("cannot switch the line to {} baud", switch.to);
+            return;
+        }
+        self.baud = switch.to;
+        self.frames = FrameDecoder::new();
+        self.last_request = now;
+        if let Some(from) = switch.from {
+            // The host greets at the new rate; without a frame in time the line does not carry it.
+            self.trial = Some((from, now + Duration::from_millis(BAUD_TRIAL_MS.into())));
+        }
+    }
+
+    /// Writing the bytes of an [`Output::Write`] timed out: the other end stopped reading.
+    /// Output is dropped until it sends something, and a reply in progress is abandoned.
+    pub fn write_stalled(&mut self) {
+        if !self.stalled {
+            warn!("the other end stopped reading: dropping output until it sends again");
+        }
+        self.stalled = true;
+        self.torn = true;
+        self.out.retain(|o| !matches!(o, Output::Write(_)));
+    }
+
+    /// Sends `event` if the line is in frame mode (a driver's answer to [`Output::Flash`], or
+    /// news of a flash after a new model was loaded).
+    pub fn send(&mut self, event: &Event) {
+        if self.mode == Mode::Frame {
+            self.send_frame(event);
+        }
+    }
+
+    /// Takes the next piece of the reply's text.
+    pub fn reply_text(&mut self, now: Duration, piece: &str) {
+        let Some(mut reply) = self.reply.take() else {
+            return;
+        };
+        reply.first_token.get_or_insert(now);
+        let Reply {
+            stop,
+            splitter,
+            sentences,
+            ..
+        } = &mut reply;
+        stop.push(piece, &mut |visible| {
+            self.show(splitter, *sentences, visible)
+        });
+        self.reply = Some(reply);
+    }
+
+    /// Whether the driver must end the reply now, and why (`Stop` or `Cancelled`).
+    pub fn halt(&self) -> Option<EndReason> {
+        let reply = self.reply.as_ref()?;
+        if reply.stop.stopped() {
+            Some(EndReason::Stop)
+        } else if reply.cancel || self.stalled {
+            Some(EndReason::Cancelled)
+        } else {
+            None
+        }
+    }
+
+    /// The reply ended.
+    pub fn reply_ended(&mut self, now: Duration, end: ReplyEnd) {
+        let Some(mut reply) = self.reply.take() else {
+            return;
+        };
+        self.last_request = now;
+        let (mut reason, stats) = match end {
+            ReplyEnd::Failed { code, detail } => {
+                warn!("reply failed: {}", detail.as_str());
+                if reply.sentences {
+                    self.send_frame(&Event::SynthesizeStop);
+                }
+                return self.report(code, &detail);
+            }
+            ReplyEnd::Finished {
+                reason,
+                prompt_tokens,
+                generated_tokens,
+                decode_tokens_per_second,
+                turns_dropped,
+                context,
+            } => {
+                self.context = context;
+                let stats = ReplyStats {
+                    prompt_tokens,
+                    generated_tokens,
+                    time_to_first_token_ms: millis(
+                        reply.first_token.unwrap_or(now).saturating_sub(reply.start),
+                    ),
+                    total_ms: millis(now.saturating_sub(reply.start)),
+                    decode_tokens_per_second,
+                    context_used: context.used,
+                    turns_dropped,
+                };
+                (reason, stats)
+            }
+        };
+        let Reply {
+            stop,
+            splitter,
+            sentences,
+            ..
+        } = &mut reply;
+        if matches!(reason, EndReason::Eos | EndReason::Length) {
+            stop.finish(&mut |visible| self.show(splitter, *sentences, visible));
+            // A stop sequence inside a longer one that never completed is cut only now.
+            if stop.stopped() {
+                reason = EndReason::Stop;
+            }
+        }
+        if reply.sentences {
+            if reason != EndReason::Cancelled {
+                reply
+                    .splitter
+                    .finish(&mut |sentence| self.send_sentence(sentence));
+            }
+            self.send_frame(&Event::SynthesizeStop);
+        }
+        info!("reply: {}, {}", reason.as_str(), describe(&stats).as_str());
+        self.last = Some(stats);
+        self.replies += 1;
+        if self.mode == Mode::Frame {
+            self.send_frame(&Event::End { reason, stats });
+            if reply.cancel {
+                self.send_frame(&Event::CancelAck {
+                    was_generating: true,
+                });
+            }
+        } else {
+            self.text(if reason == EndReason::Cancelled {
+                " ^C\n"
+            } else {
+                "\n"
+            });
+            self.text(PROMPT);
+        }
+    }
+
+    fn take(&mut self, now: Duration, byte: u8) {
+        if self.reply.is_some() {
+            return self.take_busy(byte);
+        }
+        if self.trial.is_some() {
+            return self.take_trial(now, byte);
+        }
+        match self.mode {
+            Mode::Line => self.take_line(now, byte),
+            Mode::Probe => self.take_probe(now, byte),
+            Mode::Frame => match self.decode(byte) {
+                None => {}
+                Some(Ok(request)) => self.request(now, request),
+                Some(Err(e)) => self.report_bad_frame(e),
+            },
+        }
+    }
+
+    fn take_line(&mut self, now: Duration, byte: u8) {
+        if byte == DELIMITER {
+            self.mode = Mode::Probe;
+            self.frames = FrameDecoder::new();
+            return;
+        }
+        let mut echo = Vec::new();
+        let event = self
+            .line
+            .push(byte, &mut |bytes| echo.extend_from_slice(bytes))
+            .map(|event| match event {
+                LineEvent::Line(text) => Ok(text.to_string()),
+                LineEvent::Interrupt => Err(None),
+                LineEvent::Error(e) => Err(Some(e.to_string())),
+            });
+        self.write(&echo);
+        match event {
+            None => return,
+            Some(Ok(text)) => self.command(now, &text),
+            Some(Err(None)) => {}
+            Some(Err(Some(error))) => self.text(&format!("error: {error}\n")),
+        }
+        if self.mode == Mode::Line && self.reply.is_none() {
+            self.text(PROMPT);
+        }
+    }
+
+    fn command(&mut self, now: Duration, text: &str) {
+        match line::parse_line(text) {
+            Ok(Command::Empty) => {}
+            Ok(Command::Say(message)) => {
+                let settings = self.model.settings.clone();
+                self.start_reply(now, message, settings, false);
+            }
+            Ok(Command::Help) => self.text(line::HELP),
+            Ok(Command::Reset) => {
+                self.reset();
+                self.text("(conversation reset)\n");
+            }
+            Ok(Command::Stats) => {
+                let text = match &self.last {
+                    Some(stats) => format!("{}\n", describe(stats)),
+                    None => "(no reply yet)\n".to_string(),
+                };
+                self.text(&text);
+            }
+            Ok(Command::ShowSettings) => {
+                let text = format!("{}\n", describe_settings(&self.model.settings));
+                self.text(&text);
+            }
+            Ok(Command::Set(setting)) => match apply(&self.model.settings, setting) {
+                Ok(settings) => {
+                    let text = format!("({})\n", describe_settings(&settings));
+                    self.model.settings = settings;
+                    self.text(&text);
+                }
+                Err(e) => self.text(&format!("error: {e}\n")),
+            },
+            Ok(Command::ShowSystem) => {
+                let text = match &self.model.system {
+                    Some(system) => format!("system prompt: {system}\n"),
+                    None => "(the model's default system prompt)\n".to_string(),
+                };
+                self.text(&text);
+            }
+            Ok(Command::System(text)) => {
+                self.set_system(Some(text.to_string()));
+                self.text("(system prompt set; conversation reset)\n");
+            }
+            Err(e) => self.text(&format!("error: {e}\n")),
+        }
+    }
+
+    fn take_probe(&mut self, now: Duration, byte: u8) {
+        match self.decode(byte) {
+            None => {}
+            Some(Ok(Request::Hello { .. })) => {
+                info!("frame mode");
+                self.mode = Mode::Frame;
+                self.last_request = now;
+                // A delimiter first ends whatever line-mode text the host has half-read.
+                self.write(&[DELIMITER]);
+                let hello = Event::Hello(self.model.hello.clone());
+                self.send_frame(&hello);
+            }
+            // Not a greeting: it was noise on the line.
+            Some(_) => self.mode = Mode::Line,
+        }
+    }
+
+    /// A byte during a rate trial: the first whole request confirms the rate; noise does not
+    /// count (it is what a rate the line cannot carry looks like).
+    fn take_trial(&mut self, now: Duration, byte: u8) {
+        if let Some(Ok(request)) = self.decode(byte) {
+            info!("line switched to {} baud", self.baud);
+            self.trial = None;
+            self.request(now, request);
+        }
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            session: self.session,
+            turns: self.context.turns,
+            context_used: self.context.used,
+            context_length: self.model.hello.context_length,
+            replies: self.replies,
+        }
+    }
+
+    fn request(&mut self, now: Duration, request: Request) {
+        self.last_request = now;
+        match request {
+            Request::Hello { .. } => {
+                let hello = Event::Hello(self.model.hello.clone());
+                self.send_frame(&hello);
+            }
+            Request::Chat(chat) => self.chat(now, chat),
+            Request::Cancel => self.send_frame(&Event::CancelAck {
+                was_generating: false,
+            }),
+            Request::Reset => {
+                self.reset();
+                self.send_frame(&Event::Done);
+            }
+            Request::SetSystem { text } => {
+                self.set_system((!text.is_empty()).then(|| text.to_string()));
+                self.send_frame(&Event::Done);
+            }
+            Request::Status => self.send_frame(&Event::Status(self.status())),
+            Request::Goodbye => {
+                info!("line mode");
+                self.send_frame(&Event::Goodbye);
+                self.mode = Mode::Line;
+                if self.baud != self.config.baud {
+                    self.switch_to(self.config.baud, None);
+                }
+                self.text(&format!("\n{PROMPT}"));
+            }
+            Request::SetBaud { baud } => self.set_baud(baud),
+            flash @ (Request::FlashBegin(_)
+            | Request::FlashChunk(_)
+            | Request::FlashAbort
+            | Request::FlashCommit) => self.flash(flash),
+        }
+    }
+
+    fn chat(&mut self, now: Duration, chat: ChatRequest) {
+        if chat.session != self.session {
+            self.session = chat.session;
+            self.reset();
+        }
+        match request_settings(&self.model.settings, &chat.options) {
+            Ok(settings) => self.start_reply(now, &chat.text, settings, chat.options.sentences),
+            Err(e) => {
+                self.error(ErrorCode::BadSetting, &e);
+                self.send_frame(&Event::End {
+                    reason: EndReason::Error,
+                    stats: ReplyStats::default(),
+                });
+            }
+        }
+    }
+
+    /// A flash request goes to the driver, unless the device has no slots.
+    fn flash(&mut self, request: Request) {
+        if self.model.hello.slot.is_none() {
+            self.error(
+                ErrorCode::FlashUnavailable,
+                "this device serves a fixed --model file and has no slots to flash",
+            );
+        } else {
+            self.out.push_back(Output::Flash(Box::new(request)));
+        }
+    }
+
+    /// Switches the line to `baud` on trial: kept if a frame arrives at that rate in time.
+    fn set_baud(&mut self, baud: u32) {
+        let max = self.model.hello.max_baud;
+        if baud != self.baud && (baud > max || !self.config.rates.contains(&baud)) {
+            let detail = format!(
+                "cannot switch to {baud} baud: this device takes standard rates up to {max}"
+            );
+            return self.error(ErrorCode::BadSetting, &detail);
+        }
+        self.send_frame(&Event::BaudSwitch { baud });
+        if baud != self.baud {
+            self.switch_to(baud, Some(self.baud));
+        }
+    }
+
+    fn switch_to(&mut self, baud: u32, from: Option<u32>) {
+        self.switch = Some(Switch { to: baud, from });
+        self.out.push_back(Output::SwitchBaud(baud));
+    }
+
+    fn reset(&mut self) {
+        self.context = Context::default();
+        self.out.push_back(Output::Reset);
+    }
+
+    fn set_system(&mut self, system: Option<String>) {
+        self.context = Context::default();
+        self.model.system = system.clone();
+        self.out.push_back(Output::SetSystem(system));
+    }
+
+    /// Starts generating the reply to `text`.
+    fn start_reply(&mut self, now: Duration, text: &str, settings: Settings, sentences: bool) {
+        let stops: Vec<&str> = settings.stops.iter().map(String::as_str).collect();
+        let stop = match StopFilter::new(&stops) {
+            Ok(stop) => stop,
+            Err(e) => {
+                return self.report(ErrorCode::BadSetting, &format!("bad stop sequences: {e}"));
+            }
+        };
+        let sentences = sentences && self.mode == Mode::Frame;
+        if sentences {
+            self.send_frame(&Event::SynthesizeStart);
+        }
+        self.reply = Some(Reply {
+            start: now,
+            first_token: None,
+            stop,
+            splitter: SentenceSplitter::new(),
+            sentences,
+            cancel: false,
+            status: self.status(),
+        });
+        self.out.push_back(Output::Reply(ReplyRequest {
+            text: text.to_string(),
+            max_tokens: settings.max_tokens,
+            sampling: settings.sampling,
+        }));
+    }
+
+    /// A byte during a reply. Flash transfers go on during a reply (a commit waits for its end).
+    fn take_busy(&mut self, byte: u8) {
+        if self.mode != Mode::Frame {
+            // People cancel with Ctrl-C; anything else typed during a reply is ignored.
+            if byte == 0x03
+                && let Some(reply) = &mut self.reply
+            {
+                reply.cancel = true;
+            }
+            return;
+        }
+        match self.decode(byte) {
+            None => {}
+            Some(Ok(Request::Cancel)) => {
+                if let Some(reply) = &mut self.reply {
+                    reply.cancel = true;
+                }
+            }
+            Some(Ok(Request::Status)) => {
+                if let Some(status) = self.reply.as_ref().map(|r| r.status) {
+                    self.send_frame(&Event::Status(status));
+                }
+            }
+            Some(Ok(
+                flash @ (Request::FlashBegin(_) | Request::FlashChunk(_) | Request::FlashAbort),
+            )) => self.flash(flash),
+            Some(Ok(_)) => self.error(ErrorCode::Busy, "a reply is in progress: cancel it first"),
+            Some(Err(e)) => self.report_bad_frame(e),
+        }
+    }
+
+    /// Shows visible reply text: on the terminal, or as token events (and sentences).
+    fn show(&mut self, splitter: &mut SentenceSplitter<MAX_SENTENCE>, sentences: bool, text: &str) {
+        if self.mode != Mode::Frame {
+            return self.text(text);
+        }
+        let mut rest = text;
+        while !rest.is_empty() {
+            let piece: protocol::BoundedText<MAX_DELTA> = protocol::truncated(rest);
+            rest = &rest[piece.len()..];
+            self.send_frame(&Event::Token { text: piece });
+        }
+        if sentences {
+            splitter.push(text, &mut |sentence| self.send_sentence(sentence));
+        }
+    }
+
+    fn send_sentence(&mut self, sentence: &str) {
+        self.send_frame(&Event::SynthesizeChunk {
+            text: protocol::truncated(sentence),
+        });
+    }
+
+    /// A failed request: an error line, or an error event and the end of the reply.
+    fn report(&mut self, code: ErrorCode, detail: &str) {
+        if self.mode == Mode::Frame {
+            self.error(code, detail);
+            self.send_frame(&Event::End {
+                reason: EndReason::Error,
+                stats: ReplyStats::default(),
+            });
+        } else {
+            self.text(&format!("error: {detail}\n"));
+            self.text(PROMPT);
+        }
+    }
+
+    /// Feeds `byte` to the frame decoder: the request a completed frame holds, or why not.
+    fn decode(&mut self, byte: u8) -> Option<Result<Request, ProtocolError>> {
+        self.frames.push(byte).map(|frame| {
+            frame
+                .map_err(ProtocolError::from)
+                .and_then(|frame| protocol::decode::<Request>(frame.payload))
+        })
+    }
+
+    /// Answers a frame that could not be read.
+    fn report_bad_frame(&mut self, error: ProtocolError) {
+        let code = match error {
+            ProtocolError::Frame(FrameError::Oversized { .. }) => ErrorCode::Oversized,
+            ProtocolError::BadMessage => ErrorCode::UnknownMessage,
+            _ => ErrorCode::BadFrame,
+        };
+        let detail = error.to_string();
+        debug!("dropped a frame: {}", detail.as_str());
+        self.error(code, &detail);
+    }
+
+    fn error(&mut self, code: ErrorCode, detail: &str) {
+        self.send_frame(&Event::Error {
+            code,
+            detail: protocol::truncated(detail),
+        });
+    }
+
+    /// One event as a frame.
+    fn send_frame(&mut self, event: &Event) {
+        match self.writer.encode(event) {
+            Ok(frame) => {
+                let frame = frame.to_vec();
+                self.write(&frame);
+            }
+            // Every event's fields are bounded to fit a frame; nothing to send if not.
+            Err(_) => warn!("an event did not fit a frame"),
+        }
+    }
+
+    /// Text for a terminal: `\n` becomes `\r\n`; other control characters are dropped (model
+    /// output must not drive the terminal).
+    fn text(&mut self, text: &str) {
+        let mut out = String::with_capacity(text.len() + 8);
+        for c in text.chars() {
+            match c {
+                '\n' => out.push_str("\r\n"),
+                '\t' => out.push('\t'),
+                c if c.is_control() => {}
+                c => out.push(c),
+            }
+        }
+        self.write(out.as_bytes());
+    }
+
+    /// Queues `bytes` for the line unless it is stalled.
+    fn write(&mut self, bytes: &[u8]) {
+        if self.stalled || bytes.is_empty() {
+            return;
+        }
+        let torn = core::mem::take(&mut self.torn) && self.mode == Mode::Frame;
+        let out = match self.out.back_mut() {
+            Some(Output::Write(out)) => out,
+            _ => {
+                self.out.push_back(Output::Write(Vec::new()));
+                match self.out.back_mut() {
+                    Some(Output::Write(out)) => out,
+                    _ => unreachable!("a write was just queued"),
+                }
+            }
+        };
+        if torn {
+            out.push(DELIMITER);
+        }
+        out.extend_from_slice(bytes);
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    d.as_millis().min(u32::MAX as u128) as u32
+}
+
+/// A reply's stats as one line for people.
+pub fn describe(stats: &ReplyStats) -> String {
+    let mut text = format!(
+        "{} prompt tokens, {} generated, first token after {} ms, {:.1} tokens/s, {} ms in all, context {} used",
+        stats.prompt_tokens,
+        stats.generated_tokens,
+        stats.time_to_first_token_ms,
+        stats.decode_tokens_per_second,
+        stats.total_ms,
+        stats.context_used
+    );
+    if stats.turns_dropped > 0 {
+        let _ = write!(text, ", {} old turns dropped", stats.turns_dropped);
+    }
+    text
+}
+
+fn describe_settings(s: &Settings) -> String {
+    let mut text = format!(
+        "temperature {} top_k {} top_p {} repeat_penalty {} seed {} max_tokens {}",
+        s.sampling.temperature,
+        s.sampling.top_k,
+        s.sampling.top_p,
+        s.sampling.repetition_penalty,
+        s.sampling.seed,
+        s.max_tokens
+    );
+    if !s.stops.is_empty() {
+        let _ = write!(text, " stops {:?}", s.stops);
+    }
+    text
+}
+
+/// `settings` with one setting changed, if the result is valid.
+fn apply(settings: &Settings, setting: Setting) -> Result<Settings, String> {
+    let mut next = settings.clone();
+    match setting {
+        Setting::Temperature(v) => next.sampling.temperature = v,
+        Setting::TopK(v) => next.sampling.top_k = v,
+        Setting::TopP(v) => next.sampling.top_p = v,
+        Setting::RepeatPenalty(v) => next.sampling.repetition_penalty = v,
+        Setting::Seed(v) => next.sampling.seed = v,
+        Setting::MaxTokens(v) => next.max_tokens = v,
+    }
+    validate(&next)?;
+    Ok(next)
+}
+
+/// Checks settings a reply would use.
+pub fn validate(settings: &Settings) -> Result<(), String> {
+    settings.sampling.validate().map_err(|e| e.to_string())?;
+    if settings.max_tokens == 0 {
+        return Err("max_tokens must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// The device's settings with a request's overrides.
+fn request_settings(settings: &Settings, options: &ChatOptions) -> Result<Settings, String> {
+    let mut next = settings.clone();
+    let s = &mut next.sampling;
+    s.temperature = options.temperature.unwrap_or(s.temperature);
+    s.top_k = options.top_k.unwrap_or(s.top_k);
+    s.top_p = options.top_p.unwrap_or(s.top_p);
+    s.repetition_penalty = options.repeat_penalty.unwrap_or(s.repetition_penalty);
+    s.seed = options.seed.unwrap_or(s.seed);
+    next.max_tokens = options.max_tokens.unwrap_or(next.max_tokens);
+    if !options.stop.is_empty() {
+        next.stops = options.stop.iter().map(|s| s.to_string()).collect();
+    }
+    validate(&next)?;
+    Ok(next)
+}
