@@ -5,6 +5,25 @@
 //! memory Ember may use, where models live, and CPU-feature settings for the engine. `emberd
 //! --board NAME` serves with one; `ember package --board NAME` bundles one with the binary for
 //! its target. [`Board::plan_memory`] decides whether a model fits the board's memory budget.
+//!
+//! # Board signals
+//!
+//! A kiosk may have a status LED and a cancel button on GPIO lines. An optional `[signals]`
+//! table names them ([`BoardSignals`]); no built-in profile sets one (`boards/rpi5.toml` has a
+//! commented example), and without it there are none. `ember-signals` opens the lines.
+//!
+//! ```toml
+//! [signals]
+//! gpio_chip = "/dev/gpiochip0" # the GPIO character device (default /dev/gpiochip0)
+//! status_led = 17              # line offset of the LED, lit when driven high (unset: no LED)
+//! cancel_button = 27           # line offset of the button (unset: no button)
+//! button_active_low = true     # pressed reads low: a button to ground (default true)
+//! debounce_ms = 30             # a press or release counts once steady this long (default 30)
+//! ```
+//!
+//! Line offsets are the chip's own numbers (on a Raspberry Pi, the BCM GPIO numbers of the
+//! header's chip). The table is checked like the rest: a `/dev` path, at least one line, two
+//! different lines, `debounce_ms` at most 1000, no other keys.
 
 #![warn(missing_docs)]
 
@@ -83,6 +102,70 @@ pub struct Board {
     /// Environment variables for the engine (tract's CPU knobs), set unless already set.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// GPIO lines for a status LED and a cancel button (`[signals]`); none unless given.
+    #[serde(default)]
+    pub signals: Option<BoardSignals>,
+}
+
+/// A kiosk's board signals: the `[signals]` table of a profile (see the [crate] docs).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoardSignals {
+    /// The GPIO character device holding the lines (`gpio_chip`, default `/dev/gpiochip0`).
+    #[serde(default = "BoardSignals::default_gpio_chip")]
+    pub gpio_chip: PathBuf,
+    /// Line offset of the status LED, lit when the line is driven high (`status_led`; unset: no
+    /// LED).
+    #[serde(default)]
+    pub status_led: Option<u32>,
+    /// Line offset of the cancel button (`cancel_button`; unset: no button).
+    #[serde(default)]
+    pub cancel_button: Option<u32>,
+    /// Whether the button reads low while pressed (`button_active_low`, default `true`: a button
+    /// to ground, with a pull-up on the line).
+    #[serde(default = "BoardSignals::default_active_low")]
+    pub button_active_low: bool,
+    /// How long the button must read steadily pressed (or released) for the change to count, in
+    /// milliseconds (`debounce_ms`, default [`BoardSignals::DEFAULT_DEBOUNCE_MS`]).
+    #[serde(default = "BoardSignals::default_debounce_ms")]
+    pub debounce_ms: u32,
+}
+
+impl BoardSignals {
+    /// The debounce window when a profile gives none: longer than a typical switch's bounce
+    /// (a few ms), shorter than a deliberate press (100 ms or more).
+    pub const DEFAULT_DEBOUNCE_MS: u32 = 30;
+
+    /// The longest debounce window a profile may ask for.
+    pub const MAX_DEBOUNCE_MS: u32 = 1000;
+
+    fn default_gpio_chip() -> PathBuf {
+        PathBuf::from("/dev/gpiochip0")
+    }
+
+    fn default_active_low() -> bool {
+        true
+    }
+
+    fn default_debounce_ms() -> u32 {
+        Self::DEFAULT_DEBOUNCE_MS
+    }
+
+    /// The first impossible thing in the table, if any.
+    pub fn check(&self) -> Result<(), Problem> {
+        if !self.gpio_chip.starts_with("/dev/") || self.gpio_chip == Path::new("/dev/") {
+            return Err(Problem::GpioChip(self.gpio_chip.clone()));
+        }
+        match (self.status_led, self.cancel_button) {
+            (None, None) => return Err(Problem::NoSignals),
+            (Some(led), Some(button)) if led == button => return Err(Problem::SameLine(led)),
+            _ => {}
+        }
+        if self.debounce_ms > Self::MAX_DEBOUNCE_MS {
+            return Err(Problem::Debounce(self.debounce_ms));
+        }
+        Ok(())
+    }
 }
 
 /// The serial line of a board.
@@ -198,6 +281,21 @@ pub enum Problem {
     /// An environment variable name that the engine does not read.
     #[error("env may only set tract's CPU knobs (TRACT_CPU_*, TRACT_DOTPROD_DISABLE), not {0:?}")]
     Env(String),
+    /// `[signals]` names a GPIO chip that is not a device path.
+    #[error("signals: gpio_chip must be a path under /dev, not {0:?}")]
+    GpioChip(PathBuf),
+    /// `[signals]` names no line.
+    #[error("signals: set status_led, cancel_button or both (or leave out the table)")]
+    NoSignals,
+    /// `[signals]` puts the LED and the button on one line.
+    #[error("signals: status_led and cancel_button are both line {0}")]
+    SameLine(u32),
+    /// A debounce window over [`BoardSignals::MAX_DEBOUNCE_MS`].
+    #[error(
+        "signals: debounce_ms ({0}) must be at most {max}",
+        max = BoardSignals::MAX_DEBOUNCE_MS
+    )]
+    Debounce(u32),
 }
 
 impl Board {
@@ -315,6 +413,9 @@ impl Board {
             .find(|k| !(k.starts_with("TRACT_CPU_") || *k == "TRACT_DOTPROD_DISABLE"))
         {
             return Err(Problem::Env(name.clone()));
+        }
+        if let Some(signals) = &self.signals {
+            signals.check()?;
         }
         Ok(())
     }
@@ -611,6 +712,101 @@ mod tests {
         assert!(error.to_string().contains("use a smaller model"), "{error}");
         assert!(error.to_string().contains("image 300.0 MiB"), "{error}");
     }
+    /// rpi5's profile with its commented `[signals]` example uncommented.
+    fn rpi5_with_signals() -> String {
+        let (_, text) = BUILTIN.iter().find(|(name, _)| *name == "rpi5").unwrap();
+        let start = text
+            .find("# [signals]")
+            .expect("rpi5.toml has a [signals] example");
+        let example: String = text[start..]
+            .lines()
+            .map(|line| line.strip_prefix("# ").unwrap_or(line))
+            .collect::<Vec<_>>()
+            .join("\n");
+        format!("{}{example}\n", &text[..start])
+    }
+
+    #[test]
+    fn no_profile_has_signals_and_the_rpi5_example_parses() {
+        for board in Board::all().unwrap() {
+            assert_eq!(board.signals, None, "{}", board.name);
+        }
+        let board = Board::parse(&rpi5_with_signals(), "rpi5.toml").unwrap();
+        assert_eq!(
+            board.signals,
+            Some(BoardSignals {
+                gpio_chip: PathBuf::from("/dev/gpiochip0"),
+                status_led: Some(17),
+                cancel_button: Some(27),
+                button_active_low: true,
+                debounce_ms: 30,
+            })
+        );
+    }
+
+    #[test]
+    fn signals_take_defaults_for_what_they_leave_out() {
+        let text = format!("{}\n[signals]\ncancel_button = 5\n", BUILTIN[0].1);
+        let signals = Board::parse(&text, "test.toml").unwrap().signals.unwrap();
+        assert_eq!(
+            signals,
+            BoardSignals {
+                gpio_chip: PathBuf::from("/dev/gpiochip0"),
+                status_led: None,
+                cancel_button: Some(5),
+                button_active_low: true,
+                debounce_ms: BoardSignals::DEFAULT_DEBOUNCE_MS,
+            }
+        );
+    }
+
+    #[test]
+    fn impossible_signals_are_refused_with_the_reason() {
+        let base = rpi5_with_signals();
+        let cases = [
+            (
+                "gpio_chip = \"/dev/gpiochip0\"",
+                "gpio_chip = \"gpiochip0\"",
+                "gpio_chip must be a path under /dev, not \"gpiochip0\"",
+            ),
+            (
+                "cancel_button = 27",
+                "cancel_button = 17",
+                "status_led and cancel_button are both line 17",
+            ),
+            (
+                "debounce_ms = 30",
+                "debounce_ms = 5000",
+                "debounce_ms (5000) must be at most 1000",
+            ),
+            ("debounce_ms = 30", "debounce_ms = -1", "malformed"),
+            ("status_led = 17", "status_led = \"17\"", "malformed"),
+            (
+                "debounce_ms = 30",
+                "debounce_ms = 30\nled_colour = \"red\"",
+                "unknown field `led_colour`",
+            ),
+            (
+                "button_active_low = true",
+                "button_active_high = false",
+                "unknown field `button_active_high`",
+            ),
+        ];
+        for (from, to, message) in cases {
+            assert!(base.contains(from), "{from}");
+            let error = Board::parse(&base.replacen(from, to, 1), "test.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(message), "{to}: {error}");
+        }
+        let empty = format!("{}\n[signals]\ndebounce_ms = 20\n", BUILTIN[0].1);
+        let error = Board::parse(&empty, "test.toml").unwrap_err().to_string();
+        assert!(
+            error.contains("set status_led, cancel_button or both"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn cross_targets_have_a_linker_and_a_qemu_runner() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cargo/config.toml");
