@@ -165,6 +165,8 @@ struct Reply {
     sentences: bool,
     /// The host (or a person) asked to cancel.
     cancel: bool,
+    /// The board asked to stop ([`Device::interrupt`]).
+    interrupted: bool,
     status: Status,
 }
 
@@ -391,10 +393,18 @@ impl Device {
         let reply = self.reply.as_ref()?;
         if reply.stop.stopped() {
             Some(EndReason::Stop)
-        } else if reply.cancel || self.stalled {
+        } else if reply.cancel || reply.interrupted || self.stalled {
             Some(EndReason::Cancelled)
         } else {
             None
+        }
+    }
+
+    /// The board asks to stop the reply in progress (a cancel button): it halts as for Ctrl-C
+    /// or `Cancel`, without a `CancelAck` (no host asked).
+    pub fn interrupt(&mut self) {
+        if let Some(reply) = &mut self.reply {
+            reply.interrupted = true;
         }
     }
 
@@ -721,6 +731,7 @@ impl Device {
             splitter: SentenceSplitter::new(),
             sentences,
             cancel: false,
+            interrupted: false,
             status: self.status(),
         });
         self.out.push_back(Output::Reply(ReplyRequest {

@@ -11,6 +11,7 @@ use ember_core::protocol::{EndReason, ErrorCode, Request};
 use ember_engine::{ChatSession, EngineError, FinishReason, GenerateOptions, Progress};
 use ember_flash::SlotDir;
 use ember_serial::{Port, TtyError};
+use ember_signals::{POLL_INTERVAL, Status};
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,10 @@ pub enum Exit {
     Trial(Slot),
 }
 
+/// A board's status LED and cancel button: shown the device's status at a time, it says whether
+/// the button was pressed (see `ember_signals::Panel::update`).
+pub type Panel = Box<dyn FnMut(Status, Duration) -> bool + Send>;
+
 /// The device on a port.
 pub struct Driver<P: Port, D: DelayNs> {
     port: P,
@@ -37,6 +42,10 @@ pub struct Driver<P: Port, D: DelayNs> {
     /// Bytes read and not yet taken by the device.
     input: Vec<u8>,
     fatal: Option<TtyError>,
+    panel: Option<Panel>,
+    /// When a flash request was last carried out; whether the last reply failed.
+    flashed: Option<Instant>,
+    failed: bool,
 }
 
 impl<P: Port, D: DelayNs> Driver<P, D> {
@@ -49,6 +58,33 @@ impl<P: Port, D: DelayNs> Driver<P, D> {
             start,
             input: Vec::new(),
             fatal: None,
+            panel: None,
+            flashed: None,
+            failed: false,
+        }
+    }
+
+    /// Shows the device's status on the board's `panel` and takes its button's presses.
+    pub fn with_panel(mut self, panel: Panel) -> Self {
+        self.panel = Some(panel);
+        self
+    }
+
+    /// Updates the board's signals; a press of the button stops the reply in progress.
+    fn signals(&mut self) {
+        let now = self.now();
+        let Some(panel) = &mut self.panel else {
+            return;
+        };
+        let recent = |t: Option<Instant>| t.is_some_and(|t| t.elapsed() < Duration::from_secs(2));
+        let status = match () {
+            _ if self.device.replying() => Status::Generating,
+            _ if recent(self.flashed) => Status::Flashing,
+            _ if self.failed => Status::Error,
+            _ => Status::Ready,
+        };
+        if panel(status, now) {
+            self.device.interrupt();
         }
     }
 
@@ -82,10 +118,14 @@ impl<P: Port, D: DelayNs> Driver<P, D> {
                 self.input.drain(..taken);
                 continue;
             }
-            let timeout = self
+            self.signals();
+            let mut timeout = self
                 .device
                 .deadline()
                 .map(|at| at.saturating_sub(self.now()));
+            if self.panel.is_some() {
+                timeout = Some(timeout.map_or(POLL_INTERVAL, |t| t.min(POLL_INTERVAL)));
+            }
             match self.port.wait_readable(timeout) {
                 Ok(true) => self.fill(),
                 Ok(false) => self.device.handle_timeout(self.now()),
@@ -139,6 +179,7 @@ impl<P: Port, D: DelayNs> Driver<P, D> {
     /// Writes what the device has to send, and hands it what arrived in the meantime (unless
     /// the reply is ending anyway).
     fn pump(&mut self, mut slots: Option<&mut SlotDir>) {
+        self.signals();
         loop {
             while let Some(output) = self.device.poll() {
                 self.carry_out(output, slots.as_deref_mut());
@@ -206,6 +247,7 @@ impl<P: Port, D: DelayNs> Driver<P, D> {
                 detail: e.to_string(),
             },
         };
+        self.failed = matches!(end, ReplyEnd::Failed { .. });
         self.device.reply_ended(self.now(), end);
     }
 
@@ -216,6 +258,7 @@ impl<P: Port, D: DelayNs> Driver<P, D> {
             log::error!("a flash request without slots");
             return None;
         };
+        self.flashed = Some(Instant::now());
         slots.answer(request, &mut |event| {
             self.device.send(event);
             while let Some(output) = self.device.poll() {

@@ -12,6 +12,7 @@ use ember_core::sampler::SamplingConfig;
 use ember_engine::{ChatSession, ModelFile, WeightSource};
 use ember_flash::SlotDir;
 use ember_serial::{PtyPair, Tty};
+use ember_signals::Delay;
 use ember_tract::{CpuReport, TractModel};
 use emberd::driver::{Driver, Exit};
 use std::fmt::Write as _;
@@ -99,15 +100,6 @@ struct Args {
     /// loading the weights or opening the line.
     #[arg(long)]
     dry_run: bool,
-}
-
-/// Waits by sleeping the thread.
-struct Sleep;
-
-impl embedded_hal::delay::DelayNs for Sleep {
-    fn delay_ns(&mut self, ns: u32) {
-        std::thread::sleep(Duration::from_nanos(ns.into()));
-    }
 }
 
 /// Logs to stderr; `EMBER_LOG=debug` shows more, `EMBER_LOG=warn` less.
@@ -354,7 +346,7 @@ impl Device<'_> {
         &self,
         path: &Path,
         slots: Option<&mut SlotDir>,
-        driver: &mut Option<Driver<Tty, Sleep>>,
+        driver: &mut Option<Driver<Tty, Delay>>,
         notice: Option<Event>,
         start: Instant,
     ) -> Result<Exit> {
@@ -427,7 +419,12 @@ impl Device<'_> {
                     },
                 };
                 let device = device::Device::new(config, model_info, Duration::ZERO);
-                driver.insert(Driver::new(port, Sleep, device, Instant::now()))
+                let mut new = Driver::new(port, Delay, device, Instant::now());
+                if let Some(signals) = self.board.and_then(|b| b.signals.as_ref()) {
+                    let mut panel = ember_signals::open_signals(signals)?;
+                    new = new.with_panel(Box::new(move |status, now| panel.update(status, now)));
+                }
+                driver.insert(new)
             }
         };
         if let Some(notice) = notice {

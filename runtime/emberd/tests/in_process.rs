@@ -17,22 +17,16 @@ use ember_core::sampler::SamplingConfig;
 use ember_engine::testing::{Counting, tokenizer};
 use ember_engine::{ChatSession, GenerateOptions};
 use ember_serial::{Client, ClientError, MemoryLine, Port};
-use emberd::driver::{Driver, Exit};
+use ember_signals::{Delay, Status};
+use emberd::driver::{Driver, Exit, Panel};
 use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const PATIENCE: Duration = Duration::from_secs(5);
 const MAX_TOKENS: u32 = 12;
 const RATES: [u32; 3] = [115_200, 921_600, 3_000_000];
-
-struct Sleep;
-
-impl embedded_hal::delay::DelayNs for Sleep {
-    fn delay_ns(&mut self, ns: u32) {
-        std::thread::sleep(Duration::from_nanos(ns.into()));
-    }
-}
 
 fn line_config(idle_timeout: Option<Duration>) -> LineConfig {
     LineConfig {
@@ -67,6 +61,15 @@ fn model() -> Model {
 /// A device serving the fake model (each forward pass taking `step`) on one end of a line in
 /// memory, in a thread; returns the other end.
 fn device(config: LineConfig, step: Duration) -> (MemoryLine, JoinHandle<Exit>) {
+    device_with_panel(config, step, None)
+}
+
+/// The same, with a board's LED and button.
+fn device_with_panel(
+    config: LineConfig,
+    step: Duration,
+    panel: Option<Panel>,
+) -> (MemoryLine, JoinHandle<Exit>) {
     let (host, mut line) = MemoryLine::pair(config.baud);
     line.set_write_timeout(Duration::from_millis(100));
     let thread = std::thread::spawn(move || {
@@ -75,7 +78,11 @@ fn device(config: LineConfig, step: Duration) -> (MemoryLine, JoinHandle<Exit>) 
         fake.delay = step;
         let mut chat = ChatSession::new(&mut fake, &tokenizer, ChatTemplate::chatml(None), None);
         let device = Device::new(config, model(), Duration::ZERO);
-        Driver::new(line, Sleep, device, Instant::now()).serve(&mut chat, None)
+        let mut driver = Driver::new(line, Delay, device, Instant::now());
+        if let Some(panel) = panel {
+            driver = driver.with_panel(panel);
+        }
+        driver.serve(&mut chat, None)
     });
     (host, thread)
 }
@@ -396,5 +403,50 @@ fn a_vanished_host_leaves_the_device_in_line_mode_after_the_idle_timeout() {
     let mut client = Client::over(terminal, PATIENCE).unwrap();
     client.send(&Request::Status).unwrap();
     assert!(matches!(client.recv(PATIENCE).unwrap(), Event::Status(s) if s.replies == 1));
+    hang_up(client, thread);
+}
+
+#[test]
+fn the_boards_button_stops_a_reply_and_its_led_shows_the_status() {
+    // A fake panel: records each status shown and reports a press when the test asks for one.
+    let shown = Arc::new(Mutex::new(Vec::<Status>::new()));
+    let press = Arc::new(Mutex::new(false));
+    let panel: Panel = {
+        let (shown, press) = (shown.clone(), press.clone());
+        Box::new(move |status, _now| {
+            let mut shown = shown.lock().unwrap();
+            if shown.last() != Some(&status) {
+                shown.push(status);
+            }
+            std::mem::take(&mut *press.lock().unwrap())
+        })
+    };
+    let config = line_config(None);
+    let (line, thread) = device_with_panel(config, Duration::from_millis(2), Some(panel));
+    let mut client = Client::over(line, PATIENCE).unwrap();
+    let long = Request::Chat(ChatRequest {
+        session: 0,
+        text: protocol::truncated("go on"),
+        options: ChatOptions {
+            max_tokens: Some(100_000),
+            ..ChatOptions::default()
+        },
+    });
+    client.send(&long).unwrap();
+    assert!(matches!(
+        client.recv(PATIENCE).unwrap(),
+        Event::Token { .. }
+    ));
+    *press.lock().unwrap() = true;
+    let (reason, _) = client.reply(PATIENCE, &mut |_| {}).unwrap();
+    assert_eq!(reason, EndReason::Cancelled);
+    // No host asked: no CancelAck follows.
+    client.send(&Request::Status).unwrap();
+    assert!(matches!(client.recv(PATIENCE).unwrap(), Event::Status(_)));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        *shown.lock().unwrap(),
+        [Status::Ready, Status::Generating, Status::Ready]
+    );
     hang_up(client, thread);
 }

@@ -21,17 +21,11 @@
 //! let Some(signals) = &board.signals else {
 //!     return Ok(()); // the board has no LED and no button
 //! };
-//! let Signals { mut led, mut button } = open_signals(signals)?;
+//! let mut panel: Signals = open_signals(signals)?;
 //! let start = Instant::now();
 //! let mut delay = Delay;
 //! loop {
-//!     let now = start.elapsed();
-//!     if let Some(led) = &mut led {
-//!         led.set_state(status(), now)?;
-//!     }
-//!     if let Some(button) = &mut button
-//!         && button.poll(now)?
-//!     {
+//!     if panel.update(status(), start.elapsed()) {
 //!         cancel_reply();
 //!     }
 //!     delay.delay_ms(POLL_INTERVAL.as_millis() as u32);
@@ -45,6 +39,7 @@ mod button;
 mod led;
 #[cfg(target_os = "linux")]
 mod linux;
+mod panel;
 
 pub use button::CancelButton;
 pub use embedded_hal;
@@ -53,6 +48,7 @@ pub use led::{Status, StatusLed};
 pub use linux::{
     CONSUMER, CdevPin, CdevPinError, Delay, Signal, Signals, SignalsError, open_signals,
 };
+pub use panel::Panel;
 
 /// How often a driver should poll the button and tick the LED: a third of the default debounce
 /// window (so a press counts within 40 ms of its start), and an LED change at most 10 ms late

@@ -1,6 +1,6 @@
 //! The board's lines on Linux: the GPIO character device, through linux-embedded-hal.
 
-use crate::{CancelButton, StatusLed};
+use crate::{CancelButton, Panel, StatusLed};
 use ember_board::BoardSignals;
 use linux_embedded_hal::gpio_cdev::{Chip, LineRequestFlags};
 pub use linux_embedded_hal::{CdevPin, CdevPinError, Delay};
@@ -54,15 +54,9 @@ pub enum SignalsError {
     },
 }
 
-/// A board's signals, opened by [`open_signals`].
-#[derive(Debug)]
-pub struct Signals {
-    /// The status LED (off, showing nothing until its first `set_state`); `None` without
-    /// `status_led`.
-    pub led: Option<StatusLed<CdevPin>>,
-    /// The cancel button; `None` without `cancel_button`.
-    pub button: Option<CancelButton<CdevPin>>,
-}
+/// A board's signals, opened by [`open_signals`]: the status LED (off, showing nothing until
+/// its first update) and the cancel button, each `None` without its line.
+pub type Signals = Panel<CdevPin, CdevPin>;
 
 /// Opens the lines a profile's `[signals]` names: the LED's as an output, off, and the button's
 /// as an input. A signal without a line is `None`; with neither, the chip is not opened.
@@ -71,10 +65,7 @@ pub struct Signals {
 /// (on a Raspberry Pi, `gpio=N=ip,pu` in `config.txt`) or a resistor.
 pub fn open_signals(signals: &BoardSignals) -> Result<Signals, SignalsError> {
     if signals.status_led.is_none() && signals.cancel_button.is_none() {
-        return Ok(Signals {
-            led: None,
-            button: None,
-        });
+        return Ok(Signals::new(None, None));
     }
     let mut chip = Chip::new(&signals.gpio_chip).map_err(|e| SignalsError::Chip {
         chip: signals.gpio_chip.clone(),
@@ -104,7 +95,7 @@ pub fn open_signals(signals: &BoardSignals) -> Result<Signals, SignalsError> {
             let debounce = Duration::from_millis(signals.debounce_ms.into());
             CancelButton::new(pin, signals.button_active_low, debounce)
         });
-    Ok(Signals { led, button })
+    Ok(Signals::new(led, button))
 }
 
 #[cfg(test)]
