@@ -248,7 +248,7 @@ impl Device<'_> {
                 path.display()
             );
         };
-        let config = image.config().with_context(context)?;
+        let config = image.architecture().with_context(context)?;
         let plan = match self.board {
             Some(board) => {
                 let needs = ModelNeeds {

@@ -1,3 +1,4 @@
+use ember_core::image::ArchitectureError;
 use ember_core::sampler::SamplingError;
 use ember_gguf::GgufError;
 use ember_tokenizer::TokenizerError;
@@ -17,9 +18,9 @@ pub enum EngineError {
     /// The model is not a Llama-family decoder.
     #[error("unsupported architecture {0:?} (Ember runs \"llama\"-family models)")]
     UnsupportedArchitecture(String),
-    /// The hyper-parameters are inconsistent.
-    #[error("invalid model configuration: {0}")]
-    BadConfig(String),
+    /// The model's shape is inconsistent.
+    #[error(transparent)]
+    BadConfig(#[from] ArchitectureError),
     /// A weight tensor does not have the shape the configuration implies.
     #[error("tensor {name:?} has shape {found:?}, expected {expected:?}")]
     TensorShape {

@@ -9,7 +9,6 @@
 #![warn(missing_docs)]
 
 mod chat;
-mod config;
 mod error;
 mod generate;
 pub mod memory;
@@ -19,7 +18,6 @@ mod source;
 mod testing;
 
 pub use chat::ChatSession;
-pub use config::ModelConfig;
 pub use error::EngineError;
 pub use generate::{
     FinishReason, GenerateOptions, Generation, Generator, LanguageModel, MIN_PREFILL_SLICE,
@@ -27,4 +25,4 @@ pub use generate::{
     generate, generate_until, self_test_tokens,
 };
 pub use reference::{KvCache, ReferenceModel, ReferenceSession};
-pub use source::{ModelFile, WeightSource};
+pub use source::{ModelFile, WeightSource, gguf_architecture};

@@ -21,7 +21,8 @@
 //! original weights.
 
 use crate::WeightSource;
-use crate::{EngineError, LanguageModel, ModelConfig};
+use crate::{EngineError, LanguageModel};
+use ember_core::image::Architecture;
 use ember_gguf::GgufError;
 use rayon::prelude::*;
 
@@ -157,7 +158,7 @@ impl KvCache {
 
 /// A Llama-family model with all weights in `f32`.
 pub struct ReferenceModel {
-    config: ModelConfig,
+    config: Architecture,
     embedding: Matrix,
     /// The LM head; `None` when tied to the embedding.
     output: Option<Matrix>,
@@ -168,7 +169,7 @@ pub struct ReferenceModel {
 impl ReferenceModel {
     /// Decodes every weight of a Llama model (GGUF file or Ember image) to `f32`.
     pub fn load(file: &dyn WeightSource) -> Result<Self, EngineError> {
-        let config = file.config()?;
+        let config = file.architecture()?;
         let dims = |name: &str| {
             file.dims(name)
                 .ok_or_else(|| EngineError::Gguf(GgufError::MissingTensor(name.into())))
@@ -200,7 +201,7 @@ impl ReferenceModel {
             })
         };
         let c = &config;
-        let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.kv_dim());
+        let (q_dim, kv_dim) = (c.n_head * c.head_dim(), c.kv_dim());
         let blocks = (0..c.n_layers)
             .map(|i| {
                 let name = |part: &str| format!("blk.{i}.{part}.weight");
@@ -231,7 +232,7 @@ impl ReferenceModel {
     }
 
     /// The model's hyper-parameters.
-    pub fn config(&self) -> &ModelConfig {
+    pub fn architecture(&self) -> &Architecture {
         &self.config
     }
 
@@ -269,7 +270,7 @@ impl ReferenceModel {
             });
         }
         let position = cache.len;
-        let (hd, kv_dim) = (c.head_dim, c.kv_dim());
+        let (hd, kv_dim) = (c.head_dim(), c.kv_dim());
         let group = c.n_head / c.n_head_kv;
 
         let mut x = self.embedding.row(token as usize).to_vec();

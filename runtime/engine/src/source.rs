@@ -1,16 +1,16 @@
 //! Where a model's weights and tokenizer come from: a GGUF file or an Ember image.
 
-use crate::{EngineError, ModelConfig};
+use crate::EngineError;
 use ember_core::image::Architecture;
-use ember_gguf::GgufFile;
+use ember_gguf::{GgufError, GgufFile, Metadata, OptionalKey};
 use ember_image::Image;
 use ember_tokenizer::Tokenizer;
 use std::path::Path;
 
 /// Something that holds a Llama-family model's weights.
 pub trait WeightSource {
-    /// The model's hyper-parameters.
-    fn config(&self) -> Result<ModelConfig, EngineError>;
+    /// The model's shape, checked.
+    fn architecture(&self) -> Result<Architecture, EngineError>;
     /// Dimensions of the tensor `name` (fastest first), if present.
     fn dims(&self, name: &str) -> Option<Vec<u64>>;
     /// Values of the tensor `name`, in `f32`, row after row.
@@ -18,8 +18,8 @@ pub trait WeightSource {
 }
 
 impl WeightSource for GgufFile {
-    fn config(&self) -> Result<ModelConfig, EngineError> {
-        ModelConfig::from_gguf(self.metadata())
+    fn architecture(&self) -> Result<Architecture, EngineError> {
+        gguf_architecture(self.metadata())
     }
 
     fn dims(&self, name: &str) -> Option<Vec<u64>> {
@@ -32,8 +32,10 @@ impl WeightSource for GgufFile {
 }
 
 impl WeightSource for Image {
-    fn config(&self) -> Result<ModelConfig, EngineError> {
-        ModelConfig::from_architecture(&self.manifest().architecture)
+    fn architecture(&self) -> Result<Architecture, EngineError> {
+        let architecture = self.manifest().architecture;
+        architecture.check()?;
+        Ok(architecture)
     }
 
     fn dims(&self, name: &str) -> Option<Vec<u64>> {
@@ -105,41 +107,42 @@ impl ModelFile {
     }
 }
 
-impl ModelConfig {
-    /// The configuration stored in an image manifest.
-    pub fn from_architecture(a: &Architecture) -> Result<Self, EngineError> {
-        let config = ModelConfig {
-            n_layers: a.n_layers as usize,
-            n_embd: a.n_embd as usize,
-            n_ff: a.n_ff as usize,
-            n_head: a.n_head as usize,
-            n_head_kv: a.n_head_kv as usize,
-            head_dim: (a.n_embd as usize)
-                .checked_div(a.n_head as usize)
-                .unwrap_or(0),
-            rope_dim: a.rope_dim as usize,
-            rope_base: a.rope_base,
-            rms_eps: a.rms_eps,
-            context_length: a.context_length as usize,
-            vocab_size: a.vocab_size as usize,
-        };
-        config.check()?;
-        Ok(config)
+/// Reads a GGUF file's `llama.*` keys; refuses other architectures and inconsistent shapes.
+pub fn gguf_architecture(metadata: &Metadata) -> Result<Architecture, EngineError> {
+    let arch = metadata.get_str("general.architecture")?;
+    if arch != "llama" {
+        return Err(EngineError::UnsupportedArchitecture(arch.into()));
     }
-
-    /// The configuration as an image manifest stores it.
-    pub fn to_architecture(&self) -> Architecture {
-        Architecture {
-            n_layers: self.n_layers as u32,
-            n_embd: self.n_embd as u32,
-            n_ff: self.n_ff as u32,
-            n_head: self.n_head as u32,
-            n_head_kv: self.n_head_kv as u32,
-            rope_dim: self.rope_dim as u32,
-            rope_base: self.rope_base,
-            rms_eps: self.rms_eps,
-            context_length: self.context_length as u32,
-            vocab_size: self.vocab_size as u32,
-        }
-    }
+    let get = |key: &str| -> Result<usize, GgufError> {
+        metadata
+            .get_u32(&format!("llama.{key}"))
+            .map(|v| v as usize)
+    };
+    let n_embd = get("embedding_length")?;
+    let n_head = get("attention.head_count")?;
+    let n_head_kv = get("attention.head_count_kv").optional()?.unwrap_or(n_head);
+    let head_dim = n_embd.checked_div(n_head).unwrap_or(0);
+    let rope_dim = get("rope.dimension_count").optional()?.unwrap_or(head_dim);
+    let rope_base = metadata
+        .get_f32("llama.rope.freq_base")
+        .optional()?
+        .unwrap_or(10_000.0);
+    let vocab_size = match get("vocab_size").optional()? {
+        Some(size) => size,
+        None => metadata.get_str_array("tokenizer.ggml.tokens")?.len(),
+    };
+    let architecture = Architecture {
+        n_layers: get("block_count")?,
+        n_embd,
+        n_ff: get("feed_forward_length")?,
+        n_head,
+        n_head_kv,
+        rope_dim,
+        rope_base,
+        rms_eps: metadata.get_f32("llama.attention.layer_norm_rms_epsilon")?,
+        context_length: get("context_length")?,
+        vocab_size,
+    };
+    architecture.check()?;
+    Ok(architecture)
 }

@@ -352,7 +352,7 @@ pub fn bench(
             };
             engine_name = model.engine_name();
             if measured.is_none() {
-                let context = model.config().context_length;
+                let context = model.architecture().context_length;
                 measured = Some(
                     prompts(&model.file)?
                         .into_iter()

@@ -18,9 +18,7 @@ use anyhow::{Result, bail};
 use ember_core::image::{
     Manifest, SamplingDefaults, SelfTest, TensorEncoding, TokenizerData, TokenizerSpec,
 };
-use ember_engine::{
-    LanguageModel, ModelConfig, ModelFile, ReferenceModel, ReferenceSession, SELF_TEST_PROMPT,
-};
+use ember_engine::{LanguageModel, ModelFile, ReferenceModel, ReferenceSession, SELF_TEST_PROMPT};
 use ember_gguf::{GgufError, GgufFile, TensorInfo, TensorType, dequantize};
 use ember_image::{EncodedTensor, Image, ImageWriter};
 use ember_tokenizer::{Tokenizer, Vocabulary};
@@ -166,7 +164,7 @@ fn manifest_and_vocabulary(
     scheme: Scheme,
 ) -> Result<(Manifest, TokenizerData)> {
     let m = file.metadata();
-    let config = ModelConfig::from_gguf(m)?;
+    let architecture = ember_engine::gguf_architecture(m)?;
     let data = TokenizerData {
         tokens: vocabulary.tokens.iter().map(|s| s.to_string()).collect(),
         token_types: vocabulary.token_types.iter().map(|&t| t as i32).collect(),
@@ -177,7 +175,7 @@ fn manifest_and_vocabulary(
     };
     let manifest = Manifest {
         model_name: m.get_str("general.name").unwrap_or("unnamed").to_string(),
-        architecture: config.to_architecture(),
+        architecture,
         tokenizer: TokenizerSpec {
             model: vocabulary.model.to_string(),
             pre: vocabulary.pre.to_string(),
@@ -292,9 +290,9 @@ pub fn quantize(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let config = ModelConfig::from_gguf(file.metadata())?;
+    let architecture = ember_engine::gguf_architecture(file.metadata())?;
     writer.set_graph(ember_tract::graph::build(
-        &config,
+        &architecture,
         &writer.tensor_entries(),
     )?);
     let mut trial = output.as_os_str().to_owned();
