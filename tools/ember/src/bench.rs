@@ -10,7 +10,8 @@ use ember_core::{
     chat::{ChatTemplate, Message, Role},
     sampler::argmax,
 };
-use ember_engine::{ModelFile, memory};
+use ember_engine::memory;
+use ember_reference::ModelFile;
 use ember_tract::TractModel;
 use serde::Serialize;
 use std::{

@@ -3,7 +3,8 @@
 
 use anyhow::{Context, Result};
 use ember_core::image::Architecture;
-use ember_engine::{LanguageModel, ModelFile, ReferenceModel, ReferenceSession};
+use ember_engine::LanguageModel;
+use ember_reference::{ModelFile, ReferenceModel, ReferenceSession};
 use ember_tokenizer::Tokenizer;
 use ember_tract::TractModel;
 use std::path::Path;

@@ -4,8 +4,8 @@
 
 use anyhow::{Context, Result, bail};
 use ember_board::{Board, ModelNeeds, Serial};
-use ember_engine::WeightSource;
 use ember_image::Image;
+use ember_reference::WeightSource;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
