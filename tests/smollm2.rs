@@ -8,9 +8,9 @@ use ember_e2e::{
     binary, ember, ember_at, emberd_on_pty, last_json_line, serve_on_pty, smollm2, smollm2_image,
     smollm2_reference, stdout_of,
 };
-use ember_engine::{LanguageModel, ReferenceModel, ReferenceSession};
+use ember_engine::LanguageModel;
 use ember_gguf::GgufFile;
-use ember_tokenizer::Tokenizer;
+use ember_reference::{ReferenceModel, ReferenceSession, gguf};
 
 fn ids(value: &serde_json::Value) -> Vec<u32> {
     serde_json::from_value(value.clone()).expect("a list of token ids")
@@ -19,7 +19,7 @@ fn ids(value: &serde_json::Value) -> Vec<u32> {
 #[test]
 fn tokenizer_ids_match_llama_cpp() {
     let file = GgufFile::open(smollm2()).unwrap();
-    let tokenizer = Tokenizer::from_gguf(file.metadata()).unwrap();
+    let tokenizer = gguf::tokenizer(file.metadata()).unwrap();
     let reference = smollm2_reference("tokenizer_ids.json");
     let cases = reference["cases"].as_array().unwrap();
     assert!(cases.len() >= 20);

@@ -143,7 +143,7 @@ fn golden_model_is_the_one_llama_cpp_ran() {
 #[test]
 fn tiny_tokenizer_matches_llama_cpp() {
     let file = ember_gguf::GgufFile::open(tiny_model()).unwrap();
-    let tokenizer = ember_tokenizer::Tokenizer::from_gguf(file.metadata()).unwrap();
+    let tokenizer = ember_reference::gguf::tokenizer(file.metadata()).unwrap();
     for case in tiny_golden()["tokenizer"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         assert_eq!(
@@ -448,12 +448,13 @@ fn chat(lines: &str, extra: &[&str]) -> Vec<serde_json::Value> {
 #[test]
 fn chat_keeps_the_cache_across_turns() {
     use ember_core::chat::{ChatTemplate, Message, Role};
-    use ember_engine::{GenerateOptions, ReferenceModel, ReferenceSession, generate};
+    use ember_engine::{GenerateOptions, generate};
+    use ember_reference::{ReferenceModel, ReferenceSession};
     let replies = chat("Hi there!\nWhat is the weather like?\n", &["-n", "12"]);
     assert_eq!(replies.len(), 2);
 
     let file = ember_gguf::GgufFile::open(tiny_model()).unwrap();
-    let tokenizer = ember_tokenizer::Tokenizer::from_gguf(file.metadata()).unwrap();
+    let tokenizer = ember_reference::gguf::tokenizer(file.metadata()).unwrap();
     let template =
         ChatTemplate::from_jinja(file.metadata().get_str("tokenizer.chat_template").unwrap())
             .unwrap();
@@ -513,12 +514,12 @@ fn a_long_chat_outlives_the_context() {
 /// reference on the GGUF.
 fn reference_logits() -> (Vec<u32>, Vec<Vec<f32>>) {
     let file = ember_gguf::GgufFile::open(tiny_model()).unwrap();
-    let tokenizer = ember_tokenizer::Tokenizer::from_gguf(file.metadata()).unwrap();
+    let tokenizer = ember_reference::gguf::tokenizer(file.metadata()).unwrap();
     let ids = tokenizer
         .encode(ember_models::quantize::QUALITY_TEXT)
         .unwrap();
-    let model = ember_engine::ReferenceModel::load(&file).unwrap();
-    let logits = ember_engine::ReferenceSession::new(&model, ids.len())
+    let model = ember_reference::ReferenceModel::load(&file).unwrap();
+    let logits = ember_reference::ReferenceSession::new(&model, ids.len())
         .logits_at_each(&ids)
         .unwrap();
     (ids, logits)

@@ -264,7 +264,7 @@ pub fn golden_chat_reply(prompt: &str) -> String {
         .find(|c| c["prompt"] == prompt && c["chat"] == true)
         .unwrap_or_else(|| panic!("no golden chat case {prompt:?}"));
     assert_eq!(case["exact"]["stop_type"], "limit");
-    let file = ember_engine::ModelFile::open(&tiny_image().0).expect("tiny image");
+    let file = ember_reference::ModelFile::open(&tiny_image().0).expect("tiny image");
     file.tokenizer()
         .expect("tokenizer")
         .decode(&ids(&case["exact"]["reply_ids"]))

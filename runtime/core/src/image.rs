@@ -261,21 +261,96 @@ mod manifest {
         pub tokens: Vec<u32>,
     }
 
-    /// A Llama-family decoder's shape.
+    /// The shape of a Llama-family decoder (SmolLM2, Llama, Qwen2 without biases): what the
+    /// manifest records and what every engine builds from.
+    ///
+    /// The counts are `usize` in memory and varints on the wire (postcard writes a `usize` as
+    /// the `u64` varint, the same bytes as a `u32` varint for any count below 2³²).
     #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-    #[allow(missing_docs)] // the fields are the GGUF `llama.*` keys of the same names
     pub struct Architecture {
-        pub n_layers: u32,
-        pub n_embd: u32,
-        pub n_ff: u32,
-        pub n_head: u32,
-        pub n_head_kv: u32,
-        pub rope_dim: u32,
+        /// Number of transformer blocks.
+        pub n_layers: usize,
+        /// Width of the residual stream.
+        pub n_embd: usize,
+        /// Hidden width of the feed-forward network.
+        pub n_ff: usize,
+        /// Number of query heads.
+        pub n_head: usize,
+        /// Number of key/value heads (grouped-query attention when fewer than `n_head`).
+        pub n_head_kv: usize,
+        /// Number of dimensions of each head that RoPE rotates.
+        pub rope_dim: usize,
+        /// RoPE base frequency.
         pub rope_base: f32,
+        /// Epsilon of RMSNorm.
         pub rms_eps: f32,
-        pub context_length: u32,
-        pub vocab_size: u32,
+        /// Longest sequence the model was trained for.
+        pub context_length: usize,
+        /// Vocabulary size (rows of the embedding).
+        pub vocab_size: usize,
     }
+
+    impl Architecture {
+        /// Width of one head: `n_embd / n_head` (0 without heads, which [`check`](Self::check)
+        /// refuses).
+        pub fn head_dim(&self) -> usize {
+            self.n_embd.checked_div(self.n_head).unwrap_or(0)
+        }
+
+        /// Width of the keys (and values) of one position: `n_head_kv × head_dim`.
+        pub fn kv_dim(&self) -> usize {
+            self.n_head_kv * self.head_dim()
+        }
+
+        /// Numbers of KV cache one context position takes: keys and values of every layer.
+        pub fn cache_values_per_position(&self) -> u64 {
+            (self.n_layers * 2 * self.kv_dim()) as u64
+        }
+
+        /// Refuses inconsistent shapes: a zero dimension, heads that do not divide the width
+        /// (or KV heads the heads), a RoPE dimension that is odd or wider than a head, a RoPE
+        /// base or RMSNorm epsilon out of range.
+        pub fn check(&self) -> Result<(), ArchitectureError> {
+            let bad = |why| Err(ArchitectureError(why));
+            if [
+                self.n_layers,
+                self.n_embd,
+                self.n_ff,
+                self.n_head,
+                self.n_head_kv,
+                self.context_length,
+                self.vocab_size,
+            ]
+            .contains(&0)
+            {
+                return bad("a dimension is zero");
+            }
+            if !self.n_embd.is_multiple_of(self.n_head)
+                || !self.n_head.is_multiple_of(self.n_head_kv)
+            {
+                return bad("heads do not divide the width, or KV heads do not divide heads");
+            }
+            if self.rope_dim > self.head_dim() || !self.rope_dim.is_multiple_of(2) {
+                return bad("RoPE dimension must be even and at most the head width");
+            }
+            if !(self.rope_base.is_finite() && self.rope_base > 0.0 && self.rms_eps >= 0.0) {
+                return bad("RoPE base or RMSNorm epsilon out of range");
+            }
+            Ok(())
+        }
+    }
+
+    /// Why an [`Architecture`] does not describe a decoder that can run.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct ArchitectureError(pub &'static str);
+
+    impl core::fmt::Display for ArchitectureError {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            write!(f, "invalid model configuration: {}", self.0)
+        }
+    }
+
+    impl core::error::Error for ArchitectureError {}
 
     /// The tokenizer's kind and special tokens; its vocabulary is a [`TokenizerData`] section.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -479,6 +554,43 @@ mod manifest {
 #[cfg(all(test, feature = "alloc"))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_architecture_is_written_as_u32_counts_were() {
+        let a = Architecture {
+            n_layers: 30,
+            n_embd: 576,
+            n_ff: 1536,
+            n_head: 9,
+            n_head_kv: 3,
+            rope_dim: 64,
+            rope_base: 100_000.0,
+            rms_eps: 1e-5,
+            context_length: 8192,
+            vocab_size: 49152,
+        };
+        let as_u32 = (
+            30u32,
+            576u32,
+            1536u32,
+            9u32,
+            3u32,
+            64u32,
+            100_000.0f32,
+            1e-5f32,
+        );
+        let mut expected = postcard::to_allocvec(&as_u32).unwrap();
+        expected.extend(postcard::to_allocvec(&(8192u32, 49152u32)).unwrap());
+        assert_eq!(postcard::to_allocvec(&a).unwrap(), expected);
+        assert_eq!(postcard::from_bytes::<Architecture>(&expected).unwrap(), a);
+        assert_eq!((a.head_dim(), a.kv_dim()), (64, 192));
+        assert_eq!(a.cache_values_per_position(), 30 * 2 * 192);
+        assert_eq!(a.check(), Ok(()));
+        let odd_rope = Architecture { rope_dim: 63, ..a };
+        assert!(odd_rope.check().is_err());
+        let no_heads = Architecture { n_head: 0, ..a };
+        assert_eq!((no_heads.head_dim(), no_heads.check().is_err()), (0, true));
+    }
 
     #[test]
     fn interleaved_indices_cover_every_stored_byte_once() {

@@ -9,10 +9,12 @@ use ember_core::flash::{FlashOutcome, Slot};
 use ember_core::image::ImageHeader;
 use ember_core::protocol::{self, ErrorCode, Event, Hello, MAX_FRAME, PROTOCOL_VERSION};
 use ember_core::sampler::SamplingConfig;
-use ember_engine::{ChatSession, ModelFile, WeightSource};
+use ember_engine::ChatSession;
 use ember_flash::SlotDir;
+use ember_image::Image;
 use ember_serial::{PtyPair, Tty};
 use ember_signals::Delay;
+use ember_tokenizer::Tokenizer;
 use ember_tract::{CpuReport, TractModel};
 use emberd::driver::{Driver, Exit};
 use std::fmt::Write as _;
@@ -227,18 +229,19 @@ struct Device<'a> {
 
 /// An image opened and checked against the board.
 struct Opened {
-    file: ModelFile,
+    image: Image,
     plan: Option<MemoryPlan>,
     capacity: usize,
 }
 
 impl Opened {
-    /// The image (`Device::open` refuses anything else).
-    fn image(&self) -> &ember_image::Image {
-        match &self.file {
-            ModelFile::Image(image) => image,
-            ModelFile::Gguf(_) => unreachable!("Device::open accepts images only"),
-        }
+    /// The image's tokenizer.
+    fn tokenizer(&self) -> Result<Tokenizer> {
+        let manifest = self.image.manifest();
+        Ok(Tokenizer::from_image(
+            &manifest.tokenizer,
+            &self.image.tokenizer_data()?,
+        )?)
     }
 }
 
@@ -246,14 +249,16 @@ impl Device<'_> {
     /// Opens the image at `path` and plans its memory on the board.
     fn open(&self, path: &Path) -> Result<Opened> {
         let context = || format!("cannot load model {}", path.display());
-        let file = ModelFile::open(path).with_context(context)?;
-        let ModelFile::Image(image) = &file else {
-            bail!(
+        let image = match Image::open(path) {
+            Ok(image) => image,
+            Err(_) if is_gguf(path) => bail!(
                 "{} is a GGUF file; emberd serves Ember images (make one with `ember quantize`)",
                 path.display()
-            );
+            ),
+            Err(e) => return Err(e).with_context(context),
         };
-        let config = image.config().with_context(context)?;
+        let config = image.manifest().architecture;
+        config.check().with_context(context)?;
         let plan = match self.board {
             Some(board) => {
                 let needs = ModelNeeds {
@@ -279,7 +284,7 @@ impl Device<'_> {
                 .min(config.context_length),
         };
         Ok(Opened {
-            file,
+            image,
             plan,
             capacity,
         })
@@ -287,7 +292,7 @@ impl Device<'_> {
 
     fn dry_run(&self, path: &Path, slots: Option<&SlotDir>) -> Result<()> {
         let opened = self.open(path)?;
-        let image = opened.image();
+        let image = &opened.image;
         let args = self.args;
         let cpu = CpuReport::detect();
         let mut out = String::new();
@@ -353,11 +358,11 @@ impl Device<'_> {
         let args = self.args;
         let context = || format!("cannot load model {}", path.display());
         let opened = self.open(path)?;
-        let image = opened.image();
+        let image = &opened.image;
         let model = TractModel::load(image, self.threads).with_context(context)?;
-        let tokenizer = opened.file.tokenizer().with_context(context)?;
+        let tokenizer = opened.tokenizer().with_context(context)?;
         ember_engine::memory::release_free_heap();
-        let template = match opened.file.chat_template() {
+        let template = match image.manifest().chat_template.as_deref() {
             Some(source) => ChatTemplate::from_jinja(source).with_context(context)?,
             None => ChatTemplate::chatml(None),
         };
@@ -507,8 +512,8 @@ impl Device<'_> {
     /// its manifest hash.
     fn self_test(&self, path: &Path) -> Result<[u8; 32]> {
         let opened = self.open(path)?;
-        let image = opened.image();
-        let tokenizer = opened.file.tokenizer()?;
+        let image = &opened.image;
+        let tokenizer = opened.tokenizer()?;
         let tokens = ember_tract::self_test(image, &tokenizer, self.threads)?;
         let expected = &image.manifest().self_test;
         if tokens != expected.tokens {
@@ -521,6 +526,14 @@ impl Device<'_> {
         }
         Ok(ImageHeader::parse(&image.mapping()[..])?.manifest_sha256)
     }
+}
+
+/// Whether the file at `path` starts with GGUF's magic bytes.
+fn is_gguf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut magic))
+        .is_ok_and(|()| &magic == b"GGUF")
 }
 
 /// Sets the board's CPU knobs for tract (unless the environment already has them), and warns when

@@ -1,35 +1,19 @@
+use ember_core::image::ArchitectureError;
 use ember_core::sampler::SamplingError;
-use ember_gguf::GgufError;
 use ember_tokenizer::TokenizerError;
 
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// The model file is unreadable or malformed.
-    #[error(transparent)]
-    Gguf(#[from] GgufError),
     /// The Ember image is unreadable or malformed.
     #[error(transparent)]
     Image(#[from] ember_image::ImageFileError),
     /// The tokenizer could not be built or refused the text.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
-    /// The model is not a Llama-family decoder.
-    #[error("unsupported architecture {0:?} (Ember runs \"llama\"-family models)")]
-    UnsupportedArchitecture(String),
-    /// The hyper-parameters are inconsistent.
-    #[error("invalid model configuration: {0}")]
-    BadConfig(String),
-    /// A weight tensor does not have the shape the configuration implies.
-    #[error("tensor {name:?} has shape {found:?}, expected {expected:?}")]
-    TensorShape {
-        /// The tensor.
-        name: String,
-        /// Shape implied by the configuration (fastest dimension first).
-        expected: Vec<usize>,
-        /// Shape in the file.
-        found: Vec<u64>,
-    },
+    /// The model's shape is inconsistent.
+    #[error(transparent)]
+    BadConfig(#[from] ArchitectureError),
     /// A token id outside the vocabulary.
     #[error("token id {token} is outside the vocabulary of {vocab}")]
     TokenOutOfRange {

@@ -1,5 +1,6 @@
-//! The tokenizer of a GGUF model, built with Hugging Face's `tokenizers` crate from the vocabulary,
-//! merges and token types stored in the file.
+//! A model's tokenizer, built with Hugging Face's `tokenizers` crate from its vocabulary, merges
+//! and token types: an Ember image's tokenizer section ([`Tokenizer::from_image`]) or any
+//! [`Vocabulary`] (`ember-reference` reads one from a GGUF file's `tokenizer.ggml.*` keys).
 //!
 //! Supported: byte-level BPE (`tokenizer.ggml.model = gpt2`) with the `smollm` pre-tokenizer
 //! (each digit on its own, then GPT-2's split) or the plain GPT-2 one (`gpt2`, `default`).
@@ -12,7 +13,6 @@ use ember_core::{
     image::{TokenizerData, TokenizerSpec},
     utf8::Utf8Stream,
 };
-use ember_gguf::{GgufError, Metadata, OptionalKey};
 use tokenizers::{
     AddedToken, DecoderWrapper, PreTokenizerWrapper,
     decoders::byte_level::ByteLevel as ByteLevelDecoder,
@@ -28,9 +28,6 @@ const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 /// Why a tokenizer could not be built or could not encode.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
-    /// A metadata key is missing or has the wrong type.
-    #[error("tokenizer metadata: {0}")]
-    Metadata(#[from] GgufError),
     /// The vocabulary is not byte-level BPE.
     #[error("unsupported tokenizer model {0:?} (Ember supports byte-level BPE, \"gpt2\")")]
     UnsupportedModel(String),
@@ -74,30 +71,6 @@ pub struct Vocabulary<'a> {
     pub eos: Option<u32>,
 }
 
-impl<'a> Vocabulary<'a> {
-    /// Reads a GGUF file's `tokenizer.ggml.*` keys. Absent optional keys take llama.cpp's
-    /// defaults (pre-tokenizer `default`, every token normal, no special tokens).
-    pub fn from_gguf(metadata: &'a Metadata) -> Result<Self, GgufError> {
-        let tokens = metadata.get_str_array("tokenizer.ggml.tokens")?;
-        let token_types = metadata
-            .get_int_array("tokenizer.ggml.token_type")
-            .optional()?
-            .unwrap_or_else(|| vec![1; tokens.len()]);
-        Ok(Vocabulary {
-            model: metadata.get_str("tokenizer.ggml.model")?,
-            pre: metadata
-                .get_str("tokenizer.ggml.pre")
-                .optional()?
-                .unwrap_or("default"),
-            tokens,
-            token_types,
-            merges: metadata.get_str_array("tokenizer.ggml.merges")?,
-            bos: metadata.get_u32("tokenizer.ggml.bos_token_id").optional()?,
-            eos: metadata.get_u32("tokenizer.ggml.eos_token_id").optional()?,
-        })
-    }
-}
-
 /// A model's tokenizer and the facts about its special tokens.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -118,11 +91,6 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 impl Tokenizer {
-    /// Builds the tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata.
-    pub fn from_gguf(metadata: &Metadata) -> Result<Self, TokenizerError> {
-        Self::from_vocabulary(Vocabulary::from_gguf(metadata)?)
-    }
-
     /// Builds the tokenizer stored in an Ember image.
     pub fn from_image(spec: &TokenizerSpec, data: &TokenizerData) -> Result<Self, TokenizerError> {
         Self::from_vocabulary(Vocabulary {

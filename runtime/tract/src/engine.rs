@@ -7,7 +7,8 @@ use crate::kernels::Kernel;
 use crate::ops::{self, MappedTensors};
 use crate::pb::{self, ModelProto};
 use crate::workers::Workers;
-use ember_engine::{EngineError, LanguageModel, ModelConfig, SELF_TEST_CONTEXT, self_test_tokens};
+use ember_core::image::Architecture;
+use ember_engine::{EngineError, LanguageModel, SELF_TEST_CONTEXT, self_test_tokens};
 use ember_image::{GRAPH_SECTION, Image, WEIGHTS_SECTION};
 use ember_tokenizer::Tokenizer;
 use prost::Message;
@@ -23,7 +24,7 @@ fn backend(context: &str, error: impl std::fmt::Display) -> EngineError {
 #[derive(Debug)]
 pub struct TractModel {
     plan: Arc<TypedRunnableModel>,
-    config: ModelConfig,
+    architecture: Architecture,
     kernel: Kernel,
     threads: usize,
 }
@@ -107,7 +108,8 @@ impl TractModel {
     /// Loads `image` (structure checked at open; hashes are [`Image::verify`]'s job) to run on
     /// `threads` threads.
     pub fn load(image: &Image, threads: usize) -> Result<Self, EngineError> {
-        let config = ModelConfig::from_architecture(&image.manifest().architecture)?;
+        let architecture = image.manifest().architecture;
+        architecture.check()?;
         let graph = image.section(GRAPH_SECTION)?;
         let mut proto = ModelProto::decode(image.section_bytes(graph))
             .map_err(|e| backend("the image's ONNX graph does not decode", e))?;
@@ -118,9 +120,9 @@ impl TractModel {
         let tensors = resolve_external_data(graph, image)?;
         attention::keep_cache_in_place(
             graph,
-            config.n_layers,
-            config.n_head / config.n_head_kv.max(1),
-            config.head_dim,
+            architecture.n_layers,
+            architecture.n_head / architecture.n_head_kv.max(1),
+            architecture.head_dim(),
         )
         .map_err(|e| backend("the image's attention", e))?;
         ops::fuse_matmuls(graph);
@@ -155,15 +157,15 @@ impl TractModel {
             .map_err(|e| backend("tract cannot optimize the graph", e))?;
         Ok(TractModel {
             plan,
-            config,
+            architecture,
             kernel,
             threads,
         })
     }
 
-    /// The model's hyper-parameters.
-    pub fn config(&self) -> &ModelConfig {
-        &self.config
+    /// The model's shape.
+    pub fn architecture(&self) -> &Architecture {
+        &self.architecture
     }
 
     /// The int8 dot-product kernel in use.
@@ -185,7 +187,7 @@ impl TractModel {
             model: self,
             state,
             position: 0,
-            capacity: capacity.min(self.config.context_length),
+            capacity: capacity.min(self.architecture.context_length),
             profile: None,
         })
     }
@@ -260,7 +262,7 @@ impl LanguageModel for TractSession<'_> {
     }
 
     fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
-        let config = &self.model.config;
+        let architecture = &self.model.architecture;
         if tokens.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -269,10 +271,13 @@ impl LanguageModel for TractSession<'_> {
                 capacity: self.capacity,
             });
         }
-        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= config.vocab_size) {
+        if let Some(&token) = tokens
+            .iter()
+            .find(|&&t| t as usize >= architecture.vocab_size)
+        {
             return Err(EngineError::TokenOutOfRange {
                 token,
-                vocab: config.vocab_size,
+                vocab: architecture.vocab_size,
             });
         }
         let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
@@ -325,7 +330,7 @@ pub fn self_test(
 ) -> Result<Vec<u32>, EngineError> {
     let model = TractModel::load(image, threads)?;
     let manifest = image.manifest();
-    let context = SELF_TEST_CONTEXT.min(model.config().context_length);
+    let context = SELF_TEST_CONTEXT.min(model.architecture().context_length);
     let mut session = model.session(context)?;
     self_test_tokens(
         &mut session,

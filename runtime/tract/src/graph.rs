@@ -22,8 +22,8 @@ use crate::pb::{
     StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension,
 };
-use ember_core::image::{TensorEncoding, TensorEntry};
-use ember_engine::ModelConfig;
+use ember_core::image::{Architecture, TensorEncoding, TensorEntry};
+
 use prost::Message;
 
 /// The initializers of one quantized matrix.
@@ -60,7 +60,7 @@ pub enum GraphError {
 
 /// Accumulates nodes and initializers with generated names.
 struct Builder<'a> {
-    config: &'a ModelConfig,
+    config: &'a Architecture,
     tensors: &'a [TensorEntry],
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
@@ -376,7 +376,7 @@ impl Builder<'_> {
     /// Rotates adjacent pairs of each head of `x` (`[1, S, heads · head_dim]`) by the angles whose
     /// cosines and sines are `cos`/`sin` (`[1, S, 1, head_dim/2, 1]`); returns `[1, S, heads, head_dim]`.
     fn rope(&mut self, x: &str, heads: usize, cos: &str, sin: &str) -> String {
-        let hd = self.config.head_dim as i64;
+        let hd = self.config.head_dim() as i64;
         let pairs_shape = self.ints(&[0, 0, heads as i64, hd / 2, 2]);
         let pairs = self.op("Reshape", &[x, &pairs_shape], vec![]);
         let (axis, zero, one, two) = (
@@ -405,7 +405,7 @@ impl Builder<'_> {
 
 /// Cosines and sines of RoPE's angles for every position of the context: two
 /// `[context, rope_dim/2]` tables, computed in f64 like the reference.
-fn rope_tables(config: &ModelConfig) -> (Vec<u8>, Vec<u8>) {
+fn rope_tables(config: &Architecture) -> (Vec<u8>, Vec<u8>) {
     let (mut cos, mut sin) = (Vec::new(), Vec::new());
     for position in 0..config.context_length {
         for i in (0..config.rope_dim).step_by(2) {
@@ -420,19 +420,20 @@ fn rope_tables(config: &ModelConfig) -> (Vec<u8>, Vec<u8>) {
 
 /// Builds the ONNX model for `config` over the image tensors `tensors` (offsets relative to
 /// the weights section) and returns its protobuf bytes.
-pub fn build(config: &ModelConfig, tensors: &[TensorEntry]) -> Result<Vec<u8>, GraphError> {
+pub fn build(config: &Architecture, tensors: &[TensorEntry]) -> Result<Vec<u8>, GraphError> {
     Ok(build_proto(config, tensors)?.encode_to_vec())
 }
 
 /// Builds the ONNX model for `config` over the image tensors `tensors`.
 pub fn build_proto(
-    config: &ModelConfig,
+    config: &Architecture,
     tensors: &[TensorEntry],
 ) -> Result<ModelProto, GraphError> {
-    if config.rope_dim != config.head_dim {
+    if config.rope_dim != config.head_dim() {
         return Err(GraphError::Unsupported(format!(
             "RoPE over {} of {} head dimensions",
-            config.rope_dim, config.head_dim
+            config.rope_dim,
+            config.head_dim()
         )));
     }
     if !config.n_embd.is_multiple_of(32) || !config.n_ff.is_multiple_of(32) {
@@ -442,7 +443,7 @@ pub fn build_proto(
     }
     let c = config;
     let (hd, kvh, group) = (
-        c.head_dim as i64,
+        c.head_dim() as i64,
         c.n_head_kv as i64,
         (c.n_head / c.n_head_kv) as i64,
     );
@@ -490,7 +491,7 @@ pub fn build_proto(
     let sin = g.op("Reshape", &[&sin_rows, &angle_shape], vec![]);
 
     let eps = g.scalar_f32(c.rms_eps);
-    let attention_scale = g.scalar_f32(1.0 / (c.head_dim as f32).sqrt());
+    let attention_scale = g.scalar_f32(1.0 / (c.head_dim() as f32).sqrt());
     let query_shape = g.ints(&[0, 0, kvh, group, hd]);
     let query_rows = g.ints(&[0, 0, -1, hd]);
     let split_rows = g.ints(&[0, 0, -1, group, hd]);
@@ -500,9 +501,9 @@ pub fn build_proto(
         let t = |name: &str| format!("blk.{layer}.{name}.weight");
         let norm = g.vector(&t("attn_norm"), c.n_embd)?;
         let h = g.rms_norm(&x, &norm, &eps);
-        let q = g.linear(&h, &t("attn_q"), c.n_embd, c.n_head * c.head_dim)?;
-        let k = g.linear(&h, &t("attn_k"), c.n_embd, c.n_head_kv * c.head_dim)?;
-        let v = g.linear(&h, &t("attn_v"), c.n_embd, c.n_head_kv * c.head_dim)?;
+        let q = g.linear(&h, &t("attn_q"), c.n_embd, c.n_head * c.head_dim())?;
+        let k = g.linear(&h, &t("attn_k"), c.n_embd, c.n_head_kv * c.head_dim())?;
+        let v = g.linear(&h, &t("attn_v"), c.n_embd, c.n_head_kv * c.head_dim())?;
         let q = g.rope(&q, c.n_head, &cos, &sin);
         // Queries [1, kv_heads, S · group, hd]: the `group` query heads that share a key/value
         // head become rows of one matrix product with that head's cache.
@@ -554,7 +555,7 @@ pub fn build_proto(
             vec![ints_attr("perm", &[0, 2, 1, 3, 4])],
         );
         let mixed = g.op("Reshape", &[&mixed, &merge_heads], vec![]);
-        let attended = g.linear(&mixed, &t("attn_output"), c.n_head * c.head_dim, c.n_embd)?;
+        let attended = g.linear(&mixed, &t("attn_output"), c.n_head * c.head_dim(), c.n_embd)?;
         x = g.op("Add", &[&x, &attended], vec![]);
 
         let norm = g.vector(&t("ffn_norm"), c.n_embd)?;

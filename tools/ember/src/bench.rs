@@ -10,7 +10,8 @@ use ember_core::{
     chat::{ChatTemplate, Message, Role},
     sampler::argmax,
 };
-use ember_engine::{ModelFile, memory};
+use ember_engine::memory;
+use ember_reference::ModelFile;
 use ember_tract::TractModel;
 use serde::Serialize;
 use std::{
@@ -352,7 +353,7 @@ pub fn bench(
             };
             engine_name = model.engine_name();
             if measured.is_none() {
-                let context = model.config().context_length;
+                let context = model.architecture().context_length;
                 measured = Some(
                     prompts(&model.file)?
                         .into_iter()

@@ -2,7 +2,9 @@
 //! weights read in place, GGUF files through the f32 reference.
 
 use anyhow::{Context, Result};
-use ember_engine::{LanguageModel, ModelConfig, ModelFile, ReferenceModel, ReferenceSession};
+use ember_core::image::Architecture;
+use ember_engine::LanguageModel;
+use ember_reference::{ModelFile, ReferenceModel, ReferenceSession};
 use ember_tokenizer::Tokenizer;
 use ember_tract::TractModel;
 use std::path::Path;
@@ -48,17 +50,17 @@ impl LoadedModel {
         })
     }
 
-    /// The model's hyper-parameters.
-    pub fn config(&self) -> &ModelConfig {
+    /// The model's shape.
+    pub fn architecture(&self) -> &Architecture {
         match &self.engine {
-            Engine::Reference(model) => model.config(),
-            Engine::Tract(model) => model.config(),
+            Engine::Reference(model) => model.architecture(),
+            Engine::Tract(model) => model.architecture(),
         }
     }
 
     /// A new conversation whose cache holds `capacity` positions (at most the model's context).
     pub fn session(&self, capacity: usize) -> Result<Box<dyn LanguageModel + '_>> {
-        let capacity = capacity.min(self.config().context_length);
+        let capacity = capacity.min(self.architecture().context_length);
         Ok(match &self.engine {
             Engine::Reference(model) => Box::new(ReferenceSession::new(model, capacity)),
             Engine::Tract(model) => Box::new(model.session(capacity)?),

@@ -4,8 +4,8 @@
 
 use anyhow::{Context, Result, bail};
 use ember_board::{Board, ModelNeeds, Serial};
-use ember_engine::WeightSource;
 use ember_image::Image;
+use ember_reference::WeightSource;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -160,7 +160,7 @@ fn check_model_fits(model: &Path, board: &Board) -> Result<()> {
     let context = || format!("cannot package model {}", model.display());
     let image = Image::open(model).with_context(context)?;
     image.verify().with_context(context)?;
-    let config = image.config().with_context(context)?;
+    let config = image.architecture().with_context(context)?;
     let needs = ModelNeeds {
         image_bytes: image.file_size(),
         cache_bytes_per_position: config.cache_values_per_position()

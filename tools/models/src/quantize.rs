@@ -18,11 +18,10 @@ use anyhow::{Result, bail};
 use ember_core::image::{
     Manifest, SamplingDefaults, SelfTest, TensorEncoding, TokenizerData, TokenizerSpec,
 };
-use ember_engine::{
-    LanguageModel, ModelConfig, ModelFile, ReferenceModel, ReferenceSession, SELF_TEST_PROMPT,
-};
+use ember_engine::{LanguageModel, SELF_TEST_PROMPT};
 use ember_gguf::{GgufError, GgufFile, TensorInfo, TensorType, dequantize};
 use ember_image::{EncodedTensor, Image, ImageWriter};
+use ember_reference::{ModelFile, ReferenceModel, ReferenceSession};
 use ember_tokenizer::{Tokenizer, Vocabulary};
 use half::f16;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -166,7 +165,7 @@ fn manifest_and_vocabulary(
     scheme: Scheme,
 ) -> Result<(Manifest, TokenizerData)> {
     let m = file.metadata();
-    let config = ModelConfig::from_gguf(m)?;
+    let architecture = ember_reference::gguf::architecture(m)?;
     let data = TokenizerData {
         tokens: vocabulary.tokens.iter().map(|s| s.to_string()).collect(),
         token_types: vocabulary.token_types.iter().map(|&t| t as i32).collect(),
@@ -177,7 +176,7 @@ fn manifest_and_vocabulary(
     };
     let manifest = Manifest {
         model_name: m.get_str("general.name").unwrap_or("unnamed").to_string(),
-        architecture: config.to_architecture(),
+        architecture,
         tokenizer: TokenizerSpec {
             model: vocabulary.model.to_string(),
             pre: vocabulary.pre.to_string(),
@@ -234,7 +233,7 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
 
 /// Compares the int8 engine on `image` with the f32 reference on `gguf` over [`QUALITY_TEXT`].
 pub fn measure_quality(gguf: &GgufFile, image: &Image, threads: usize) -> Result<Quality> {
-    let tokenizer = Tokenizer::from_gguf(gguf.metadata())?;
+    let tokenizer = ember_reference::gguf::tokenizer(gguf.metadata())?;
     let ids = tokenizer.encode(QUALITY_TEXT)?;
     let reference = ReferenceModel::load(gguf)?;
     let reference = ReferenceSession::new(&reference, ids.len()).logits_at_each(&ids)?;
@@ -273,7 +272,7 @@ pub fn quantize(
     progress: bool,
     threads: usize,
 ) -> Result<u64> {
-    let vocabulary = Vocabulary::from_gguf(file.metadata())?;
+    let vocabulary = ember_reference::gguf::vocabulary(file.metadata())?;
     // The tokenizer must build before anything is written.
     Tokenizer::from_vocabulary(vocabulary.clone())?;
     let (manifest, data) = manifest_and_vocabulary(file, &vocabulary, scheme)?;
@@ -292,9 +291,9 @@ pub fn quantize(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let config = ModelConfig::from_gguf(file.metadata())?;
+    let architecture = ember_reference::gguf::architecture(file.metadata())?;
     writer.set_graph(ember_tract::graph::build(
-        &config,
+        &architecture,
         &writer.tensor_entries(),
     )?);
     let mut trial = output.as_os_str().to_owned();

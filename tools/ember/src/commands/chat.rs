@@ -94,7 +94,7 @@ pub fn run(args: Args) -> Result<()> {
         .chat_template()
         .context("ember chat needs a model with a chat template")?;
     let template = ChatTemplate::from_jinja(source)?;
-    let context = args.context.unwrap_or(model.config().context_length);
+    let context = args.context.unwrap_or(model.architecture().context_length);
     let mut session = model.session(context)?;
     let mut local = Local {
         chat: ChatSession::new(

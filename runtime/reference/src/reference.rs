@@ -20,8 +20,9 @@
 //! so that this "normal" rotation of GGUF weights equals Hugging Face's rotate-half rotation of the
 //! original weights.
 
-use crate::WeightSource;
-use crate::{EngineError, LanguageModel, ModelConfig};
+use crate::{ModelError, WeightSource};
+use ember_core::image::Architecture;
+use ember_engine::{EngineError, LanguageModel};
 use ember_gguf::GgufError;
 use rayon::prelude::*;
 
@@ -157,7 +158,7 @@ impl KvCache {
 
 /// A Llama-family model with all weights in `f32`.
 pub struct ReferenceModel {
-    config: ModelConfig,
+    config: Architecture,
     embedding: Matrix,
     /// The LM head; `None` when tied to the embedding.
     output: Option<Matrix>,
@@ -167,16 +168,16 @@ pub struct ReferenceModel {
 
 impl ReferenceModel {
     /// Decodes every weight of a Llama model (GGUF file or Ember image) to `f32`.
-    pub fn load(file: &dyn WeightSource) -> Result<Self, EngineError> {
-        let config = file.config()?;
+    pub fn load(file: &dyn WeightSource) -> Result<Self, ModelError> {
+        let config = file.architecture()?;
         let dims = |name: &str| {
             file.dims(name)
-                .ok_or_else(|| EngineError::Gguf(GgufError::MissingTensor(name.into())))
+                .ok_or_else(|| ModelError::Gguf(GgufError::MissingTensor(name.into())))
         };
-        let vector = |name: &str, len: usize| -> Result<Vec<f32>, EngineError> {
+        let vector = |name: &str, len: usize| -> Result<Vec<f32>, ModelError> {
             let found = dims(name)?;
             if found != [len as u64] {
-                return Err(EngineError::TensorShape {
+                return Err(ModelError::TensorShape {
                     name: name.into(),
                     expected: vec![len],
                     found,
@@ -184,10 +185,10 @@ impl ReferenceModel {
             }
             file.values(name)
         };
-        let matrix = |name: &str, rows: usize, cols: usize| -> Result<Matrix, EngineError> {
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<Matrix, ModelError> {
             let found = dims(name)?;
             if found != [cols as u64, rows as u64] {
-                return Err(EngineError::TensorShape {
+                return Err(ModelError::TensorShape {
                     name: name.into(),
                     expected: vec![cols, rows],
                     found,
@@ -200,7 +201,7 @@ impl ReferenceModel {
             })
         };
         let c = &config;
-        let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.kv_dim());
+        let (q_dim, kv_dim) = (c.n_head * c.head_dim(), c.kv_dim());
         let blocks = (0..c.n_layers)
             .map(|i| {
                 let name = |part: &str| format!("blk.{i}.{part}.weight");
@@ -216,7 +217,7 @@ impl ReferenceModel {
                     w_down: matrix(&name("ffn_down"), c.n_embd, c.n_ff)?,
                 })
             })
-            .collect::<Result<Vec<_>, EngineError>>()?;
+            .collect::<Result<Vec<_>, ModelError>>()?;
         let output = match file.dims("output.weight") {
             Some(_) => Some(matrix("output.weight", c.vocab_size, c.n_embd)?),
             None => None,
@@ -230,8 +231,8 @@ impl ReferenceModel {
         })
     }
 
-    /// The model's hyper-parameters.
-    pub fn config(&self) -> &ModelConfig {
+    /// The model's shape.
+    pub fn architecture(&self) -> &Architecture {
         &self.config
     }
 
@@ -269,7 +270,7 @@ impl ReferenceModel {
             });
         }
         let position = cache.len;
-        let (hd, kv_dim) = (c.head_dim, c.kv_dim());
+        let (hd, kv_dim) = (c.head_dim(), c.kv_dim());
         let group = c.n_head / c.n_head_kv;
 
         let mut x = self.embedding.row(token as usize).to_vec();

@@ -1,6 +1,6 @@
 //! Where a model's weights and tokenizer come from: a GGUF file or an Ember image.
 
-use crate::{EngineError, ModelConfig};
+use crate::{ModelError, gguf};
 use ember_core::image::Architecture;
 use ember_gguf::GgufFile;
 use ember_image::Image;
@@ -9,38 +9,40 @@ use std::path::Path;
 
 /// Something that holds a Llama-family model's weights.
 pub trait WeightSource {
-    /// The model's hyper-parameters.
-    fn config(&self) -> Result<ModelConfig, EngineError>;
+    /// The model's shape, checked.
+    fn architecture(&self) -> Result<Architecture, ModelError>;
     /// Dimensions of the tensor `name` (fastest first), if present.
     fn dims(&self, name: &str) -> Option<Vec<u64>>;
     /// Values of the tensor `name`, in `f32`, row after row.
-    fn values(&self, name: &str) -> Result<Vec<f32>, EngineError>;
+    fn values(&self, name: &str) -> Result<Vec<f32>, ModelError>;
 }
 
 impl WeightSource for GgufFile {
-    fn config(&self) -> Result<ModelConfig, EngineError> {
-        ModelConfig::from_gguf(self.metadata())
+    fn architecture(&self) -> Result<Architecture, ModelError> {
+        gguf::architecture(self.metadata())
     }
 
     fn dims(&self, name: &str) -> Option<Vec<u64>> {
         self.tensor(name).ok().map(|t| t.dims.clone())
     }
 
-    fn values(&self, name: &str) -> Result<Vec<f32>, EngineError> {
+    fn values(&self, name: &str) -> Result<Vec<f32>, ModelError> {
         Ok(self.dequantize(name)?)
     }
 }
 
 impl WeightSource for Image {
-    fn config(&self) -> Result<ModelConfig, EngineError> {
-        ModelConfig::from_architecture(&self.manifest().architecture)
+    fn architecture(&self) -> Result<Architecture, ModelError> {
+        let architecture = self.manifest().architecture;
+        architecture.check()?;
+        Ok(architecture)
     }
 
     fn dims(&self, name: &str) -> Option<Vec<u64>> {
         self.manifest().tensor(name).map(|t| t.dims.clone())
     }
 
-    fn values(&self, name: &str) -> Result<Vec<f32>, EngineError> {
+    fn values(&self, name: &str) -> Result<Vec<f32>, ModelError> {
         Ok(self.tensor_f32(name)?)
     }
 }
@@ -55,7 +57,7 @@ pub enum ModelFile {
 
 impl ModelFile {
     /// Opens `path`, telling GGUF and Ember images apart by their magic bytes.
-    pub fn open(path: &Path) -> Result<Self, EngineError> {
+    pub fn open(path: &Path) -> Result<Self, ModelError> {
         let mut magic = [0u8; 8];
         let read = std::fs::File::open(path)
             .and_then(|mut f| std::io::Read::read(&mut f, &mut magic))
@@ -76,9 +78,9 @@ impl ModelFile {
     }
 
     /// The tokenizer.
-    pub fn tokenizer(&self) -> Result<Tokenizer, EngineError> {
+    pub fn tokenizer(&self) -> Result<Tokenizer, ModelError> {
         Ok(match self {
-            ModelFile::Gguf(file) => Tokenizer::from_gguf(file.metadata())?,
+            ModelFile::Gguf(file) => gguf::tokenizer(file.metadata())?,
             ModelFile::Image(image) => {
                 Tokenizer::from_image(&image.manifest().tokenizer, &image.tokenizer_data()?)?
             }
@@ -101,45 +103,6 @@ impl ModelFile {
                 .get_bool("tokenizer.ggml.add_bos_token")
                 .unwrap_or(false),
             ModelFile::Image(image) => image.manifest().tokenizer.add_bos,
-        }
-    }
-}
-
-impl ModelConfig {
-    /// The configuration stored in an image manifest.
-    pub fn from_architecture(a: &Architecture) -> Result<Self, EngineError> {
-        let config = ModelConfig {
-            n_layers: a.n_layers as usize,
-            n_embd: a.n_embd as usize,
-            n_ff: a.n_ff as usize,
-            n_head: a.n_head as usize,
-            n_head_kv: a.n_head_kv as usize,
-            head_dim: (a.n_embd as usize)
-                .checked_div(a.n_head as usize)
-                .unwrap_or(0),
-            rope_dim: a.rope_dim as usize,
-            rope_base: a.rope_base,
-            rms_eps: a.rms_eps,
-            context_length: a.context_length as usize,
-            vocab_size: a.vocab_size as usize,
-        };
-        config.check()?;
-        Ok(config)
-    }
-
-    /// The configuration as an image manifest stores it.
-    pub fn to_architecture(&self) -> Architecture {
-        Architecture {
-            n_layers: self.n_layers as u32,
-            n_embd: self.n_embd as u32,
-            n_ff: self.n_ff as u32,
-            n_head: self.n_head as u32,
-            n_head_kv: self.n_head_kv as u32,
-            rope_dim: self.rope_dim as u32,
-            rope_base: self.rope_base,
-            rms_eps: self.rms_eps,
-            context_length: self.context_length as u32,
-            vocab_size: self.vocab_size as u32,
         }
     }
 }
