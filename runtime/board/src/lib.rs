@@ -436,6 +436,26 @@ impl Board {
         self.threads.unwrap_or(available).max(1)
     }
 
+    /// Sets this board's CPU settings for the engine (its `[env]` table) in the process
+    /// environment, each unless the environment already sets it; nothing when this build is not
+    /// for the board's architecture (then it returns false).
+    ///
+    /// # Safety
+    ///
+    /// No other thread may read or write the environment meanwhile: call it before starting any.
+    pub unsafe fn export_cpu_settings(&self) -> bool {
+        if self.architecture() != std::env::consts::ARCH {
+            return false;
+        }
+        for (name, value) in &self.env {
+            if std::env::var_os(name).is_none() {
+                // SAFETY: the caller guarantees that no other thread uses the environment.
+                unsafe { std::env::set_var(name, value) };
+            }
+        }
+        true
+    }
+
     /// The memory budget in bytes.
     pub fn budget_bytes(&self) -> u64 {
         self.memory_budget_mib * MIB

@@ -144,6 +144,22 @@ pub enum ReplyEnd {
     },
 }
 
+/// What the device is doing, for a status light.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// Waiting for a message.
+    Ready,
+    /// Generating a reply.
+    Generating,
+    /// Taking a flash request (within the last [`FLASH_ACTIVITY`]).
+    Flashing,
+    /// The last reply failed.
+    Error,
+}
+
+/// How long after a flash request the device counts as flashing.
+pub const FLASH_ACTIVITY: Duration = Duration::from_secs(2);
+
 /// Where the line's bytes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -202,6 +218,11 @@ pub struct Device {
     last: Option<ReplyStats>,
     replies: u32,
     reply: Option<Reply>,
+    /// When the last flash request came; whether the last reply failed.
+    flashed: Option<Duration>,
+    failed: bool,
+    /// When the bytes being taken arrived.
+    now: Duration,
 }
 
 impl Device {
@@ -225,6 +246,9 @@ impl Device {
             last: None,
             replies: 0,
             reply: None,
+            flashed: None,
+            failed: false,
+            now,
             config,
         };
         device.load(model, now);
@@ -270,6 +294,19 @@ impl Device {
         self.reply.is_some()
     }
 
+    /// What the device is doing at `now`.
+    pub fn activity(&self, now: Duration) -> Activity {
+        let flashing = self
+            .flashed
+            .is_some_and(|t| now.saturating_sub(t) < FLASH_ACTIVITY);
+        match () {
+            _ if self.reply.is_some() => Activity::Generating,
+            _ if flashing => Activity::Flashing,
+            _ if self.failed => Activity::Error,
+            _ => Activity::Ready,
+        }
+    }
+
     /// The greeting for programs.
     pub fn hello(&self) -> &Hello {
         &self.model.hello
@@ -279,6 +316,7 @@ impl Device {
     /// [`Output`] other than bytes); returns how many it took. Bytes that arrive while a rate
     /// switch waits to be carried out were sent at the old rate and are dropped.
     pub fn receive(&mut self, now: Duration, bytes: &[u8]) -> usize {
+        self.now = now;
         for (i, &byte) in bytes.iter().enumerate() {
             // Someone is there again.
             self.stalled = false;
@@ -414,6 +452,7 @@ impl Device {
             return;
         };
         self.last_request = now;
+        self.failed = matches!(end, ReplyEnd::Failed { .. });
         let (mut reason, stats) = match end {
             ReplyEnd::Failed { code, detail } => {
                 warn!("reply failed: {}", detail.as_str());
@@ -676,6 +715,7 @@ impl Device {
                 "this device serves a fixed --model file and has no slots to flash",
             );
         } else {
+            self.flashed = Some(self.now);
             self.out.push_back(Output::Flash(Box::new(request)));
         }
     }
@@ -939,7 +979,7 @@ fn apply(settings: &Settings, setting: Setting) -> Result<Settings, String> {
 }
 
 /// Checks settings a reply would use.
-pub fn validate(settings: &Settings) -> Result<(), String> {
+fn validate(settings: &Settings) -> Result<(), String> {
     settings.sampling.validate().map_err(|e| e.to_string())?;
     if settings.max_tokens == 0 {
         return Err("max_tokens must be at least 1".into());

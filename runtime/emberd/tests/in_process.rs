@@ -78,11 +78,7 @@ fn device_with_panel(
         fake.delay = step;
         let mut chat = ChatSession::new(&mut fake, &tokenizer, ChatTemplate::chatml(None), None);
         let device = Device::new(config, model(), Duration::ZERO);
-        let mut driver = Driver::new(line, Delay, device, Instant::now());
-        if let Some(panel) = panel {
-            driver = driver.with_panel(panel);
-        }
-        driver.serve(&mut chat, None)
+        Driver::new(line, Delay, device, panel).serve(&mut chat, None)
     });
     (host, thread)
 }
@@ -91,8 +87,8 @@ fn device_with_panel(
 fn hang_up(host: impl Sized, thread: JoinHandle<Exit>) {
     drop(host);
     match thread.join().expect("the device thread") {
-        Exit::PortFailed(e) => assert!(e.to_string().contains("hung up"), "{e}"),
-        Exit::Trial(slot) => panic!("a trial boot of slot {slot} without slots"),
+        Err(e) => assert!(e.to_string().contains("hung up"), "{e}"),
+        Ok(slot) => panic!("a trial boot of slot {slot} without slots"),
     }
 }
 
@@ -413,7 +409,8 @@ fn the_boards_button_stops_a_reply_and_its_led_shows_the_status() {
     let press = Arc::new(Mutex::new(false));
     let panel: Panel = {
         let (shown, press) = (shown.clone(), press.clone());
-        Box::new(move |status, _now| {
+        Box::new(move |activity, _now| {
+            let status = Status::from(activity);
             let mut shown = shown.lock().unwrap();
             if shown.last() != Some(&status) {
                 shown.push(status);

@@ -6,6 +6,8 @@ use crate::{
     EngineError, FinishReason, GenerateOptions, Generation, LanguageModel, Progress, generate_until,
 };
 use ember_core::chat::{ChatTemplate, Message, Role};
+use ember_core::device::{Context, ReplyEnd, ReplyRequest};
+use ember_core::protocol::{EndReason, ErrorCode};
 use ember_tokenizer::Tokenizer;
 use std::ops::ControlFlow;
 
@@ -101,6 +103,44 @@ impl<'a> ChatSession<'a> {
         // Writing to a String cannot fail.
         let _ = self.template.render(&messages, true, &mut text);
         Ok(self.tokenizer.encode(&text)?)
+    }
+
+    /// Generates the reply a device asked for ([`ember_core::device::Output::Reply`]), as
+    /// [`ChatSession::say`] does, and reports how it ended in the device's terms.
+    pub fn reply(
+        &mut self,
+        request: &ReplyRequest,
+        on_progress: &mut dyn FnMut(Progress<'_>) -> ControlFlow<FinishReason>,
+    ) -> ReplyEnd {
+        let options = GenerateOptions {
+            max_tokens: request.max_tokens as usize,
+            sampling: request.sampling,
+        };
+        match self.say(&request.text, &options, on_progress) {
+            Ok(generation) => ReplyEnd::Finished {
+                reason: match generation.finish {
+                    FinishReason::Eos => EndReason::Eos,
+                    FinishReason::Length => EndReason::Length,
+                    FinishReason::Stop => EndReason::Stop,
+                    FinishReason::Cancelled => EndReason::Cancelled,
+                },
+                prompt_tokens: generation.stats.prompt_tokens as u32,
+                generated_tokens: generation.stats.generated_tokens as u32,
+                decode_tokens_per_second: generation.stats.decode_tokens_per_second as f32,
+                turns_dropped: self.dropped as u32,
+                context: Context {
+                    turns: self.turns.len() as u32,
+                    used: self.context_used() as u32,
+                },
+            },
+            Err(e) => ReplyEnd::Failed {
+                code: match e {
+                    EngineError::PromptTooLong { .. } => ErrorCode::TooLong,
+                    _ => ErrorCode::Engine,
+                },
+                detail: e.to_string(),
+            },
+        }
     }
 
     /// Sends the user's message and generates the reply, reporting its prefill and streaming

@@ -14,6 +14,6 @@ mod tty;
 pub use client::{Client, ClientError, SWITCH_PAUSE, describe_error};
 pub use memory::{MEMORY_LINE_CAPACITY, MemoryLine};
 pub use port::Port;
-pub use pty::PtyPair;
+pub use pty::{PtyPair, open_line};
 pub use sim::{Faults, LineCounters, SimulatedLine};
 pub use tty::{STANDARD_BAUDS, Tty, TtyError};

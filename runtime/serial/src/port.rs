@@ -3,6 +3,7 @@
 //! in memory for in-process tests.
 
 use crate::tty::TtyError;
+use embedded_hal::delay::DelayNs;
 use embedded_io::{Read, ReadReady, Write};
 use std::time::Duration;
 
@@ -18,6 +19,14 @@ pub trait Port: Read + ReadReady + Write<Error = TtyError> {
     fn set_baud(&mut self, baud: u32) -> Result<(), TtyError>;
     /// Throws away bytes received but not yet read.
     fn discard_input(&mut self) -> Result<(), TtyError>;
+
+    /// Lets the bytes written leave, waits [`crate::SWITCH_PAUSE`] (a USB adapter may still hold
+    /// some) through `delay`, then switches the line to `baud`.
+    fn switch_baud(&mut self, baud: u32, delay: &mut impl DelayNs) -> Result<(), TtyError> {
+        self.drain()?;
+        delay.delay_ms(crate::SWITCH_PAUSE.as_millis() as u32);
+        self.set_baud(baud)
+    }
 
     /// Reads what arrives within `timeout`: 0 bytes when nothing did.
     fn read_timeout(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, TtyError> {

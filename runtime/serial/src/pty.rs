@@ -1,6 +1,6 @@
 //! PTY pairs: a serial line inside one machine, for development and tests.
 
-use crate::tty::{Tty, make_raw};
+use crate::tty::{Tty, TtyError, make_raw};
 use rustix::fs::{Mode, OFlags, open};
 use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
 use std::os::fd::OwnedFd;
@@ -73,4 +73,35 @@ impl PtyPair {
         let name = format!("{} (master)", self.path.display());
         Ok(Tty::from_fd(self.master, Some(self.slave), name)?)
     }
+}
+
+/// Opens a device's serial line: the serial device `path` at `baud`, or without one a new PTY
+/// pair (development) linked from `link`, whose device path goes to `announce` for whoever will
+/// open it.
+pub fn open_line(
+    path: Option<&Path>,
+    baud: u32,
+    link: Option<&Path>,
+    announce: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<Tty, TtyError> {
+    if let Some(path) = path {
+        return Tty::open(path, baud);
+    }
+    let pty = |source| TtyError::Open {
+        port: "a new PTY pair".into(),
+        source,
+    };
+    let pair = PtyPair::open().map_err(pty)?;
+    if let Some(link) = link {
+        pair.link(link).map_err(|source| TtyError::Open {
+            port: format!(
+                "{} (linking {} to it)",
+                pair.path().display(),
+                link.display()
+            ),
+            source,
+        })?;
+    }
+    announce(pair.path()).map_err(pty)?;
+    pair.into_master().map_err(pty)
 }

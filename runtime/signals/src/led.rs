@@ -3,6 +3,7 @@
 use core::fmt;
 use core::time::Duration;
 use embedded_hal::digital::OutputPin;
+use ember_core::device::Activity;
 
 /// What the device is doing, as the status LED shows it.
 ///
@@ -46,6 +47,18 @@ const fn phases(status: Status) -> &'static [u32] {
             DASH, DOT, DASH, DOT, DASH, DASH,
             DOT, DOT, DOT, DOT, DOT, WORD_GAP,
         ],
+    }
+}
+
+/// What a device does, as its LED shows it.
+impl From<Activity> for Status {
+    fn from(activity: Activity) -> Status {
+        match activity {
+            Activity::Ready => Status::Ready,
+            Activity::Generating => Status::Generating,
+            Activity::Flashing => Status::Flashing,
+            Activity::Error => Status::Error,
+        }
     }
 }
 

@@ -34,10 +34,11 @@ impl<L: OutputPin, B: InputPin> Panel<L, B> {
         }
     }
 
-    /// Shows `status` on the LED and says whether the button was pressed since the last call.
+    /// Shows `status` (or what the device is doing) on the LED and says whether the button was pressed since the last call.
     /// A pin that fails is logged (once, until it works again) and tried again next time: the
     /// chat goes on without its signals.
-    pub fn update(&mut self, status: Status, now: Duration) -> bool {
+    pub fn update(&mut self, status: impl Into<Status>, now: Duration) -> bool {
+        let status = status.into();
         let shown = self.led.as_mut().map(|led| led.set_state(status, now));
         let pressed = self.button.as_mut().map(|button| button.poll(now));
         let failed = report(&shown) | report(&pressed);
