@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
     after_help = "Examples:\n  emberd --board rpi5                      (the board's UART, baud, threads and model slot)\n  \
 emberd --port /dev/ttyAMA0 --baud 115200 --model smollm2.ember\n  \
 emberd --pty --model smollm2.ember          (development: picocom the printed path)\n  \
-emberd --pty                                (the same with the default model, made on first use)\n  \
+emberd --pty                                (the default model, once `ember chat` has made it)\n  \
 emberd --slot-dir slots --pty --pty-link /tmp/ember-tty   (flashable: `ember flash X.ember --port /tmp/ember-tty`)\n  \
 emberd --board rpi-zero-2w --model smollm2.ember --dry-run   (memory plan and kernels)\n\
 Boards: rpi5, rpi4, rpi-zero-2w, rpi3-armv7, x86_64-pty (profiles in boards/), or a profile file."
@@ -44,8 +44,8 @@ struct Args {
     board: Option<String>,
     /// Serve this Ember image (made by `ember quantize`) as it is; such a device cannot be
     /// flashed. Without it emberd serves the active slot of --slot-dir (or the board's); with
-    /// none of the three, the default model (SmolLM2-135M-Instruct, fetched and quantized into
-    /// $EMBER_HOME on first use, as `ember chat` does).
+    /// none of the three, the default model's image (SmolLM2-135M-Instruct), which `ember chat`
+    /// fetches and quantizes into $EMBER_HOME on first use (emberd does neither).
     #[arg(long, conflicts_with = "slot_dir")]
     model: Option<PathBuf>,
     /// The model slots: serve the active one (SLOT_DIR/slot-a.ember on a first start) and take
@@ -157,11 +157,8 @@ fn run(args: Args) -> Result<()> {
         (Some(dir), _, _) => (Some(dir.clone()), None),
         (None, Some(model), _) => (None, Some(model.clone())),
         (None, None, Some(board)) => (Some(board.slot_dir.clone()), None),
-        // Development on a computer: the default model, fetched and quantized on first use.
-        (None, None, None) => (
-            None,
-            Some(ember_models::default::default_model(threads)?.image),
-        ),
+        // Development on a computer: the default model, once `ember` has made it.
+        (None, None, None) => (None, Some(default_image()?)),
     };
     // An image must at least fit the budget beside the runtime; the trial boot checks the rest.
     let max_image = board
@@ -200,6 +197,22 @@ fn run(args: Args) -> Result<()> {
             }
         }
     }
+}
+
+/// The default model's image in Ember's cache, made by `ember chat` (or any `ember` command
+/// given no model) on first use.
+fn default_image() -> Result<PathBuf> {
+    let recipe = ember_recipes::recipe(ember_recipes::DEFAULT_MODEL)?;
+    let image = ember_recipes::image_path(&recipe, ember_tract::ENGINE_REVISION);
+    if !image.is_file() {
+        bail!(
+            "no model given, and the default model ({}) is not in {} yet: run `ember chat` once \
+             (it fetches and quantizes it there), or give --model IMAGE, --slot-dir or --board",
+            recipe.description,
+            ember_recipes::ember_home().display()
+        );
+    }
+    Ok(image)
 }
 
 /// Prints `text` on stdout; a closed stdout (`emberd --dry-run | head -1`, a script that read
