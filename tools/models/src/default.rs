@@ -1,25 +1,20 @@
-//! The default model: what `ember chat`, `ember generate`, `ember bench` and `emberd` run when
-//! given no `--model`.
+//! The default model: what `ember chat`, `ember generate` and `ember bench` run when given no
+//! `--model` (and `emberd`, once it is made).
 //!
 //! On first use the recipe's GGUF is fetched and quantized into an image in Ember's cache
-//! (`$EMBER_HOME/images/NAME/`); later uses open that image at once. The image's file name
-//! carries what it was made from — the source's SHA-256, the image format version, the
-//! quantization scheme and the revision of the engine that recorded its self-test — so a new
-//! source, format or engine makes a new image (the old one is removed).
+//! (`$EMBER_HOME/images/NAME/`, named by [`ember_recipes::image_path`]); later uses open that
+//! image at once. A new source, format or engine makes a new image (the old one is removed).
 //! The image is written to a temporary name and renamed when complete, under a lock, so a
 //! half-written image is never used and two processes never make it twice.
 
-use crate::fetch::{self, FetchError, Recipe};
+use crate::fetch::{self, FetchError};
 use crate::quantize;
 use anyhow::{Context, Result};
-use ember_core::image::IMAGE_VERSION;
 use ember_gguf::GgufFile;
+use ember_recipes::{DEFAULT_MODEL, Recipe};
 use std::fs;
 use std::path::PathBuf;
 use std::time::Instant;
-
-/// The recipe used when a command is given no model.
-pub const DEFAULT_MODEL: &str = "smollm2-135m";
 
 /// A model ready to run: its image, and the GGUF it was made from.
 #[derive(Debug, Clone)]
@@ -30,32 +25,23 @@ pub struct Prepared {
     pub gguf: PathBuf,
 }
 
-/// Where the image of `recipe` lives in the cache.
+/// Where the image of `recipe` lives in the cache (see [`ember_recipes::image_path`]), for
+/// this build's int8 engine.
 pub fn image_path(recipe: &Recipe) -> PathBuf {
-    let source = &recipe.source;
-    let sha = &source.member_sha256[..source.member_sha256.len().min(16)];
-    fetch::ember_home()
-        .join("images")
-        .join(&recipe.name)
-        .join(format!(
-            "{}-{sha}-v{IMAGE_VERSION}-{}-e{}.ember",
-            recipe.name,
-            quantize::Scheme::Int8.name(),
-            ember_tract::ENGINE_REVISION
-        ))
+    ember_recipes::image_path(recipe, ember_tract::ENGINE_REVISION)
 }
 
 /// The default model, fetched and quantized on first use (progress on stderr); `threads` run
 /// the self-test the image carries.
 pub fn default_model(threads: usize) -> Result<Prepared> {
-    prepare(&fetch::recipe(DEFAULT_MODEL)?, threads)
+    prepare(&ember_recipes::recipe(DEFAULT_MODEL)?, threads)
 }
 
 /// The image of `recipe`'s model, made (fetched and quantized, progress on stderr) if the cache
 /// lacks it.
 pub fn prepare(recipe: &Recipe, threads: usize) -> Result<Prepared> {
     let image = image_path(recipe);
-    let gguf = fetch::model_path(recipe);
+    let gguf = ember_recipes::model_path(recipe);
     if image.exists() {
         return Ok(Prepared { image, gguf });
     }
@@ -116,21 +102,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_image_name_changes_with_its_source_and_format() {
-        let recipe = fetch::recipe(DEFAULT_MODEL).unwrap();
+    fn the_image_is_named_after_the_scheme_and_engine_it_is_made_with() {
+        let recipe = ember_recipes::recipe(DEFAULT_MODEL).unwrap();
         let path = image_path(&recipe);
         let name = path.file_name().unwrap().to_str().unwrap();
-        assert!(name.contains(&recipe.source.member_sha256[..16]), "{name}");
-        assert!(name.contains(&format!("-v{IMAGE_VERSION}-")), "{name}");
         assert!(
-            name.ends_with(&format!("-e{}.ember", ember_tract::ENGINE_REVISION)),
+            name.ends_with(&format!(
+                "-{}-e{}.ember",
+                quantize::Scheme::Int8.name(),
+                ember_tract::ENGINE_REVISION
+            )),
             "{name}"
         );
-        assert!(name.ends_with(".ember"), "{name}");
-        let mut other = recipe.clone();
-        other.source.member_sha256 = "0".repeat(64);
-        assert_ne!(image_path(&other), path);
-        assert_eq!(image_path(&other).parent(), path.parent());
     }
 
     #[test]

