@@ -173,61 +173,10 @@ impl ImageHeader {
 #[cfg(feature = "alloc")]
 pub use manifest::*;
 
-/// Rows an int8 tensor stores together, interleaved (one 512-bit vector of 32-bit lanes).
-pub const ROW_GROUP: usize = 16;
-
-/// Rows an int8 tensor of `rows` rows stores: whole groups of [`ROW_GROUP`].
-pub fn padded_rows(rows: u64) -> u64 {
-    rows.div_ceil(ROW_GROUP as u64) * ROW_GROUP as u64
-}
-
-/// Where the quantized value at `row`, `col` of an int8 tensor with `cols` columns is stored.
-///
-/// Group `row / 16` holds `16 · cols` bytes; within it each block of 32 columns is 512 bytes:
-/// eight runs of four columns, each run holding those four values of the group's 16 rows in row
-/// order (64 bytes). A kernel multiplies one run by four activation bytes broadcast to every
-/// 32-bit lane and gets 16 rows' partial sums at once.
-pub fn quant_index(cols: usize, row: usize, col: usize) -> usize {
-    let (group, lane) = (row / ROW_GROUP, row % ROW_GROUP);
-    let (block, within) = (col / 32, col % 32);
-    group * ROW_GROUP * cols
-        + block * 32 * ROW_GROUP
-        + (within / 4) * 4 * ROW_GROUP
-        + lane * 4
-        + within % 4
-}
-
-/// Where the 4-bit value at `row`, `col` of a 4-bit tensor with `cols` columns is stored: the
-/// byte, and whether it is that byte's high nibble.
-///
-/// Group `row / 16` holds `8 · cols` bytes; within it each block of 32 columns is 256 bytes:
-/// four runs of eight columns, each run holding those eight values of the group's 16 rows in
-/// row order (4 bytes a row: columns `8t..8t + 4` in the low nibbles, `8t + 4..8t + 8` in the
-/// high ones). A kernel masks or shifts a run and multiplies it by four activation bytes
-/// broadcast to every 32-bit lane, as for int8.
-pub fn nibble_index(cols: usize, row: usize, col: usize) -> (usize, bool) {
-    let (group, lane) = (row / ROW_GROUP, row % ROW_GROUP);
-    let (block, within) = (col / 32, col % 32);
-    let (run, in_run) = (within / 8, within % 8);
-    (
-        group * ROW_GROUP * cols / 2
-            + block * 16 * ROW_GROUP
-            + run * 4 * ROW_GROUP
-            + lane * 4
-            + in_run % 4,
-        in_run >= 4,
-    )
-}
-
-/// Where the scale (and, for 4-bit tensors, the minimum) of block `block` of `row` is stored:
-/// the 16 rows of a group side by side.
-pub fn scale_index(cols: usize, row: usize, block: usize) -> usize {
-    (row / ROW_GROUP) * ROW_GROUP * (cols / 32) + block * ROW_GROUP + row % ROW_GROUP
-}
-
 #[cfg(feature = "alloc")]
 mod manifest {
-    use super::{ImageError, SECTION_ALIGN, padded_rows};
+    use super::{ImageError, SECTION_ALIGN};
+    use crate::blocks::{int4, int8, scale_bytes};
     use alloc::{string::String, vec::Vec};
     use serde::{Deserialize, Serialize};
 
@@ -414,14 +363,14 @@ mod manifest {
     /// For the block encoding a tensor of `rows × cols` (`cols` a multiple of 32) is stored as
     /// two arrays, each starting on a 64-byte boundary: the quantized bytes, then one
     /// little-endian f32 scale per block of 32 — both with the rows taken in groups of
-    /// [`ROW_GROUP`](super::ROW_GROUP) and interleaved the way the int8 kernels stream them (see
-    /// [`quant_index`](super::quant_index) and [`scale_index`](super::scale_index)); a last partial group is padded with zero rows.
+    /// [`ROW_GROUP`](crate::blocks::ROW_GROUP) and interleaved the way the int8 kernels stream
+    /// them (the formats are [`crate::blocks`]'); a last partial group is padded with zero rows.
     /// De-interleaved ([`TensorEntry::layout`]'s `standard` lengths), the arrays are exactly
     /// ONNX `com.microsoft.MatMulNBits` (bits 8, block 32, default zero point 128) and
     /// `GatherBlockQuantized`: `ember export-onnx` writes them so for onnxruntime.
     ///
     /// The 4-bit encoding adds a third array, one f32 minimum per block (see
-    /// [`nibble_index`](super::nibble_index) for its quants). It holds GGUF `Q4_0` (m = −8d)
+    /// [`nibble_index`](crate::blocks::int4::nibble_index) for its quants). It holds GGUF `Q4_0` (m = −8d)
     /// and `Q4_1` blocks exactly; `ember export-onnx` writes it as `MatMulNBits` bits 4 with
     /// float zero points −m/d.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -429,11 +378,11 @@ mod manifest {
         /// Little-endian f32 values.
         F32,
         /// Symmetric int8 in blocks of 32: value = scale · (u − 128), u a u8; rows interleaved
-        /// in groups of [`ROW_GROUP`](super::ROW_GROUP).
+        /// in groups of [`ROW_GROUP`](crate::blocks::ROW_GROUP) ([`crate::blocks::int8`]).
         Int8Block32,
         /// Asymmetric 4-bit in blocks of 32: value = d · q + m, q a nibble 0–15, with an f32
         /// scale d and an f32 minimum m per block; rows interleaved in groups of
-        /// [`ROW_GROUP`](super::ROW_GROUP).
+        /// [`ROW_GROUP`](crate::blocks::ROW_GROUP) ([`crate::blocks::int4`]).
         Int4Block32,
     }
 
@@ -477,22 +426,22 @@ mod manifest {
                     standard: (count * 4, 0, 0),
                 },
                 TensorEncoding::Int8Block32 => {
-                    let stored = cols * padded_rows(rows);
-                    let scales = (align_up(stored), stored / 32 * 4);
+                    let quants = int8::quant_bytes(cols, rows);
+                    let scales = (align_up(quants), scale_bytes(cols, rows));
                     BlockLayout {
-                        quants: (0, stored),
+                        quants: (0, quants),
                         scales,
                         mins: (align_up(scales.0 + scales.1), 0),
                         standard: (count, count / 32 * 4, 0),
                     }
                 }
                 TensorEncoding::Int4Block32 => {
-                    let stored = cols * padded_rows(rows);
-                    let scales = (align_up(stored / 2), stored / 32 * 4);
+                    let quants = int4::quant_bytes(cols, rows);
+                    let scales = (align_up(quants), scale_bytes(cols, rows));
                     BlockLayout {
-                        quants: (0, stored / 2),
+                        quants: (0, quants),
                         scales,
-                        mins: (align_up(scales.0 + scales.1), stored / 32 * 4),
+                        mins: (align_up(scales.0 + scales.1), scales.1),
                         standard: (count / 2, count / 32 * 4, count / 32 * 4),
                     }
                 }
@@ -599,57 +548,7 @@ mod tests {
     }
 
     #[test]
-    fn interleaved_indices_cover_every_stored_byte_once() {
-        for (cols, rows) in [(32, 1), (64, 16), (96, 37), (576, 48)] {
-            let stored = cols * padded_rows(rows as u64) as usize;
-            let mut seen = alloc::vec![false; stored];
-            for row in 0..rows {
-                for col in 0..cols {
-                    let at = quant_index(cols, row, col);
-                    assert!(at < stored && !seen[at], "{cols}×{rows}: {row},{col}");
-                    seen[at] = true;
-                }
-            }
-            let mut scales = alloc::vec![false; stored / 32];
-            for row in 0..rows {
-                for block in 0..cols / 32 {
-                    let at = scale_index(cols, row, block);
-                    assert!(
-                        at < stored / 32 && !scales[at],
-                        "{cols}×{rows}: {row},{block}"
-                    );
-                    scales[at] = true;
-                }
-            }
-            // Four columns of a row are adjacent; a run holds them for 16 rows side by side.
-            assert_eq!(quant_index(cols, 1, 0), 4);
-            assert_eq!(quant_index(cols, 0, 4), 64);
-        }
-    }
-
-    #[test]
-    fn nibble_indices_cover_every_stored_nibble_once() {
-        for (cols, rows) in [(32, 1), (64, 16), (96, 37), (576, 48)] {
-            let stored = cols * padded_rows(rows as u64) as usize / 2;
-            let mut seen = alloc::vec![[false; 2]; stored];
-            for row in 0..rows {
-                for col in 0..cols {
-                    let (at, high) = nibble_index(cols, row, col);
-                    assert!(
-                        at < stored && !seen[at][high as usize],
-                        "{cols}×{rows}: {row},{col}"
-                    );
-                    seen[at][high as usize] = true;
-                }
-            }
-            // Columns 0–3 of row 0 in the low nibbles of bytes 0–3, 4–7 in their high nibbles;
-            // row 1 follows; the next eight columns start a new run of 64 bytes.
-            assert_eq!(nibble_index(cols, 0, 3), (3, false));
-            assert_eq!(nibble_index(cols, 0, 4), (0, true));
-            assert_eq!(nibble_index(cols, 1, 0), (4, false));
-            assert_eq!(nibble_index(cols, 0, 8), (64, false));
-            assert_eq!(nibble_index(cols, 0, 32).0, 256);
-        }
+    fn a_4bit_tensor_lays_out_quants_scales_and_minimums() {
         let layout = TensorEntry::layout(TensorEncoding::Int4Block32, 64, 20);
         assert_eq!(layout.quants, (0, 1024));
         assert_eq!(layout.scales, (1024, 256));

@@ -7,6 +7,7 @@
 //! - [`chat`]: renders a conversation with the model's chat template (ChatML).
 //! - [`utf8`]: assembles streamed token bytes into whole UTF-8 characters.
 //! - [`flash`]: the device's model slots and the rules of flashing an image over the line.
+//! - [`blocks`]: the block formats of weights (int8, 4-bit) and activations, each defined once.
 //! - [`image`]: the Ember image header (and, with `alloc`, its manifest).
 //! - [`frame`]: frame-mode framing for the serial line (COBS, sequence numbers, CRC32).
 //! - [`line`]: line mode: a line editor for people at a serial console, and slash commands.
@@ -27,6 +28,7 @@ extern crate alloc;
 #[macro_use]
 mod fmt;
 
+pub mod blocks;
 pub mod chat;
 #[cfg(feature = "alloc")]
 pub mod device;

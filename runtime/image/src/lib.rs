@@ -5,10 +5,10 @@
 
 #![warn(missing_docs)]
 
+use ember_core::blocks::{BLOCK, int4, int8, scale_index};
 use ember_core::image::{
     HEADER_LEN, IMAGE_VERSION, ImageError, ImageHeader, Manifest, SECTION_ALIGN, SectionEntry,
-    SelfTest, TensorEncoding, TensorEntry, TokenizerData, align_up, nibble_index, quant_index,
-    scale_index,
+    SelfTest, TensorEncoding, TensorEntry, TokenizerData, align_up,
 };
 use sha2::{Digest, Sha256};
 use std::{
@@ -115,7 +115,7 @@ pub fn parse(bytes: &[u8], verify_sections: bool) -> Result<Manifest, ImageError
                         .checked_add(tensor.length)
                         .is_some_and(|end| end <= s.length)
             });
-        let blocks_ok = tensor.encoding == TensorEncoding::F32 || cols % 32 == 0;
+        let blocks_ok = tensor.encoding == TensorEncoding::F32 || cols % BLOCK as u64 == 0;
         if !fits || !blocks_ok {
             return Err(ImageError::BadSection);
         }
@@ -248,45 +248,26 @@ pub fn decode_tensor(entry: &TensorEntry, data: &[u8]) -> Vec<f32> {
             let (cols, rows) = entry.rows();
             f32s(&data[..(cols * rows * 4) as usize]).collect()
         }
-        TensorEncoding::Int8Block32 => {
-            let standard = standard_layout(entry, data);
-            let (cols, rows) = entry.rows();
-            let layout = TensorEntry::layout(entry.encoding, cols, rows);
-            let quants = &standard[..layout.standard.0 as usize];
-            let scales = &standard[layout.scales.0 as usize..][..layout.standard.1 as usize];
-            quants
-                .chunks_exact(32)
-                .zip(f32s(scales))
-                .flat_map(|(q, d)| q.iter().map(move |&q| d * (q as i32 - 128) as f32))
-                .collect()
-        }
-        TensorEncoding::Int4Block32 => {
+        TensorEncoding::Int8Block32 | TensorEncoding::Int4Block32 => {
             let (cols, rows) = entry.rows();
             let layout = TensorEntry::layout(entry.encoding, cols, rows);
             let (cols, rows) = (cols as usize, rows as usize);
             let quants = &data[..layout.quants.1 as usize];
-            let scales: Vec<f32> =
-                f32s(&data[layout.scales.0 as usize..][..layout.scales.1 as usize]).collect();
-            let mins: Vec<f32> =
-                f32s(&data[layout.mins.0 as usize..][..layout.mins.1 as usize]).collect();
-            (0..rows * cols)
-                .map(|i| {
-                    let (row, col) = (i / cols, i % cols);
-                    let at = scale_index(cols, row, col / 32);
-                    scales[at] * nibble(quants, cols, row, col) as f32 + mins[at]
-                })
-                .collect()
+            let array = |(offset, length): (u64, u64)| -> Vec<f32> {
+                f32s(&data[offset as usize..][..length as usize]).collect()
+            };
+            let scales = array(layout.scales);
+            if entry.encoding == TensorEncoding::Int8Block32 {
+                (0..rows)
+                    .flat_map(|row| int8::row(quants, &scales, cols, row))
+                    .collect()
+            } else {
+                let mins = array(layout.mins);
+                (0..rows)
+                    .flat_map(|row| int4::row(quants, &scales, &mins, cols, row))
+                    .collect()
+            }
         }
-    }
-}
-
-/// The 4-bit value at `row`, `col` of a 4-bit tensor's interleaved quants.
-fn nibble(quants: &[u8], cols: usize, row: usize, col: usize) -> u8 {
-    let (at, high) = nibble_index(cols, row, col);
-    if high {
-        quants[at] >> 4
-    } else {
-        quants[at] & 0x0F
     }
 }
 
@@ -311,11 +292,11 @@ pub fn standard_layout(entry: &TensorEntry, data: &[u8]) -> Vec<u8> {
             let (quants, scales) = (layout.quants.0 as usize, layout.scales.0 as usize);
             let stored = &data[quants..][..layout.quants.1 as usize];
             let stored_scales = &data[scales..][..layout.scales.1 as usize];
-            let blocks = cols / 32;
+            let blocks = cols / BLOCK;
             let mut out = vec![0u8; data.len()];
             for row in 0..rows {
                 for col in 0..cols {
-                    out[quants + row * cols + col] = stored[quant_index(cols, row, col)];
+                    out[quants + row * cols + col] = stored[int8::quant_index(cols, row, col)];
                 }
                 for block in 0..blocks {
                     let from = 4 * scale_index(cols, row, block);
@@ -335,7 +316,7 @@ pub fn standard_layout(entry: &TensorEntry, data: &[u8]) -> Vec<u8> {
             let f32_at = |at: usize| {
                 f32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
             };
-            let blocks = cols / 32;
+            let blocks = cols / BLOCK;
             let mut out = vec![0u8; data.len()];
             for row in 0..rows {
                 for block in 0..blocks {
@@ -352,10 +333,11 @@ pub fn standard_layout(entry: &TensorEntry, data: &[u8]) -> Vec<u8> {
                     if constant {
                         continue;
                     }
-                    for j in 0..32 {
-                        let col = 32 * block + j;
+                    for j in 0..BLOCK {
+                        let col = BLOCK * block + j;
                         let i = row * cols + col;
-                        out[quants + i / 2] |= nibble(stored, cols, row, col) << (4 * (i % 2));
+                        out[quants + i / 2] |=
+                            int4::nibble(stored, cols, row, col) << (4 * (i % 2));
                     }
                 }
             }
@@ -399,11 +381,11 @@ impl EncodedTensor {
                 let (cols, rows) = (cols as usize, rows as usize);
                 let (stored, stored_scales) = bytes.split_at_mut(layout.scales.0 as usize);
                 // Padding rows: quants 128 (zero) and scales 0.
-                stored[..layout.quants.1 as usize].fill(128);
+                stored[..layout.quants.1 as usize].fill(int8::ZERO as u8);
                 for (i, &q) in quants.iter().enumerate().take(rows * cols) {
-                    stored[quant_index(cols, i / cols, i % cols)] = q;
+                    stored[int8::quant_index(cols, i / cols, i % cols)] = q;
                 }
-                let blocks = cols / 32;
+                let blocks = cols / BLOCK;
                 for (i, v) in scales.iter().enumerate().take(rows * blocks) {
                     let at = 4 * scale_index(cols, i / blocks, i % blocks);
                     stored_scales[at..at + 4].copy_from_slice(&v.to_le_bytes());
@@ -429,10 +411,9 @@ impl EncodedTensor {
         let (cols, rows) = (cols as usize, rows as usize);
         let mut bytes = vec![0u8; layout.total() as usize];
         for (i, &q) in quants.iter().enumerate().take(rows * cols) {
-            let (at, high) = nibble_index(cols, i / cols, i % cols);
-            bytes[at] |= (q & 0x0F) << if high { 4 } else { 0 };
+            int4::set_nibble(&mut bytes, cols, i / cols, i % cols, q);
         }
-        let blocks = cols / 32;
+        let blocks = cols / BLOCK;
         for (offset, values) in [(layout.scales.0, scales), (layout.mins.0, mins)] {
             for (i, v) in values.iter().enumerate().take(rows * blocks) {
                 let at = offset as usize + 4 * scale_index(cols, i / blocks, i % blocks);

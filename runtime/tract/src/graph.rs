@@ -4,7 +4,7 @@
 //! `MatMulNBits` (bits 8, or 4 for a 4-bit tensor; blocks of 32) for every linear layer and
 //! `GatherBlockQuantized` (bits 8) for the token embedding. Their initializers are external data in [`WEIGHTS_FILE`] at the offsets of
 //! the image's weights section, so the graph and the image share one copy of the weights. The
-//! image stores int8 rows interleaved in groups (`ember_core::image::quant_index`), as Ember's
+//! image stores int8 rows interleaved in groups (`ember_core::blocks::int8::quant_index`), as Ember's
 //! kernels stream them; `ember export-onnx` writes the weights file in the standard layout these
 //! ops define, at the same offsets, for onnxruntime. A 4-bit `MatMulNBits` has a fourth input,
 //! float zero points: in the image that array holds the blocks' minimums m (value = d · q + m),
@@ -22,6 +22,7 @@ use crate::pb::{
     StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension,
 };
+use ember_core::blocks::{BLOCK, int4, int8};
 use ember_core::image::{Architecture, TensorEncoding, TensorEntry};
 
 use prost::Message;
@@ -267,7 +268,7 @@ impl Builder<'_> {
             });
         }
         let layout = TensorEntry::layout(entry.encoding, cols as u64, rows as u64);
-        let blocks = (cols / 32) as i64;
+        let blocks = (cols / BLOCK) as i64;
         let (rows, cols) = (rows as i64, cols as i64);
         let four_bit = entry.encoding == TensorEncoding::Int4Block32;
         let (suffix, quant_dims, scale_dims) = if gather {
@@ -275,7 +276,15 @@ impl Builder<'_> {
         } else {
             (
                 "matmul",
-                vec![rows, blocks, if four_bit { 16 } else { 32 }],
+                vec![
+                    rows,
+                    blocks,
+                    if four_bit {
+                        int4::BLOCK_BYTES
+                    } else {
+                        int8::BLOCK_BYTES
+                    } as i64,
+                ],
                 vec![rows * blocks],
             )
         };
@@ -326,7 +335,7 @@ impl Builder<'_> {
             int_attr("K", cols as i64),
             int_attr("N", rows as i64),
             int_attr("bits", bits),
-            int_attr("block_size", 32),
+            int_attr("block_size", BLOCK as i64),
         ];
         let mut inputs = vec![x, &arrays.quants, &arrays.scales];
         inputs.extend(arrays.zero_points.as_deref());
@@ -436,7 +445,7 @@ pub fn build_proto(
             config.head_dim()
         )));
     }
-    if !config.n_embd.is_multiple_of(32) || !config.n_ff.is_multiple_of(32) {
+    if !config.n_embd.is_multiple_of(BLOCK) || !config.n_ff.is_multiple_of(BLOCK) {
         return Err(GraphError::Unsupported(
             "widths that are not multiples of 32".into(),
         ));
@@ -461,7 +470,7 @@ pub fn build_proto(
     let mut x = g.fresh("embedding");
     let gather_attrs = vec![
         int_attr("bits", 8),
-        int_attr("block_size", 32),
+        int_attr("block_size", BLOCK as i64),
         int_attr("gather_axis", 0),
         int_attr("quantize_axis", 1),
     ];

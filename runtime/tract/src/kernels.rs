@@ -1,5 +1,7 @@
 //! Int8 dot products between a group of 16 weight rows, interleaved as the image stores them
-//! (`ember_core::image::quant_index`), and one row of int8-quantized activations.
+//! (`ember_core::blocks::int8::quant_index`), and one row of int8-quantized activations
+//! (`ember_core::blocks::activation`). The formats, their constants and the activations'
+//! quantization are `ember_core::blocks`'; the kernels here are their SIMD readers.
 //!
 //! Weights are blocks of 32 bytes `u` with an f32 scale `d_w` (value = `d_w · (u − 128)`).
 //! Activations are quantized per block of 32 the same way llama.cpp quantizes them for its
@@ -13,15 +15,18 @@
 //!
 //! 4-bit weights (`dot_group4`) are nibbles `q` with an f32 scale `d_w` and minimum `m_w` per
 //! block (value = `d_w · q + m_w`, GGUF `Q4_1`); a block of a group is four runs of 64 bytes
-//! (`ember_core::image::nibble_index`), whose low nibbles are the run's first four columns and
+//! (`ember_core::blocks::int4::nibble_index`), whose low nibbles are the run's first four columns and
 //! high nibbles its last four. A block contributes `d_w · d_a · Σ q · q_a + m_w · d_a · Σ q_a`.
 
-use ember_core::image::ROW_GROUP;
+use ember_core::blocks::{BLOCK, ROW_GROUP, activation, int4, int8};
 
 /// Bytes of one block of 32 columns of a row group.
-const GROUP_BLOCK: usize = 32 * ROW_GROUP;
+const GROUP_BLOCK: usize = int8::GROUP_BLOCK_BYTES;
 /// Bytes of one block of 32 columns of a 4-bit row group.
-const GROUP_BLOCK4: usize = 16 * ROW_GROUP;
+const GROUP_BLOCK4: usize = int4::GROUP_BLOCK_BYTES;
+/// The kernels take `u − 128` as `u` with its top bit flipped (`vpsignb`/`veor`/`vmov #0x80`
+/// operands and `−128 · Σq` starting sums): the int8 format's zero must be 128.
+const _: () = assert!(int8::ZERO == 128);
 
 /// Which dot-product implementation runs. Only detection makes one (`detect`, `available`), so
 /// a kernel in hand is one this CPU can run and its safe `dot_group` cannot reach an instruction
@@ -170,7 +175,7 @@ impl Kernel {
         a: &QuantizedRows,
         row: usize,
     ) -> [f32; ROW_GROUP] {
-        let blocks = a.cols / 32;
+        let blocks = a.cols / BLOCK;
         #[cfg_attr(
             not(any(target_arch = "x86_64", target_arch = "aarch64")),
             allow(unused_variables)
@@ -219,7 +224,7 @@ impl Kernel {
     /// are the same as row by row, bit for bit.
     pub fn dot_group_rows(self, w: &[u8], w_scales: &[f32], a: &QuantizedRows, out: &mut [f32]) {
         let rows = out.len() / ROW_GROUP;
-        let blocks = a.cols / 32;
+        let blocks = a.cols / BLOCK;
         assert!(w.len() >= blocks * GROUP_BLOCK && w_scales.len() >= blocks * ROW_GROUP);
         // Runs `kernel` over batches of `R` rows; returns the rows it took (the rest go one by
         // one).
@@ -278,7 +283,7 @@ impl Kernel {
         a: &QuantizedRows,
         row: usize,
     ) -> [f32; ROW_GROUP] {
-        let blocks = a.cols / 32;
+        let blocks = a.cols / BLOCK;
         let (quants, scales, sums) = a.row(row);
         assert!(
             w.len() >= blocks * GROUP_BLOCK4
@@ -348,10 +353,10 @@ impl QuantizedRows {
 
     /// `rows` rows of zeros, to be filled by [`QuantizedRows::quantize_blocks`].
     pub fn zeroed(rows: usize, cols: usize) -> Self {
-        let blocks = rows * cols / 32;
+        let blocks = rows * cols / BLOCK;
         QuantizedRows {
             cols,
-            quants: vec![0; blocks * 32],
+            quants: vec![0; blocks * BLOCK],
             scales: vec![0.0; blocks],
             sums: vec![0; blocks],
         }
@@ -365,17 +370,17 @@ impl QuantizedRows {
             /// The caller guarantees AVX2.
             #[target_feature(enable = "avx2")]
             unsafe fn avx2(x: &[f32], quants: &mut [i8], scales: &mut [f32], sums: &mut [i32]) {
-                quantize_blocks_generic(x, quants, scales, sums);
+                activation::quantize(x, quants, scales, sums);
             }
             // SAFETY: the CPU has AVX2 (detected above).
             return unsafe { avx2(x, quants, scales, sums) };
         }
-        quantize_blocks_generic(x, quants, scales, sums);
+        activation::quantize(x, quants, scales, sums);
     }
 
     /// Row `row`: its quantized values, its blocks' scales and their sums.
     pub fn row(&self, row: usize) -> (&[i8], &[f32], &[i32]) {
-        let blocks = self.cols / 32;
+        let blocks = self.cols / BLOCK;
         (
             &self.quants[row * self.cols..][..self.cols],
             &self.scales[row * blocks..][..blocks],
@@ -389,48 +394,11 @@ impl QuantizedRows {
     }
 }
 
-/// [`QuantizedRows::quantize_blocks`]' arithmetic, inlined into each build of it: plain loops
-/// over fixed-size blocks the compiler turns into vector code.
-#[inline(always)]
-fn quantize_blocks_generic(x: &[f32], quants: &mut [i8], scales: &mut [f32], sums: &mut [i32]) {
-    /// Adding and removing 1.5 · 2²³ rounds an f32 of magnitude below 2²² to an integer, half
-    /// to even, in plain arithmetic (|v / d_a| ≤ 127 here).
-    const ROUNDING: f32 = 12_582_912.0;
-    let (blocks, _) = x.as_chunks::<32>();
-    let (quant_blocks, _) = quants.as_chunks_mut::<32>();
-    for (((block, quants), scale), sum) in blocks
-        .iter()
-        .zip(quant_blocks.iter_mut())
-        .zip(scales.iter_mut())
-        .zip(sums.iter_mut())
-    {
-        // max |v| in eight lanes (`>` keeps the maximum as `f32::max` does: no NaN here).
-        let mut lanes = [0f32; 8];
-        for chunk in block.as_chunks::<8>().0 {
-            for (m, v) in lanes.iter_mut().zip(chunk) {
-                let v = v.abs();
-                if v > *m {
-                    *m = v;
-                }
-            }
-        }
-        let amax = lanes.iter().fold(0.0f32, |m, &v| if v > m { v } else { m });
-        *scale = amax / 127.0;
-        let inverse = if *scale > 0.0 { 1.0 / *scale } else { 0.0 };
-        let mut total = 0i32;
-        for (q, v) in quants.iter_mut().zip(block) {
-            *q = ((v * inverse + ROUNDING) - ROUNDING) as i8;
-            total += *q as i32;
-        }
-        *sum = total;
-    }
-}
-
 fn group_portable(w: &[u8], w_scales: &[f32], a: &[i8], a_scales: &[f32]) -> [f32; ROW_GROUP] {
     let mut out = [0f32; ROW_GROUP];
     for (b, (block, quants)) in w
         .chunks_exact(GROUP_BLOCK)
-        .zip(a.chunks_exact(32))
+        .zip(a.chunks_exact(BLOCK))
         .enumerate()
     {
         let mut sums = [0i32; ROW_GROUP];
@@ -440,7 +408,7 @@ fn group_portable(w: &[u8], w_scales: &[f32], a: &[i8], a_scales: &[f32]) -> [f3
         {
             for (sum, u) in sums.iter_mut().zip(run.chunks_exact(4)) {
                 *sum += (0..4)
-                    .map(|j| (u[j] as i32 - 128) * q[j] as i32)
+                    .map(|j| (u[j] as i32 - int8::ZERO) * q[j] as i32)
                     .sum::<i32>();
             }
         }
@@ -463,7 +431,7 @@ fn group4_portable(
     let mut out = [0f32; ROW_GROUP];
     for (b, (block, quants)) in w
         .chunks_exact(GROUP_BLOCK4)
-        .zip(a.chunks_exact(32))
+        .zip(a.chunks_exact(BLOCK))
         .enumerate()
     {
         let mut sums = [0i32; ROW_GROUP];
@@ -493,7 +461,7 @@ fn group4_portable(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{GROUP_BLOCK, GROUP_BLOCK4, ROW_GROUP};
+    use super::{BLOCK, GROUP_BLOCK, GROUP_BLOCK4, ROW_GROUP, int4, int8};
     use std::arch::x86_64::*;
 
     /// How far ahead of its reads the AVX-512 kernel asks for weights: the hardware
@@ -507,13 +475,16 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn block_avx512vnni(w: &[u8], a: &[i8], a_sum: i32, b: usize) -> __m512i {
         // Start at −128·Σq so that the sum ends at Σ(u − 128)·q.
-        let mut sums = [_mm512_set1_epi32(-128 * a_sum), _mm512_setzero_si512()];
+        let mut sums = [
+            _mm512_set1_epi32(-int8::ZERO * a_sum),
+            _mm512_setzero_si512(),
+        ];
         for c in 0..8 {
             // SAFETY: run c of block b lies within `w`, and four bytes at 32b + 4c within `a`
             // (caller); unaligned loads.
             unsafe {
                 let run = _mm512_loadu_si512(w.as_ptr().add(b * GROUP_BLOCK + c * 64).cast());
-                let q = (a.as_ptr().add(32 * b + 4 * c) as *const i32).read_unaligned();
+                let q = (a.as_ptr().add(BLOCK * b + int8::RUN * c) as *const i32).read_unaligned();
                 sums[c % 2] = _mm512_dpbusd_epi32(sums[c % 2], run, _mm512_set1_epi32(q));
             }
         }
@@ -572,7 +543,7 @@ mod x86 {
         for b in 0..blocks {
             let mut sums = [[_mm512_setzero_si512(); 2]; R];
             for (sums, (_, _, a_sums)) in sums.iter_mut().zip(&rows) {
-                sums[0] = _mm512_set1_epi32(-128 * a_sums[b]);
+                sums[0] = _mm512_set1_epi32(-int8::ZERO * a_sums[b]);
             }
             for c in 0..8 {
                 // SAFETY: run c of block b lies within `w`, and four bytes at 32b + 4c within
@@ -580,7 +551,8 @@ mod x86 {
                 unsafe {
                     let run = _mm512_loadu_si512(w.as_ptr().add(b * GROUP_BLOCK + c * 64).cast());
                     for (sums, (a, _, _)) in sums.iter_mut().zip(&rows) {
-                        let q = (a.as_ptr().add(32 * b + 4 * c) as *const i32).read_unaligned();
+                        let q = (a.as_ptr().add(BLOCK * b + int8::RUN * c) as *const i32)
+                            .read_unaligned();
                         sums[c % 2] = _mm512_dpbusd_epi32(sums[c % 2], run, _mm512_set1_epi32(q));
                     }
                 }
@@ -613,14 +585,14 @@ mod x86 {
     ) -> [f32; ROW_GROUP] {
         let mut acc = [_mm256_setzero_ps(); 2];
         for b in 0..a_scales.len() {
-            let start = _mm256_set1_epi32(-128 * a_sums[b]);
+            let start = _mm256_set1_epi32(-int8::ZERO * a_sums[b]);
             let (mut sum_low, mut sum_high) = (start, start);
             for c in 0..8 {
                 // SAFETY: as in `group_avx512vnni`.
                 unsafe {
                     let run = w.as_ptr().add(b * GROUP_BLOCK + c * 64);
                     let q = _mm256_set1_epi32(
-                        (a.as_ptr().add(32 * b + 4 * c) as *const i32).read_unaligned(),
+                        (a.as_ptr().add(BLOCK * b + int8::RUN * c) as *const i32).read_unaligned(),
                     );
                     sum_low = _mm256_dpbusd_avx_epi32(sum_low, _mm256_loadu_si256(run.cast()), q);
                     sum_high = _mm256_dpbusd_avx_epi32(
@@ -670,7 +642,8 @@ mod x86 {
                     for (sums, (a, _, _)) in sums.iter_mut().zip(&rows) {
                         // SAFETY: as above.
                         let q = _mm256_set1_epi32(unsafe {
-                            (a.as_ptr().add(32 * b + 4 * c) as *const i32).read_unaligned()
+                            (a.as_ptr().add(BLOCK * b + int8::RUN * c) as *const i32)
+                                .read_unaligned()
                         });
                         let pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(q, wq));
                         sums[half] = _mm256_add_epi32(sums[half], _mm256_madd_epi16(pairs, ones));
@@ -738,7 +711,7 @@ mod x86 {
                 // `a` (caller); unaligned loads.
                 unsafe {
                     let run = _mm512_loadu_si512(w.as_ptr().add(b * GROUP_BLOCK4 + t * 64).cast());
-                    let q = a.as_ptr().add(32 * b + 8 * t) as *const i32;
+                    let q = a.as_ptr().add(BLOCK * b + int4::RUN * t) as *const i32;
                     let (first, last) = (q.read_unaligned(), q.add(1).read_unaligned());
                     let nibbles = _mm512_and_si512(run, low);
                     sums[0] = _mm512_dpbusd_epi32(sums[0], nibbles, _mm512_set1_epi32(first));
@@ -831,7 +804,7 @@ mod x86 {
                     // Run t of block b lies within `w`, and eight bytes at 32b + 8t within `a`
                     // (caller); unaligned loads.
                     let run = w.as_ptr().add(b * GROUP_BLOCK4 + t * 64);
-                    let q = a.as_ptr().add(32 * b + 8 * t) as *const i32;
+                    let q = a.as_ptr().add(BLOCK * b + int4::RUN * t) as *const i32;
                     let first = _mm256_set1_epi32(q.read_unaligned());
                     let last = _mm256_set1_epi32(q.add(1).read_unaligned());
                     for (half, sum) in sums.iter_mut().enumerate() {
@@ -867,7 +840,7 @@ mod x86 {
 
 #[cfg(target_arch = "aarch64")]
 mod arm {
-    use super::{GROUP_BLOCK, GROUP_BLOCK4, ROW_GROUP};
+    use super::{BLOCK, GROUP_BLOCK, GROUP_BLOCK4, ROW_GROUP, int4, int8};
     use std::arch::aarch64::*;
 
     /// Run `c` of block `b`: its four vectors (vector `i` holds the run's four columns of rows
@@ -922,7 +895,8 @@ mod arm {
     #[inline]
     unsafe fn quad(a: &[i8], b: usize, c: usize) -> int8x16_t {
         // SAFETY: four bytes at 32b + 4c lie within `a` (caller); an unaligned read.
-        let q = unsafe { (a.as_ptr().add(32 * b + 4 * c) as *const i32).read_unaligned() };
+        let q =
+            unsafe { (a.as_ptr().add(BLOCK * b + int8::RUN * c) as *const i32).read_unaligned() };
         vreinterpretq_s8_s32(vdupq_n_s32(q))
     }
 
@@ -1045,7 +1019,7 @@ mod arm {
         // (caller); unaligned loads (`vld1q_u8` reads bytes, the i32s are read unaligned).
         unsafe {
             let run = w.as_ptr().add(b * GROUP_BLOCK4 + t * 64);
-            let q = a.as_ptr().add(32 * b + 8 * t) as *const i32;
+            let q = a.as_ptr().add(BLOCK * b + int4::RUN * t) as *const i32;
             let bytes = [0, 1, 2, 3].map(|i| vld1q_u8(run.add(16 * i)));
             (
                 bytes.map(|v| vreinterpretq_s8_u8(vandq_u8(v, mask))),
@@ -1180,7 +1154,7 @@ mod arm {
 
 #[cfg(target_arch = "arm")]
 mod armv7 {
-    use super::{GROUP_BLOCK, GROUP_BLOCK4, ROW_GROUP};
+    use super::{BLOCK, GROUP_BLOCK, GROUP_BLOCK4, ROW_GROUP};
 
     /// Whether the CPU has NEON (the kernel's `HWCAP_NEON` bit).
     pub(super) fn has_neon() -> bool {
@@ -1292,7 +1266,7 @@ mod armv7 {
                 "subs {quads}, {quads}, #1",
                 "bne 2b",
                 w = inout(reg) w.as_ptr().add(b * GROUP_BLOCK) => _,
-                a = in(reg) a.as_ptr().add(32 * b),
+                a = in(reg) a.as_ptr().add(BLOCK * b),
                 w_scales = inout(reg) w_scales.as_ptr().add(b * ROW_GROUP) => _,
                 out = inout(reg) out.as_mut_ptr() => _,
                 a_scale = in(reg) a_scale.to_bits(),
@@ -1392,7 +1366,7 @@ mod armv7 {
                     "subs {quads}, {quads}, #1",
                     "bne 2b",
                     w = inout(reg) w.as_ptr().add(b * GROUP_BLOCK4) => _,
-                    a = in(reg) a.as_ptr().add(32 * b),
+                    a = in(reg) a.as_ptr().add(BLOCK * b),
                     w_scales = inout(reg) w_scales.as_ptr().add(b * ROW_GROUP) => _,
                     w_mins = inout(reg) w_mins.as_ptr().add(b * ROW_GROUP) => _,
                     out = inout(reg) out.as_mut_ptr() => _,
@@ -1427,7 +1401,7 @@ mod armv7 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ember_core::image::{nibble_index, quant_index, scale_index};
+    use ember_core::blocks::{int4::nibble_index, int8::quant_index, scale_index};
     use quickcheck::quickcheck;
 
     /// The exact dot product of row-major row `w` with `a`, and the magnitude of the terms a

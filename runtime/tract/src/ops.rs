@@ -11,7 +11,7 @@
 use crate::graph::{float_attr, int_attr, ints_attr};
 use crate::kernels::{Kernel, QuantizedRows};
 use crate::workers::Workers;
-use ember_core::image::{ROW_GROUP, padded_rows, quant_index, scale_index};
+use ember_core::blocks::{BLOCK, ROW_GROUP, group_scales, int4, int8, scale_bytes};
 use memmap2::Mmap;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -87,11 +87,9 @@ fn f32s(bytes: &[u8]) -> &[f32] {
     values
 }
 
-/// A `rows × cols` matrix read in place from the mapping, with the rows in interleaved groups
-/// of 16, the last group padded: int8 (u8 quants, value = scale · (u − 128),
-/// `ember_core::image::quant_index`) or 4-bit (nibbles, value = scale · q + min,
-/// `ember_core::image::nibble_index`), with one little-endian f32 scale (and minimum) per block
-/// of 32.
+/// A `rows × cols` matrix read in place from the mapping, in one of the block formats of
+/// [`ember_core::blocks`]: [`int8`] or [`int4`] (with its minimums), the rows in interleaved
+/// groups of 16, the last group padded.
 #[derive(Debug, Clone)]
 pub struct MappedMatrix {
     map: Arc<Mmap>,
@@ -127,13 +125,19 @@ impl MappedMatrix {
         rows: usize,
         cols: usize,
     ) -> TractResult<Self> {
-        let stored = padded_rows(rows as u64) as usize * cols;
+        // The image stores whole groups of rows: padded arrays.
+        let (c, r) = (cols as u64, rows as u64);
+        let stored_quants = match mins {
+            Some(_) => int4::quant_bytes(c, r),
+            None => int8::quant_bytes(c, r),
+        } as usize;
+        let stored_scales = scale_bytes(c, r) as usize;
         let per_value = if mins.is_some() { 2 } else { 1 };
         let quants = m.range(quants, rows * cols / per_value)?;
-        let quants = quants.start..quants.start + stored / per_value;
+        let quants = quants.start..quants.start + stored_quants;
         let blocks = |name: &str| -> TractResult<Range<usize>> {
-            let range = m.range(name, rows * cols / 32 * 4)?;
-            let range = range.start..range.start + stored / 32 * 4;
+            let range = m.range(name, rows * cols / BLOCK * 4)?;
+            let range = range.start..range.start + stored_scales;
             ensure!(
                 quants.end <= range.start && range.end <= m.map.len(),
                 "the groups of rows at {quants:?} and their blocks' values at {range:?} do not fit the image"
@@ -157,16 +161,16 @@ impl MappedMatrix {
 
     /// The 16 dot products of group `group` with each activation row of `a`, row after row.
     fn dot_group(&self, kernel: Kernel, group: usize, a: &QuantizedRows, out: &mut [f32]) {
-        let blocks = ROW_GROUP * self.cols / 32;
+        let blocks = group_scales(self.cols);
         let scales = &f32s(&self.map[self.scales.clone()])[group * blocks..][..blocks];
         match &self.mins {
             None => {
-                let bytes = ROW_GROUP * self.cols;
+                let bytes = int8::group_bytes(self.cols);
                 let quants = &self.map[self.quants.clone()][group * bytes..][..bytes];
                 kernel.dot_group_rows(quants, scales, a, out);
             }
             Some(mins) => {
-                let bytes = ROW_GROUP * self.cols / 2;
+                let bytes = int4::group_bytes(self.cols);
                 let quants = &self.map[self.quants.clone()][group * bytes..][..bytes];
                 let mins = &f32s(&self.map[mins.clone()])[group * blocks..][..blocks];
                 for (r, out) in out.chunks_exact_mut(ROW_GROUP).enumerate() {
@@ -178,12 +182,12 @@ impl MappedMatrix {
 
     /// Row `row` of an int8 matrix, dequantized.
     fn dequantized_row(&self, row: usize) -> impl Iterator<Item = f32> + '_ {
-        let quants = &self.map[self.quants.clone()];
-        let scales = f32s(&self.map[self.scales.clone()]);
-        (0..self.cols).map(move |col| {
-            let u = quants[quant_index(self.cols, row, col)];
-            scales[scale_index(self.cols, row, col / 32)] * (u as i32 - 128) as f32
-        })
+        int8::row(
+            &self.map[self.quants.clone()],
+            f32s(&self.map[self.scales.clone()]),
+            self.cols,
+            row,
+        )
     }
 }
 
@@ -281,7 +285,7 @@ impl Int8MatMul {
             return Ok(QuantizedRows::new(x, cols));
         }
         let mut a = QuantizedRows::zeroed(rows, cols);
-        let (per_chunk, blocks) = (self.workers.chunk_size(rows), cols / 32);
+        let (per_chunk, blocks) = (self.workers.chunk_size(rows), cols / BLOCK);
         let mut normals = normal.chunks_mut(per_chunk * cols);
         let parts: Vec<_> = x
             .chunks(per_chunk * cols)
@@ -575,7 +579,7 @@ pub fn build_matmul(
     let bits: usize = node.get_attr_opt("bits")?.unwrap_or(4);
     let block_size: usize = node.get_attr("block_size")?;
     ensure!(
-        (bits == 8 || bits == 4) && block_size == 32 && k.is_multiple_of(32),
+        (bits == 8 || bits == 4) && block_size == BLOCK && k.is_multiple_of(BLOCK),
         "MatMulNBits {:?}: Ember runs bits=8 or 4, block_size=32 (got bits={bits}, block_size={block_size}, K={k})",
         node.name
     );
@@ -1052,7 +1056,7 @@ pub fn build_gather(
     let quantize_axis: i64 = node.get_attr_opt("quantize_axis")?.unwrap_or(1);
     ensure!(
         bits == 8
-            && block_size == 32
+            && block_size == BLOCK as i64
             && gather_axis == 0
             && quantize_axis == 1
             && node.input.len() == 3,
@@ -1068,7 +1072,7 @@ pub fn build_gather(
             )
         };
         ensure!(
-            cols.is_multiple_of(32),
+            cols.is_multiple_of(BLOCK),
             "GatherBlockQuantized {:?}: rows of {cols} values are not blocks of 32",
             node.name
         );

@@ -4,7 +4,8 @@
 //! [`Scheme::Int8`]: each 2-D weight becomes symmetric int8 blocks of 32 values with an f32
 //! scale, stored as `u = q + 128` (ONNX `MatMulNBits` bits 8). Q8_0 and Q4_0 source blocks map
 //! onto these exactly; other types (Q4_1, F32/F16/BF16) are dequantized and re-quantized per
-//! block (scale = max|w| / 127), which is where weight loss comes from.
+//! block ([`int8::quantize`]: scale = max|w| / 127), which is where weight loss comes from.
+//! The block formats are `ember_core::blocks`'; this module maps GGUF's blocks onto them.
 //!
 //! [`Scheme::Q4`]: the layers' matrices become 4-bit blocks of 32 (value = d · q + m,
 //! `MatMulNBits` bits 4). Q4_0 and Q4_1 source blocks are stored exactly; other types are
@@ -15,6 +16,7 @@
 //! activations included) against the f32 reference on the GGUF.
 
 use anyhow::{Result, bail};
+use ember_core::blocks::{BLOCK, int8};
 use ember_core::image::{
     Manifest, QUANT_INT8, QUANT_Q4, SamplingDefaults, SelfTest, TensorEncoding, TokenizerData,
     TokenizerSpec,
@@ -104,7 +106,7 @@ pub fn encode_tensor(
             .flat_map(|v| v.to_le_bytes())
             .collect::<Vec<u8>>()
     };
-    if dims.len() == 1 || !dims[0].is_multiple_of(32) {
+    if dims.len() == 1 || !dims[0].is_multiple_of(BLOCK as u64) {
         let values = dequantize(info, data)?;
         return Ok(EncodedTensor::new(
             name,
@@ -123,29 +125,24 @@ pub fn encode_tensor(
         TensorType::Q8_0 => {
             for block in data.chunks_exact(34) {
                 scales.push(f16_at(block, 0));
-                quants.extend(block[2..].iter().map(|q| q ^ 0x80));
+                quants.extend(block[2..].iter().map(|&q| int8::stored(q as i8)));
             }
         }
         TensorType::Q4_0 => {
-            // value = d · (nibble − 8) = d · (u − 128) with u = nibble + 120.
+            // value = d · (nibble − 8): the signed quant nibble − 8.
             for block in data.chunks_exact(18) {
                 scales.push(f16_at(block, 0));
                 let nibbles = &block[2..];
-                quants.extend(nibbles.iter().map(|q| (q & 0x0F) + 120));
-                quants.extend(nibbles.iter().map(|q| (q >> 4) + 120));
+                let stored = |nibble: u8| int8::stored(nibble as i8 - 8);
+                quants.extend(nibbles.iter().map(|q| stored(q & 0x0F)));
+                quants.extend(nibbles.iter().map(|q| stored(q >> 4)));
             }
         }
         _ => {
-            for block in dequantize(info, data)?.chunks_exact(32) {
-                let amax = block.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-                let d = amax / 127.0;
-                let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
+            for block in dequantize(info, data)?.as_chunks::<BLOCK>().0 {
+                let (d, block_quants) = int8::quantize(block);
                 scales.push(d);
-                quants.extend(
-                    block
-                        .iter()
-                        .map(|v| ((v * inverse).round().clamp(-127.0, 127.0) as i32 + 128) as u8),
-                );
+                quants.extend(block_quants);
             }
         }
     };
