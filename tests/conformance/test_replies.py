@@ -201,6 +201,27 @@ class Sentences(ConformanceCase):
                 self.assertTrue(squash(reply).startswith(said), (chunks, reply))
         # The sentences are the reply, cut at whitespace.
         self.assertEqual(squash("".join(chunks)), squash(reply))
+        # In order, each a piece of the reply; each but the last ends a sentence (., !, ?, …
+        # or a blank line after it) or was cut at whitespace because the next word would not
+        # have fitted in 256 bytes.
+        at = 0
+        for i, c in enumerate(chunks):
+            while at < len(reply) and reply[at] in p.WHITESPACE:
+                at += 1
+            self.assertTrue(reply.startswith(c, at), (c, reply[at:at + 300]))
+            at += len(c)
+            if i == len(chunks) - 1:
+                break
+            gap = at
+            while gap < len(reply) and reply[gap] in p.WHITESPACE:
+                gap += 1
+            word = gap
+            while word < len(reply) and reply[word] not in p.WHITESPACE:
+                word += 1
+            ends = c[-1] in ".!?\u2026" or reply[at:gap].count("\n") >= 2
+            cut = len(reply[at - len(c):word].encode()) > p.MAX_CHUNK
+            self.assertTrue(ends or cut, "chunk %r ends no sentence and was not cut; then %r"
+                            % (c, reply[at:word]))
         return reply, chunks
 
     def test_sentences_cover_the_reply(self):
