@@ -471,6 +471,8 @@ impl SlotDir {
         let error = |e: &FlashError| Event::Error {
             code: e.code(),
             detail: protocol::truncated(&e.to_string()),
+            // The device names the flash request this answers.
+            request: None,
         };
         let result = match request {
             Request::FlashBegin(begin) => self.begin(begin).map(|position| {
