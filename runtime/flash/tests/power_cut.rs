@@ -123,10 +123,16 @@ fn cut_everywhere(
         let image = booted(&disk, &slots);
         let expect_new = new_from.is_some_and(|phase| n >= recorded(phase));
         if expect_new {
-            assert!(image == new.bytes, "cut after step {n} of {total}: the new image");
+            assert!(
+                image == new.bytes,
+                "cut after step {n} of {total}: the new image"
+            );
             covered.booted_new += 1;
         } else {
-            assert!(image == *old, "cut after step {n} of {total}: the old image");
+            assert!(
+                image == *old,
+                "cut after step {n} of {total}: the old image"
+            );
         }
         // Power lost during the trial (the commit's record is durable): the old slot, and why.
         let trial_recorded = n >= recorded(2) && !expect_new;
@@ -196,7 +202,13 @@ fn a_power_cut_while_a_transfer_resumes_boots_an_intact_image() {
     let recorded = SlotTable::decode(&table).unwrap();
     assert_eq!(recorded.incoming.unwrap().stored, PERSIST_EVERY);
 
-    let covered = cut_everywhere("resumed flash", &disk, flash_and_activate, Cut::Power, Some(3));
+    let covered = cut_everywhere(
+        "resumed flash",
+        &disk,
+        flash_and_activate,
+        Cut::Power,
+        Some(3),
+    );
     // Every new flash resumes, but the one after the activation (into the other slot).
     assert_eq!(covered.resumed, covered.cut_points - 1, "{covered:?}");
 }
