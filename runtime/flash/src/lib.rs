@@ -486,10 +486,15 @@ impl<S: Storage> SlotDir<S> {
         let Some(transfer) = &mut self.transfer else {
             return Ok(());
         };
-        transfer
-            .file
-            .sync_data()
-            .map_err(io("sync", &transfer.path))?;
+        if let Err(e) = transfer.file.sync_data() {
+            // What arrived since the last record may not be on storage, and a later sync would
+            // not tell (Linux forgets a failed write-back): the host sends it again.
+            transfer.position = Position {
+                offset: transfer.incoming.stored,
+                at: 0,
+            };
+            return Err(io("sync", &transfer.path)(e));
+        }
         transfer.incoming.stored = transfer.position.offset;
         let mut table = self.table.clone();
         table.incoming = Some(transfer.incoming.clone());
