@@ -24,7 +24,7 @@ mod memory;
 mod storage;
 
 #[cfg(feature = "testing")]
-pub use memory::{MEMORY_FREE_SPACE, MemoryFile, MemoryStorage};
+pub use memory::{MemoryFile, MemoryStorage};
 pub use storage::{StdStorage, Storage, StorageFile};
 
 use ed25519_dalek::{Signature as Ed25519Signature, VerifyingKey};

@@ -14,7 +14,8 @@
 //! `set_len`, a file or directory sync, a rename. [`MemoryStorage::cut_power_after`] lets `n`
 //! more of them happen; the next one finds the device dead, and so does every operation after it
 //! (reads too) until [`MemoryStorage::power_cycle`] brings it back in its durable state.
-//! [`MemoryStorage::restart`] is a crash of the process alone: nothing is lost.
+//! [`MemoryStorage::restart`] is a crash of the process alone: nothing is lost. Space never runs
+//! out (inject `StorageFull` with [`MemoryStorage::fail_after`]).
 
 use crate::storage::{Storage, StorageFile};
 use std::collections::BTreeMap;
@@ -24,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// What [`Storage::free_space`] reports: space never runs out in memory (inject
 /// `StorageFull` with [`MemoryStorage::fail_after`]).
-pub const MEMORY_FREE_SPACE: u64 = 1 << 40;
+const FREE_SPACE: u64 = 1 << 40;
 
 /// A file system in memory, shared by its clones: a test keeps one to cut the power while a
 /// [`SlotDir`](crate::SlotDir) works on another.
@@ -140,7 +141,7 @@ impl MemoryStorage {
                 .collect(),
             names: disk.names.clone(),
             durable_names: disk.durable_names.clone(),
-            boots: disk.boots + 1,
+            boots: disk.boots,
             dead: disk.dead,
             ..Disk::default()
         };
@@ -212,10 +213,10 @@ impl MemoryFile {
     /// A mutating step on the file's contents.
     fn step(&mut self, change: impl FnOnce(&mut Contents)) -> io::Result<()> {
         let mut disk = self.storage.disk();
-        disk.step()?;
         if disk.boots != self.boot {
             return Err(io::Error::other("file opened before the device restarted"));
         }
+        disk.step()?;
         change(&mut disk.files[self.index]);
         Ok(())
     }
@@ -318,6 +319,6 @@ impl Storage for MemoryStorage {
 
     fn free_space(&self, _dir: &Path) -> io::Result<u64> {
         self.disk().alive()?;
-        Ok(MEMORY_FREE_SPACE)
+        Ok(FREE_SPACE)
     }
 }

@@ -106,6 +106,7 @@ fn cut_everywhere(
         let disk = start.snapshot();
         disk.cut_power_after(n);
         let result = run(&disk, &mut Vec::new());
+        assert_eq!(disk.is_dead(), n < total, "cut after step {n} of {total}");
         if n < total {
             let e = result.expect_err("the power failed");
             assert!(matches!(e, FlashError::Io { .. }), "cut at {n}: {e}");
