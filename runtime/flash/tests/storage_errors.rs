@@ -133,7 +133,7 @@ fn a_full_file_system_mid_transfer_is_reported_and_the_flash_completes_once_ther
     assert!(
         events.iter().any(|e| matches!(
             e,
-            Event::Error { code: ErrorCode::Storage, detail } if detail.as_str() == expected
+            Event::Error { code: ErrorCode::Storage, detail, .. } if detail.as_str() == expected
         )),
         "{events:?}"
     );
