@@ -16,10 +16,10 @@ class Codecs(unittest.TestCase):
         self.assertEqual(p.crc32(b"123456789"), 0xCBF43926)
 
     def test_documented_example_bytes(self):
-        # docs/PROTOCOL.md "Example": Hello { protocol_version: 2 }, then Cancel, both seq 0.
-        self.assertEqual(
-            p.encode_frame(0, bytes([0x00, 0x02])).hex(" "), "01 01 01 06 02 30 be 4a cf 00"
-        )
+        # docs/PROTOCOL.md "Example": Hello { protocol_version: 3 }, then Cancel, both seq 0.
+        self.assertEqual(p.hello(), bytes([0x00, 0x03]))
+        self.assertEqual(p.crc32(bytes([0, 0, 0, 3])), 0xB84D8EA6)
+        self.assertEqual(p.encode_frame(0, p.hello()).hex(" "), "01 01 01 06 03 a6 8e 4d b8 00")
         self.assertEqual(p.encode_frame(0, p.cancel()).hex(" "), "01 01 06 02 3e b8 4f 11 00")
 
     def test_cobs_round_trip(self):
