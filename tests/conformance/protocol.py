@@ -33,6 +33,7 @@ MAX_CHUNK = 256
 MAX_DETAIL = 128
 MAX_MODEL_NAME = 64
 MAX_LINE = 1024
+MAX_PROBE = 64  # bytes after a 0x00 in line mode before they are taken as typed
 MAX_FLASH_DATA = 1792
 FLASH_BLOCK = 64 * 1024
 STANDARD_BAUDS_LOW, STANDARD_BAUDS_HIGH = 9600, 4_000_000
@@ -481,6 +482,8 @@ LIMITS = {
 def limit_violations(event):
     """The documented field limits an event breaks (a list of messages; empty: none)."""
     out = []
+    if event.kind == "Token" and not event.text:
+        out.append("an empty Token (1 … 128 bytes): %r" % event)
     for (kind, field), limit in LIMITS.items():
         if event.kind == kind and len(event.fields[field].encode()) > limit:
             out.append(

@@ -12,6 +12,7 @@ import argparse
 import concurrent.futures
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -74,7 +75,16 @@ def main():
     args = parser.parse_args()
 
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    made = not os.environ.get("EMBER_TINY_IMAGE")
     env["EMBER_TINY_IMAGE"] = p.tiny_image()  # made once, not by every case
+    try:
+        return run(args, env)
+    finally:
+        if made:
+            shutil.rmtree(os.path.dirname(env["EMBER_TINY_IMAGE"]), True)
+
+
+def run(args, env):
     cases = [c for c in case_ids() if not args.patterns or any(x in c for x in args.patterns)]
     cases.sort(key=rank)
 

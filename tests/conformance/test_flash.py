@@ -198,6 +198,23 @@ class Flash(ConformanceCase):
         hello = self.host.greet(skip_before=False)
         self.assertEqual(hello.slot, "A")
 
+    def test_section_failing_its_hash_rejected_at_commit(self):
+        # One byte of the last section changed, FlashBegin.sha256 of the changed image: the
+        # whole image's hash matches, a section's does not (ImageRejected at commit).
+        image = bytearray(self.image)
+        image[-1] ^= 0x01
+        self.image, self.sha = bytes(image), hashlib.sha256(image).digest()
+        self.begin()
+        self.assertEqual(self.next_position(), (0, 0))
+        self.send_all()
+        seq = self.host.send(p.flash_commit())
+        self.host.expect("FlashStage", stage="Verifying", timeout=60)
+        self.host.expect_error("ImageRejected", request=seq, timeout=60)
+        hello = self.host.greet(skip_before=False)
+        self.assertEqual(hello.slot, "A")
+        _, events, end = self.host.chat("hi", max_tokens=3)
+        self.assertNotEqual(end.reason, "Error", events)
+
     def test_image_rejected(self):
         bad_magic = b"NOTEMBER" + self.image[8:64]
         header_len = struct.unpack("<Q", self.image[48:56])[0]

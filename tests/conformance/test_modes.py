@@ -70,17 +70,30 @@ class Enter(ConformanceCase):
         self.prompt()
         self.assertEqual(self.system_prompt(), "kept")
 
-    def test_stray_zero_then_64_bytes(self):
-        # 64 bytes without a delimiter: back to line mode at once, every byte taken as typed.
-        text = "/system " + "q" * 70
+    def test_stray_zero_then_64_bytes_are_held(self):
+        # At the bound: 64 bytes after the 0x00 are held (the frame may still end), and a 0x00
+        # within the second ends a frame, which is not a Hello: dropped, nothing typed.
+        self.command("/system base")
+        text = "/system " + "q" * 56
+        self.assertEqual(len(text), p.MAX_PROBE)
+        self.line.write(b"\x00" + text.encode())
+        self.assertTrue(self.line.nothing_for(0.4), self.line.pending)
         self.line.write(b"\x00")
+        self.assertTrue(self.line.nothing_for(1.2), self.line.pending)
+        self.assertEqual(self.system_prompt(), "base")
+
+    def test_stray_zero_then_65_bytes_are_typed_at_once(self):
+        # Over the bound: the 65th byte ends the wait before its second is up; every byte is
+        # taken as typed.
+        text = "/system " + "q" * 57
+        self.assertEqual(len(text), p.MAX_PROBE + 1)
         start = time.monotonic()
-        self.line.write(text.encode())
-        self.line.read_until(b"q" * 56, timeout=5)
+        self.line.write(b"\x00" + text.encode())
+        self.line.read_until(b"q" * 57, timeout=5)
+        self.assertLess(time.monotonic() - start, 0.9, "typed before the 1 s wait ended")
         self.line.type("\r")
         self.prompt()
-        self.assertEqual(self.system_prompt(), "q" * 70)
-        self.assertLess(time.monotonic() - start, p.PATIENCE)
+        self.assertEqual(self.system_prompt(), "q" * 57)
 
     def test_stray_zero_edits_held_bytes(self):
         # The held bytes are typed: a backspace among them edits.

@@ -132,6 +132,21 @@ class BadFields(ConformanceCase):
         self.host.expect("End", reason="Error", request=seq)
         return seq
 
+    def test_text_below_at_and_over_bound_in_one_session(self):
+        # SetSystem: 1023 and 1024 bytes are taken, 1025 is a BadField.
+        for n, answer in ((p.MAX_TEXT - 1, "Done"), (p.MAX_TEXT, "Done"), (p.MAX_TEXT + 1, None)):
+            with self.subTest(n=n):
+                seq = self.host.send(p.set_system("z" * n))
+                if answer:
+                    self.host.expect(answer)
+                else:
+                    self.host.expect_error("BadField", request=seq)
+        # Chat: 1023 bytes decode (a reply or TooLong: never BadField); 1025 do not.
+        seq, events, end = self.host.chat("z" * (p.MAX_TEXT - 1), max_tokens=1)
+        self.assertNotIn("BadField", [e.code for e in events if e.kind == "Error"], events)
+        self.assertEqual(end.request, seq)
+        self.refused_chat(p.chat("z" * (p.MAX_TEXT + 1)))
+
     def test_text_over_bound(self):
         self.refused_chat(p.chat("x" * (p.MAX_TEXT + 1)))
         self.refused_chat(p.chat("é" * (p.MAX_TEXT // 2) + "x"))
@@ -182,6 +197,24 @@ class BadFields(ConformanceCase):
         seq = self.host.send(p.set_system(b"\xc3\x28"))
         self.host.expect_error("BadField", request=seq)
 
+    def test_flash_fields_at_and_over_their_bounds(self):
+        # On a fixed --model every flash request that decodes gets FlashUnavailable: so a field
+        # at its bound decodes, one byte over it does not (BadField).
+        image = open(p.tiny_image(), "rb").read()
+        sha = bytes(32)
+        for data, code in ((image[:p.MAX_FLASH_DATA - 1], "FlashUnavailable"),
+                           (image[:p.MAX_FLASH_DATA], "FlashUnavailable"),
+                           (image[:p.MAX_FLASH_DATA + 1], "BadField")):
+            with self.subTest(chunk=len(data)):
+                seq = self.host.send(p.flash_chunk(0, 0, data, encoded_len=p.FLASH_BLOCK))
+                self.host.expect_error(code, request=seq)
+        for header, code in ((image[:63], "FlashUnavailable"), (image[:64], "FlashUnavailable"),
+                             (image[:65], "BadField")):
+            with self.subTest(header=len(header)):
+                seq = self.host.send(p.flash_begin(len(image), sha, header))
+                self.host.expect_error(code, request=seq)
+        self.alive_in_frame_mode()
+
     def test_flash_chunk_bad_encoding(self):
         seq = self.host.send(p.flash_chunk(0, 0, b"abc", encoding=2))
         self.host.expect_error("BadField", request=seq)
@@ -200,11 +233,14 @@ class BadSettings(ConformanceCase):
     def test_each_bad_setting(self):
         nan, inf = float("nan"), float("inf")
         cases = [
-            dict(temperature=-0.1), dict(temperature=nan), dict(temperature=inf),
+            dict(temperature=-1.0), dict(temperature=-0.1), dict(temperature=nan),
+            dict(temperature=inf),
             dict(temperature=-inf),
             dict(top_p=0.0), dict(top_p=1.0001), dict(top_p=-0.5), dict(top_p=nan),
             dict(repeat_penalty=0.0), dict(repeat_penalty=-1.0), dict(repeat_penalty=nan),
             dict(repeat_penalty=inf), dict(max_tokens=0),
+            # "an empty stop sequence": BadSetting, not BadField (the Limits table)
+            dict(stop=[""]), dict(stop=["a", ""]),
         ]
         for opts in cases:
             with self.subTest(**{k: repr(v) for k, v in opts.items()}):
