@@ -89,6 +89,18 @@ class Greeting(ConformanceCase):
                 self.host.expect("Goodbye")
                 self.prompt()
 
+    def test_device_numbers_wrap_after_65535(self):
+        # 65536 answers after the Hello (frame 0): the device's numbers go 65535, 0, 1.
+        self.greet()
+        batch = b"".join(self.host.frame_bytes(p.status())[1] for _ in range(1024))
+        for _ in range(64):
+            self.line.write(batch)
+            for _ in range(1024):
+                self.host.expect("Status")
+        self.assertEqual(self.host.events[-1].seq, 0)
+        self.assertEqual([e.seq for e in self.host.events[-3:]], [65534, 65535, 0])
+        self.assertEqual(self.alive_in_frame_mode().seq, 1)
+
     def test_host_seq_is_quoted_not_checked(self):
         self.greet()
         for seq in (1000, 5, 65535, 0, 0):

@@ -72,11 +72,17 @@ class DuringReply(ConformanceCase):
             self.fail("cancel did not land in the prefill: %r" % end)
 
     def test_status_during_reply(self):
-        seq = self.start_reply()
+        before = self.alive_in_frame_mode()
+        seq = self.start_reply(session=before.session)
         self.host.send(p.status())
         events, end = self.rest_of_reply(seq)
-        self.assertIn("Status", [e.kind for e in events])
+        during = [e for e in events if e.kind == "Status"]
+        self.assertEqual(len(during), 1, events)
+        # "the status from before the reply"
+        self.assertEqual(during[0].fields, before.fields)
         self.assertIn(end.reason, ("Length", "Eos"))
+        after = self.alive_in_frame_mode()
+        self.assertEqual((after.turns, after.replies), (before.turns + 1, before.replies + 1))
 
     def test_busy_requests(self):
         # In the same write as the Chat: read while its reply runs, whatever the machine's speed.
