@@ -774,6 +774,11 @@ class Host:
         return seq, events, events[-1]
 
 
+def zero_stats(end):
+    """A refused Chat's End carries zero stats."""
+    return all(v == 0 for v in end.stats.values())
+
+
 def reply_text(events):
     return "".join(ev.text for ev in events if ev.kind == "Token")
 

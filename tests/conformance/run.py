@@ -24,8 +24,8 @@ sys.path.insert(0, HERE)
 import protocol as p  # noqa: E402
 
 # Cases that take seconds: started first, so that the quick ones fill the gaps.
-SLOW = ("Stalled", "test_device_numbers_wrap", "ContextFull", "Flash", "Sentences", "Idle", "DuringReply", "Replies",
-        "SameReplyBothModes", "PersonInterrupted", "Baud", "Enter")
+SLOW = ("Stalled", "test_device_numbers_wrap", "ContextFull", "Flash", "Sentences", "Idle",
+        "DuringReply", "Replies", "SameReplyBothModes", "PersonInterrupted", "Baud", "Enter")
 
 
 def case_ids():

@@ -117,6 +117,7 @@ class DuringReply(ConformanceCase):
             # first reply (before its End).
             self.assertEqual([(e.kind, getattr(e, "code", None) or e.reason) for e in mine],
                              [("Error", "Busy"), ("End", "Error")])
+            self.assertTrue(p.zero_stats(mine[-1]), mine)
             self.host.quiet(0.3)
             self.assertEqual(self.alive_in_frame_mode().turns, 1)
             return
@@ -140,6 +141,7 @@ class DuringReply(ConformanceCase):
         self.assertEqual([e.reason for e in ends if e.request == b], ["Error"])
         # "at once (before the first's End)"
         self.assertEqual([e.request for e in ends], [b, a], ends)
+        self.assertTrue(p.zero_stats(ends[0]), ends)
 
     def test_new_hosts_hello_stops_the_reply(self):
         for attempt in range(3):

@@ -129,7 +129,8 @@ class BadFields(ConformanceCase):
     def refused_chat(self, payload, code="BadField"):
         seq = self.host.send(payload)
         self.host.expect_error(code, request=seq)
-        self.host.expect("End", reason="Error", request=seq)
+        end = self.host.expect("End", reason="Error", request=seq)
+        self.assertTrue(p.zero_stats(end), end)
         return seq
 
     def test_text_below_at_and_over_bound_in_one_session(self):
@@ -246,7 +247,8 @@ class BadSettings(ConformanceCase):
             with self.subTest(**{k: repr(v) for k, v in opts.items()}):
                 seq = self.host.send(p.chat(PROMPT, **opts))
                 self.host.expect_error("BadSetting", request=seq)
-                self.host.expect("End", reason="Error", request=seq)
+                end = self.host.expect("End", reason="Error", request=seq)
+                self.assertTrue(p.zero_stats(end), end)
         st = self.alive_in_frame_mode()
         self.assertEqual(st.turns, 0, "refused chats leave no turn")
 
@@ -266,7 +268,8 @@ class TooLong(ConformanceCase):
         self.greet()
         seq = self.host.send(p.chat("word " * 200))
         self.host.expect_error("TooLong", request=seq)
-        self.host.expect("End", reason="Error", request=seq)
+        end = self.host.expect("End", reason="Error", request=seq)
+        self.assertTrue(p.zero_stats(end), end)
         _, events, end = self.host.chat("hi", max_tokens=2)
         self.assertNotEqual(end.reason, "Error", events)
 
