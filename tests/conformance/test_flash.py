@@ -290,6 +290,7 @@ class FlashSigned(ConformanceCase):
         self.addCleanup(shutil.rmtree, keys, True)
         subprocess.run([ember_binary(), "keygen", "-o", os.path.join(keys, "k")], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.keys = keys
         shutil.copy(os.path.join(keys, "k.pub"), os.path.join(d, "flash.pub"))
         self.start(*self.ARGS, slot_dir=d)
 
@@ -301,6 +302,24 @@ class FlashSigned(ConformanceCase):
             with self.subTest(signature=sig is not None):
                 seq = self.host.send(p.flash_begin(len(image), sha, image[:64], sig))
                 self.host.expect_error("SignatureRejected", request=seq)
+
+    def test_signed_image_accepted(self):
+        # `ember sign` writes the signature as hex (r ‖ s) on its last line.
+        self.greet()
+        image = image_bytes()
+        sig = os.path.join(self.keys, "image.sig")
+        subprocess.run([ember_binary(), "sign", "--key", os.path.join(self.keys, "k.key"), "-o", sig,
+                        p.tiny_image()], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        with open(sig) as f:
+            rs = bytes.fromhex(f.read().split()[-1])
+        self.assertEqual(len(rs), 64)
+        sha = hashlib.sha256(image).digest()
+        self.host.send(p.flash_begin(len(image), sha, image[:64], (rs[:32], rs[32:])))
+        self.assertEqual((self.host.expect("FlashNext").offset, self.host.events[-1].at), (0, 0))
+        # The same signature with another sha256 is refused.
+        seq = self.host.send(p.flash_begin(len(image), bytes(32), image[:64], (rs[:32], rs[32:])))
+        self.host.expect_error("SignatureRejected", request=seq)
 
 
 if __name__ == "__main__":
