@@ -145,6 +145,25 @@ class Flash(ConformanceCase):
         self.begin()
         self.assertTrue(self.same_position(self.next_position(), (0, p.FLASH_BLOCK)))
 
+    def test_resume_after_a_restart(self):
+        # "at least every MiB and at the end": the whole image sent, the device killed and
+        # started again, the same FlashBegin resumes at the end and the commit succeeds.
+        self.begin()
+        self.assertEqual(self.next_position(), (0, 0))
+        self.send_all()
+        self.dev.proc.kill()
+        self.dev.proc.wait()
+        self.start(*self.ARGS, slot_dir=self.slot_dir)
+        hello = self.greet()
+        self.assertEqual(hello.slot, "A")
+        self.begin()
+        last = blocks(self.image)[-1]
+        self.assertTrue(self.same_position(self.next_position(), (last[0], len(last[1]))))
+        self.host.send(p.flash_commit())
+        self.host.expect("FlashStage", stage="Verifying", timeout=60)
+        self.host.expect("FlashStage", stage="Testing", timeout=60)
+        self.assertEqual(self.host.expect("FlashDone", timeout=60).slot, "B")
+
     def test_full_transfer_activates_slot_b(self):
         self.begin()
         self.assertEqual(self.next_position(), (0, 0))
