@@ -230,6 +230,24 @@ class Replies(ConformanceCase):
             return
         self.fail("every reply ended before its Ctrl-C arrived")
 
+    def test_stray_zero_during_reply_ends_by_itself(self):
+        # A 0x00 (and no greeting) during a reply: the reply goes on to its prompt, the wait
+        # ends by itself, and line mode serves the next line.
+        self.command("/system base")
+        self.line.type("Tell me a long story\r")
+        self.line.read_until(b"story\r\n", timeout=5)
+        self.line.write(b"\x00xyz")
+        out = self.prompt()
+        self.assertNotIn(b"\x00", out, "no frame mode")
+        # The held bytes come back as typed once the 1 s is up (or were ignored, typed during
+        # the reply); Ctrl-U clears them either way.
+        self.line.read_quiet(1.5)
+        self.line.type("\x15/system after\r")
+        out = self.prompt()
+        self.assertFalse(is_error(out), out)
+        self.assertNotIn(b"\x00", out)
+        self.assertEqual(self.system_prompt(), "after")
+
     def test_typing_during_reply_is_ignored(self):
         self.command("/system base")
         self.command("/set max_tokens 200")
