@@ -407,8 +407,9 @@ impl fmt::Display for ProtocolError {
             ProtocolError::BadMessage => f.write_str("frame payload is not a known message"),
             ProtocolError::BadFields { variant } => write!(
                 f,
-                "request {variant}'s fields do not decode within their limits (texts of at most \
-                 {MAX_TEXT} bytes, {MAX_STOPS} stop sequences of {MAX_STOP_BYTES} bytes, UTF-8)"
+                "a {}'s fields do not decode within their limits (texts of at most {MAX_TEXT} \
+                 bytes, {MAX_STOPS} stop sequences of {MAX_STOP_BYTES} bytes, UTF-8)",
+                REQUEST_NAMES.get(*variant as usize).unwrap_or(&"request")
             ),
             ProtocolError::TooBig => write!(f, "message does not fit in {MAX_FRAME} bytes"),
         }
@@ -484,6 +485,21 @@ pub fn decode<'a, M: Deserialize<'a>>(payload: &'a [u8]) -> Result<M, ProtocolEr
 /// How many variants [`Request`] has: a payload starting with a smaller index names a known
 /// request.
 pub const REQUEST_VARIANTS: u32 = 12;
+/// [`Request`]'s variant names, by index.
+const REQUEST_NAMES: [&str; REQUEST_VARIANTS as usize] = [
+    "Hello",
+    "Chat",
+    "Cancel",
+    "Reset",
+    "SetSystem",
+    "Status",
+    "Goodbye",
+    "FlashBegin",
+    "FlashChunk",
+    "FlashCommit",
+    "FlashAbort",
+    "SetBaud",
+];
 /// [`Request`]'s variant index of [`Request::Chat`].
 pub const CHAT_VARIANT: u32 = 1;
 
