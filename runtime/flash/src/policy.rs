@@ -5,7 +5,6 @@
 use ed25519_dalek::{Signature, VerifyingKey};
 use ember_core::flash::signed_message;
 use ember_core::protocol;
-use std::path::Path;
 
 /// The file whose presence in the slot directory lets the device take an older image.
 pub const ALLOW_DOWNGRADE_FILE: &str = "allow-downgrade";
@@ -97,11 +96,6 @@ pub fn check_version(image: u32, active: u32, allow_downgrade: bool) -> Result<(
         return Err(Downgrade { image, active });
     }
     Ok(())
-}
-
-/// Whether the operator allows downgrades on the device with the slot directory `dir`.
-pub fn downgrade_allowed(dir: &Path) -> bool {
-    dir.join(ALLOW_DOWNGRADE_FILE).exists()
 }
 
 #[cfg(test)]
