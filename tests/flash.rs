@@ -906,7 +906,7 @@ fn an_image_signed_by_the_second_key_of_flash_pub_is_taken() {
     let slots = slot_dir("flash-rotation", &other);
     let dir = slots.parent().unwrap().to_path_buf();
     let link = dir.join("tty");
-    for name in ["old", "new"] {
+    for name in ["old", "new", "stranger"] {
         stdout_of(&ember(&["keygen", "-o", dir.join(name).to_str().unwrap()]));
     }
     let public = |name: &str| std::fs::read_to_string(dir.join(format!("{name}.pub"))).unwrap();
@@ -929,17 +929,30 @@ fn an_image_signed_by_the_second_key_of_flash_pub_is_taken() {
         "{stderr}"
     );
 
-    // The fleet's old key and its new one: an image signed with the new one is taken.
+    // The fleet's old key and its new one: an image signed with a key of neither is refused,
+    // one signed with the new one is taken.
     std::fs::write(slots.join("flash.pub"), public("old") + &public("new")).unwrap();
     let _device = emberd_on_link(&slots, &link, &[]);
     let image = dir.join("golden.ember");
     std::fs::copy(&golden, &image).unwrap();
-    stdout_of(&ember(&[
-        "sign",
-        image.to_str().unwrap(),
-        "--key",
-        dir.join("new.key").to_str().unwrap(),
-    ]));
+    let sign = |key: &str| {
+        stdout_of(&ember(&[
+            "sign",
+            image.to_str().unwrap(),
+            "--key",
+            dir.join(key).to_str().unwrap(),
+        ]))
+    };
+    sign("stranger.key");
+    let output = flash(&image, &[&link], &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("SignatureRejected") && stderr.contains("this device's public keys"),
+        "{stderr}"
+    );
+    assert_eq!(table(&slots).active, Slot::A);
+    sign("new.key");
     let output = flash(&image, &[&link], &[]);
     assert_eq!(reports(&output)[0]["slot"], "B");
     assert_eq!(ask(&link), probe().1);
