@@ -809,3 +809,151 @@ fn a_fleet_is_flashed_at_once() {
         assert_eq!(ask(port), probe().1);
     }
 }
+
+/// `gguf` made into `dir/name` by `ember quantize --image-version VERSION`.
+fn quantized(gguf: &Path, version: u32, dir: &Path, name: &str) -> PathBuf {
+    let image = dir.join(name);
+    stdout_of(&ember(&[
+        "quantize",
+        gguf.to_str().unwrap(),
+        "-o",
+        image.to_str().unwrap(),
+        "--image-version",
+        &version.to_string(),
+        "--quiet",
+        "--no-report",
+    ]));
+    image
+}
+
+#[test]
+fn an_older_image_is_refused_and_the_device_keeps_the_newer() {
+    let (_, other) = images();
+    let slots = slot_dir("flash-downgrade", &other);
+    let dir = slots.parent().unwrap().to_path_buf();
+    let link = dir.join("tty");
+    let (_, reply) = probe();
+    let newer = quantized(&ember_e2e::tiny_model(), 2, &dir, "golden-2.ember");
+    let older = quantized(
+        &other.with_file_name("other.gguf"),
+        1,
+        &dir,
+        "other-1.ember",
+    );
+    let inspected = ember_e2e::last_json_line(&stdout_of(&ember(&[
+        "inspect",
+        newer.to_str().unwrap(),
+        "--json",
+    ])));
+    assert_eq!(inspected["image_version"], 2, "{inspected}");
+    let _device = emberd_on_link(&slots, &link, &[]);
+
+    // Version 2 over the image made before versions (0).
+    let output = flash(&newer, &[&link], &[]);
+    assert_eq!(reports(&output)[0]["slot"], "B");
+    assert_eq!(ask(&link), reply);
+
+    // Version 1 is refused before any block is sent, with its own code.
+    let output = flash(&older, &[&link], &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("(Downgrade)")
+            && stderr.contains("image version 1 is older than the active image's version 2"),
+        "{stderr}"
+    );
+
+    // A begin whose header claims a newer version is taken; the commit reads the version from
+    // the verified image and refuses it.
+    let bytes = std::fs::read(&older).unwrap();
+    let mut begin = begin_for(&bytes);
+    begin.header[56] = 9;
+    let mut client = connect(&link);
+    client.send(&Request::FlashBegin(begin)).unwrap();
+    assert_eq!(answer(&mut client), Event::FlashNext(Position::default()));
+    for chunk in raw_chunks(&bytes) {
+        client.send(&Request::FlashChunk(chunk)).unwrap();
+        assert!(matches!(answer(&mut client), Event::FlashNext(_)));
+    }
+    client.send(&Request::FlashCommit).unwrap();
+    let detail = loop {
+        match answer(&mut client) {
+            Event::FlashStage { .. } => {}
+            Event::Error {
+                code: ErrorCode::Downgrade,
+                detail,
+                ..
+            } => break detail,
+            event => panic!("expected a downgrade refusal, got {event:?}"),
+        }
+    };
+    assert!(detail.contains("image version 1 is older"), "{detail}");
+    drop(client);
+    let state = table(&slots);
+    assert_eq!((state.active, state.incoming), (Slot::B, None));
+    assert_eq!(ask(&link), reply, "the device still serves version 2");
+
+    // The operator allows it on the device.
+    std::fs::write(slots.join("allow-downgrade"), "").unwrap();
+    let output = flash(&older, &[&link], &[]);
+    assert_eq!(reports(&output)[0]["slot"], "A");
+    assert_ne!(ask(&link), reply);
+}
+
+#[test]
+fn an_image_signed_by_the_second_key_of_flash_pub_is_taken() {
+    let (golden, other) = images();
+    let slots = slot_dir("flash-rotation", &other);
+    let dir = slots.parent().unwrap().to_path_buf();
+    let link = dir.join("tty");
+    for name in ["old", "new", "stranger"] {
+        stdout_of(&ember(&["keygen", "-o", dir.join(name).to_str().unwrap()]));
+    }
+    let public = |name: &str| std::fs::read_to_string(dir.join(format!("{name}.pub"))).unwrap();
+    // A line that is not a key stops emberd, named.
+    std::fs::write(
+        slots.join("flash.pub"),
+        format!("{}not a key\n", public("old")),
+    )
+    .unwrap();
+    let output = Command::new(binary("emberd"))
+        .arg("--slot-dir")
+        .arg(&slots)
+        .arg("--pty")
+        .output()
+        .expect("emberd runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("flash.pub: line 3 is not an ed25519 public key"),
+        "{stderr}"
+    );
+
+    // The fleet's old key and its new one: an image signed with a key of neither is refused,
+    // one signed with the new one is taken.
+    std::fs::write(slots.join("flash.pub"), public("old") + &public("new")).unwrap();
+    let _device = emberd_on_link(&slots, &link, &[]);
+    let image = dir.join("golden.ember");
+    std::fs::copy(&golden, &image).unwrap();
+    let sign = |key: &str| {
+        stdout_of(&ember(&[
+            "sign",
+            image.to_str().unwrap(),
+            "--key",
+            dir.join(key).to_str().unwrap(),
+        ]))
+    };
+    sign("stranger.key");
+    let output = flash(&image, &[&link], &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("SignatureRejected") && stderr.contains("this device's public keys"),
+        "{stderr}"
+    );
+    assert_eq!(table(&slots).active, Slot::A);
+    sign("new.key");
+    let output = flash(&image, &[&link], &[]);
+    assert_eq!(reports(&output)[0]["slot"], "B");
+    assert_eq!(ask(&link), probe().1);
+}

@@ -8,12 +8,19 @@
 //!     12     4  manifest length in bytes (u32)
 //!     16    32  SHA-256 of the manifest bytes
 //!     48     8  total file length (u64)
-//!     56     8  reserved, zero
+//!     56     4  image version (u32), a copy of the manifest's (0 in images made before it)
+//!     60     4  reserved, zero
 //!     64     …  manifest (postcard), then the sections, each starting on a 64-byte boundary
 //! ```
 //!
 //! The header is read without allocation; the [`Manifest`] (with `alloc`) describes the model and
 //! lists every section with its offset, length and SHA-256.
+//!
+//! The *image version* is the release counter of one image (`ember quantize --image-version`),
+//! not the format version: a device refuses an image older than the one it serves. It lives in
+//! the manifest (so it is part of the model hash) and, copied, in the header (so a device can
+//! refuse an older image from its header alone, before receiving it); [`ImageHeader::parse`]
+//! reads it, and a full parse checks that both agree.
 
 use core::fmt;
 
@@ -47,7 +54,8 @@ pub enum ImageError {
     BadMagic,
     /// An image format version this build does not read.
     UnsupportedVersion(u16),
-    /// Reserved header bytes are not zero, or the manifest length is implausible.
+    /// Reserved header bytes are not zero, the manifest length is implausible, or the header's
+    /// image version is not the manifest's.
     CorruptHeader,
     /// The file is longer than its header says (something was appended or overwritten).
     TrailingBytes {
@@ -110,6 +118,8 @@ pub struct ImageHeader {
     pub manifest_sha256: [u8; 32],
     /// Length of the whole file.
     pub file_len: u64,
+    /// The image version (the manifest's, copied here).
+    pub image_version: u32,
 }
 
 impl ImageHeader {
@@ -138,7 +148,8 @@ impl ImageHeader {
         let mut len = [0u8; 8];
         len.copy_from_slice(&bytes[48..56]);
         let file_len = u64::from_le_bytes(len);
-        let reserved_zero = bytes[10..12].iter().chain(&bytes[56..64]).all(|&b| b == 0);
+        let image_version = u32::from_le_bytes([bytes[56], bytes[57], bytes[58], bytes[59]]);
+        let reserved_zero = bytes[10..12].iter().chain(&bytes[60..64]).all(|&b| b == 0);
         if !reserved_zero
             || manifest_len > MAX_MANIFEST_LEN
             || file_len < HEADER_LEN as u64 + manifest_len as u64
@@ -150,6 +161,7 @@ impl ImageHeader {
             manifest_len,
             manifest_sha256,
             file_len,
+            image_version,
         })
     }
 
@@ -161,6 +173,7 @@ impl ImageHeader {
         out[12..16].copy_from_slice(&self.manifest_len.to_le_bytes());
         out[16..48].copy_from_slice(&self.manifest_sha256);
         out[48..56].copy_from_slice(&self.file_len.to_le_bytes());
+        out[56..60].copy_from_slice(&self.image_version.to_le_bytes());
         out
     }
 
@@ -202,6 +215,11 @@ mod manifest {
         pub sections: Vec<SectionEntry>,
         /// What a device runs before it switches to this image.
         pub self_test: SelfTest,
+        /// The image's release counter: a device refuses an image whose version is lower than
+        /// its active image's. Encoded after the other fields, and only when it is not 0, so
+        /// images made before it existed decode as version 0 (see [`Manifest::to_bytes`]).
+        #[serde(skip)]
+        pub image_version: u32,
     }
 
     /// A prompt and the tokens the int8 engine generated for it greedily when the image was
@@ -483,15 +501,28 @@ mod manifest {
     }
 
     impl Manifest {
-        /// Encodes the manifest (postcard).
+        /// Encodes the manifest (postcard), followed by the image version as a varint unless
+        /// it is 0.
         pub fn to_bytes(&self) -> Vec<u8> {
             // Serializing plain data into a Vec cannot fail.
-            postcard::to_allocvec(self).unwrap_or_default()
+            let mut bytes = postcard::to_allocvec(self).unwrap_or_default();
+            if self.image_version != 0 {
+                bytes.extend(postcard::to_allocvec(&self.image_version).unwrap_or_default());
+            }
+            bytes
         }
 
-        /// Decodes a manifest.
+        /// Decodes a manifest: its fields, then the image version if bytes follow (0 if not).
         pub fn from_bytes(bytes: &[u8]) -> Result<Self, ImageError> {
-            postcard::from_bytes(bytes).map_err(|_| ImageError::BadManifest)
+            let (mut manifest, rest): (Manifest, _) =
+                postcard::take_from_bytes(bytes).map_err(|_| ImageError::BadManifest)?;
+            if !rest.is_empty() {
+                match postcard::take_from_bytes(rest) {
+                    Ok((version, [])) => manifest.image_version = version,
+                    _ => return Err(ImageError::BadManifest),
+                }
+            }
+            Ok(manifest)
         }
 
         /// The section called `name`.

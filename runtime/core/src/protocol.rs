@@ -382,6 +382,9 @@ pub enum ErrorCode {
     /// A known request whose fields do not decode within their limits (a text over
     /// [`MAX_TEXT`] bytes, too many or too long stop sequences, bad UTF-8, trailing bytes).
     BadField,
+    /// The image's version is lower than the active image's and the device does not allow
+    /// downgrades (its operator can, on the device: `SLOT_DIR/allow-downgrade`).
+    Downgrade,
 }
 
 /// Why a message could not be encoded or decoded.
@@ -649,6 +652,7 @@ mod tests {
                 ErrorCode::Storage,
                 ErrorCode::ChunkRejected,
                 ErrorCode::BadField,
+                ErrorCode::Downgrade,
             ];
             let slot = |g: &mut Gen| if bool::arbitrary(g) { Slot::A } else { Slot::B };
             let outcomes = [

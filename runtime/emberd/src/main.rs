@@ -41,7 +41,9 @@ struct Args {
     #[arg(long, conflicts_with = "slot_dir")]
     model: Option<PathBuf>,
     /// Model slots: serve the active one, take new images over the line into the other (default
-    /// with --board: its slot_dir); a SLOT_DIR/flash.pub key admits signed images only.
+    /// with --board: its slot_dir). SLOT_DIR/flash.pub (public keys, one a line) admits images
+    /// signed by one of them only; an image older than the active one (its --image-version) is
+    /// refused unless the file SLOT_DIR/allow-downgrade exists.
     #[arg(long, value_name = "SLOT_DIR")]
     slot_dir: Option<PathBuf>,
     /// Serial device, e.g. /dev/ttyAMA0 or /dev/ttyUSB0.

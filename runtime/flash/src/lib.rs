@@ -4,14 +4,16 @@
 //! SLOT_DIR/slot-a.ember   an image (the first install puts it here)
 //! SLOT_DIR/slot-b.ember   the other slot
 //! SLOT_DIR/slots.state    which slot is active, the transfer under way (ember_core::flash::SlotTable)
-//! SLOT_DIR/flash.pub      optional: the ed25519 public key images must be signed with (hex)
+//! SLOT_DIR/flash.pub      optional: the ed25519 public keys images must be signed with (hex, one a line)
+//! SLOT_DIR/allow-downgrade  optional: take images older than the active one
 //! ```
 //!
 //! [`SlotDir`] receives an image block by block into the slot that is not active, records its
 //! progress so a transfer resumes after a restart, and verifies the whole image on commit. The
 //! state file is replaced atomically (written to a temporary file, synced, renamed, directory
 //! synced), so a device that loses power at any moment finds either the old table or the new
-//! one. The rules are in [`ember_core::flash`].
+//! one. The rules are in [`ember_core::flash`]; which images are taken (signatures, versions)
+//! in [`policy`].
 //!
 //! Every file operation goes through a [`Storage`]: [`StdStorage`] is the real file system;
 //! with the `testing` feature, `MemoryStorage` simulates one that loses power after any step
@@ -21,26 +23,27 @@
 
 #[cfg(feature = "testing")]
 mod memory;
+pub mod policy;
 mod storage;
 
 #[cfg(feature = "testing")]
 pub use memory::{MemoryFile, MemoryStorage};
 pub use storage::{StdStorage, Storage, StorageFile};
 
-use ed25519_dalek::{Signature as Ed25519Signature, VerifyingKey};
 use ember_core::flash::{
     BlockEncoding, FlashOutcome, Incoming, MAX_SLOT_TABLE, Position, Slot, SlotTable,
-    SlotTableError, block_len, signed_message,
+    SlotTableError, block_len,
 };
 use ember_core::frame::crc32;
-use ember_core::image::{ImageError, ImageHeader};
+use ember_core::image::{HEADER_LEN, ImageError, ImageHeader};
 use ember_core::protocol::{self, ErrorCode, Event, FlashBegin, FlashChunk, FlashStage, Request};
+use policy::{Downgrade, KeyFileError, TrustedKeys};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// The slot table's file in the slot directory.
 pub const TABLE_FILE: &str = "slots.state";
-/// The trusted public key's file in the slot directory.
+/// The trusted public keys' file in the slot directory.
 pub const KEY_FILE: &str = "flash.pub";
 /// Received bytes are synced and recorded at least this often: what a restart can lose.
 pub const PERSIST_EVERY: u64 = 1 << 20;
@@ -56,13 +59,13 @@ pub enum FlashError {
         .0.display(), .0.display()
     )]
     NoModel(PathBuf),
-    /// The public key file is not an ed25519 key.
-    #[error("{} is not an ed25519 public key (64 hex digits): {reason}", path.display())]
+    /// The public key file is not a list of ed25519 keys.
+    #[error("{}: {source}", path.display())]
     BadKey {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        reason: String,
+        source: KeyFileError,
     },
     /// The slot table does not read.
     #[error("{} is damaged", path.display())]
@@ -102,9 +105,12 @@ pub enum FlashError {
     /// The device requires a signature and the image has none.
     #[error("this device only takes signed images and the image is unsigned")]
     Unsigned,
-    /// The signature does not verify with the device's key.
-    #[error("the image's signature does not verify with this device's public key")]
+    /// The signature does not verify with any of the device's keys.
+    #[error("the image's signature does not verify with this device's public keys")]
     BadSignature,
+    /// The image is older than the active one and the device does not allow downgrades.
+    #[error(transparent)]
+    Downgrade(#[from] Downgrade),
     /// A chunk was damaged or does not fit its block.
     #[error("chunk refused: {0}")]
     BadChunk(String),
@@ -130,6 +136,7 @@ impl FlashError {
             FlashError::HashMismatch => ErrorCode::HashMismatch,
             FlashError::Unsigned | FlashError::BadSignature => ErrorCode::SignatureRejected,
             FlashError::BadChunk(_) => ErrorCode::ChunkRejected,
+            FlashError::Downgrade(_) => ErrorCode::Downgrade,
             FlashError::NoModel(_)
             | FlashError::BadKey { .. }
             | FlashError::Table { .. }
@@ -163,21 +170,14 @@ fn decode_hex_text(text: &str) -> Option<Vec<u8>> {
     decode_hex(&hex)
 }
 
-/// Reads a public key file: 64 hex digits (blank lines and `#` comments are ignored).
-pub fn read_public_key(storage: &impl Storage, path: &Path) -> Result<VerifyingKey, FlashError> {
-    let bad = |reason: &str| FlashError::BadKey {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    };
+/// Reads a public key file: one key of 64 hex digits per line (blank lines and `#` comments
+/// are ignored); an error names the first line that is not a key.
+pub fn read_public_keys(storage: &impl Storage, path: &Path) -> Result<TrustedKeys, FlashError> {
     let text = storage.read(path).map_err(io("read", path))?;
-    let bytes = std::str::from_utf8(&text)
-        .ok()
-        .and_then(decode_hex_text)
-        .ok_or_else(|| bad("not hex"))?;
-    let bytes: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| bad("not 32 bytes (64 hex digits)"))?;
-    VerifyingKey::from_bytes(&bytes).map_err(|_| bad("not a point of Ed25519"))
+    TrustedKeys::parse(&String::from_utf8_lossy(&text)).map_err(|source| FlashError::BadKey {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Bytes from lower- or upper-case hex, or `None`.
@@ -253,7 +253,7 @@ pub struct SlotDir<S: Storage = StdStorage> {
     storage: S,
     dir: PathBuf,
     table: SlotTable,
-    key: Option<VerifyingKey>,
+    keys: Option<TrustedKeys>,
     transfer: Option<Transfer<S::File>>,
     /// Largest image the device's memory can serve (from its board profile), if known.
     max_image: Option<u64>,
@@ -268,7 +268,7 @@ impl SlotDir {
 
 impl<S: Storage> SlotDir<S> {
     /// Opens `dir` in `storage`: reads the slot table (a first start with `slot-a.ember` and no
-    /// table makes one), and the public key if `flash.pub` exists. A trial that was under way
+    /// table makes one), and the public keys if `flash.pub` exists. A trial that was under way
     /// when the device stopped is recorded as interrupted (see [`SlotTable::at_boot`]). The
     /// active slot is then the image to boot.
     pub fn open_with(
@@ -286,15 +286,15 @@ impl<S: Storage> SlotDir<S> {
             Err(e) => return Err(io("read", &table_path)(e)),
         };
         let key_path = dir.join(KEY_FILE);
-        let key = exists(&storage, &key_path)?
-            .then(|| read_public_key(&storage, &key_path))
+        let keys = exists(&storage, &key_path)?
+            .then(|| read_public_keys(&storage, &key_path))
             .transpose()?;
         let table_exists = exists(&storage, &table_path)?;
         let mut slots = SlotDir {
             storage,
             dir: dir.to_path_buf(),
             table: SlotTable::new(),
-            key,
+            keys,
             transfer: None,
             max_image,
         };
@@ -321,7 +321,7 @@ impl<S: Storage> SlotDir<S> {
 
     /// Whether images must be signed.
     pub fn requires_signature(&self) -> bool {
-        self.key.is_some()
+        self.keys.is_some()
     }
 
     /// The file of `slot`.
@@ -344,7 +344,8 @@ impl<S: Storage> SlotDir<S> {
 
     /// Starts receiving the image `begin` declares, or resumes receiving it: returns the position
     /// the device needs first. The image is refused here if its header is unusable, its length
-    /// disagrees with its header, it is too large, or its signature is missing or wrong.
+    /// disagrees with its header, its signature is missing or wrong, its header's version is
+    /// older than the active image's ([`policy::check_version`]), or it is too large.
     pub fn begin(&mut self, begin: &FlashBegin) -> Result<Position, FlashError> {
         let header = ImageHeader::parse(&begin.header).map_err(FlashError::Rejected)?;
         if header.file_len != begin.image_len {
@@ -360,15 +361,13 @@ impl<S: Storage> SlotDir<S> {
                 }
             }));
         }
-        if let Some(key) = &self.key {
+        if let Some(keys) = &self.keys {
             let signature = begin.signature.ok_or(FlashError::Unsigned)?;
-            let message = signed_message(&begin.sha256, begin.image_len);
-            key.verify_strict(
-                &message,
-                &Ed25519Signature::from_bytes(&signature.to_bytes()),
-            )
-            .map_err(|_| FlashError::BadSignature)?;
+            if !keys.verify(&begin.sha256, begin.image_len, &signature) {
+                return Err(FlashError::BadSignature);
+            }
         }
+        self.check_version(header.image_version)?;
         let slot = self.table.active.other();
         let path = self.path(slot);
         if let Some(limit) = self.max_image
@@ -571,8 +570,8 @@ impl<S: Storage> SlotDir<S> {
     }
 
     /// Checks the received image (every block, its SHA-256, its header, manifest and section
-    /// hashes) and marks it for its trial boot; returns its slot. `verifying` is called once the
-    /// image is known to be complete, before the (slow) hashing. A hash mismatch forgets the
+    /// hashes, its version) and marks it for its trial boot; returns its slot. `verifying` is
+    /// called once the image is known to be complete, before the (slow) hashing. A hash mismatch forgets the
     /// transfer: what arrived is not what was declared, so resuming it cannot help.
     pub fn commit(&mut self, verifying: impl FnOnce()) -> Result<Slot, FlashError> {
         let incoming = match (&self.transfer, &self.table.incoming) {
@@ -597,10 +596,14 @@ impl<S: Storage> SlotDir<S> {
             self.abort()?;
             return Err(FlashError::HashMismatch);
         }
-        if let Err(e) = ember_image::parse(&map, true) {
+        // The version again, from the verified image (the header of the begin was not).
+        let checked = ember_image::parse(&map, true)
+            .map_err(FlashError::Rejected)
+            .and_then(|manifest| self.check_version(manifest.image_version));
+        if let Err(e) = checked {
             drop(map);
             self.abort()?;
-            return Err(FlashError::Rejected(e));
+            return Err(e);
         }
         self.transfer = None;
         let mut table = self.table.clone();
@@ -611,6 +614,36 @@ impl<S: Storage> SlotDir<S> {
         table.trial = Some(incoming.slot);
         self.store(&table)?;
         Ok(incoming.slot)
+    }
+
+    /// Refuses an image of version `image` older than the active image, unless the operator
+    /// allows downgrades (`SLOT_DIR/allow-downgrade`, looked for at each check). An active image
+    /// whose header does not parse counts as version 0; a file that cannot be read is a storage
+    /// error (the check fails closed).
+    fn check_version(&self, image: u32) -> Result<(), FlashError> {
+        let path = self.active_path();
+        let bytes = self.storage.map(&path).map_err(io("read", &path))?;
+        let active = bytes
+            .get(..HEADER_LEN)
+            .and_then(|header| ImageHeader::parse(header).ok())
+            .map_or_else(
+                || {
+                    log::warn!("flash: {} has no image header: version 0", path.display());
+                    0
+                },
+                |header| header.image_version,
+            );
+        drop(bytes);
+        let allow = self.dir.join(policy::ALLOW_DOWNGRADE_FILE);
+        let allowed = exists(&self.storage, &allow)?;
+        policy::check_version(image, active, allowed)?;
+        if image < active {
+            log::warn!(
+                "flash: taking image version {image} over {active}: {} exists",
+                allow.display()
+            );
+        }
+        Ok(())
     }
 
     /// The slot on trial passed its self-test: it becomes the active slot.
@@ -722,12 +755,18 @@ mod tests {
 
     /// `len` bytes that compress somewhat, with a header that declares `len`.
     fn image(len: usize) -> Vec<u8> {
+        image_of_version(len, 0)
+    }
+
+    /// [`image`] with a header that declares image version `version`.
+    fn image_of_version(len: usize, version: u32) -> Vec<u8> {
         let mut bytes: Vec<u8> = (0..len).map(|i| ((i * 7919) % 251 / 3) as u8).collect();
         let header = ImageHeader {
             version: ember_core::image::IMAGE_VERSION,
             manifest_len: 0,
             manifest_sha256: [0; 32],
             file_len: len as u64,
+            image_version: version,
         };
         bytes[..64].copy_from_slice(&header.to_bytes());
         bytes
@@ -899,11 +938,14 @@ mod tests {
             slots.begin(&begin(&image(1000))),
             Err(FlashError::Unsigned)
         ));
-        std::fs::write(dir.join(KEY_FILE), "not hex").unwrap();
-        assert!(matches!(
-            SlotDir::open(&dir, None),
-            Err(FlashError::BadKey { .. })
-        ));
+        std::fs::write(dir.join(KEY_FILE), format!("{public}\nnot hex\n")).unwrap();
+        let error = SlotDir::open(&dir, None).err().unwrap();
+        assert!(
+            error.to_string().ends_with(
+                "flash.pub: line 2 is not an ed25519 public key (64 hex digits): not hex"
+            ),
+            "{error}"
+        );
         std::fs::remove_file(dir.join(KEY_FILE)).unwrap();
         std::fs::write(dir.join(TABLE_FILE), b"EMST garbage").unwrap();
         assert!(matches!(
@@ -916,5 +958,87 @@ mod tests {
             SlotDir::open(&dir, None),
             Err(FlashError::NoModel(_))
         ));
+    }
+
+    #[test]
+    fn an_image_older_than_the_active_one_is_refused_unless_the_operator_allows_it() {
+        let dir = slots("versions");
+        std::fs::write(dir.join("slot-a.ember"), &image_of_version(1000, 5)[..64]).unwrap();
+        let mut slots = SlotDir::open(&dir, None).unwrap();
+        let older = begin(&image_of_version(1000, 4));
+        let error = slots.begin(&older).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                FlashError::Downgrade(Downgrade {
+                    image: 4,
+                    active: 5
+                })
+            ),
+            "{error:?}"
+        );
+        assert_eq!(slots.table().incoming, None);
+        let mut events = Vec::new();
+        slots.answer(&Request::FlashBegin(older.clone()), &mut |e| {
+            events.push(e.clone())
+        });
+        assert!(
+            matches!(
+                events.as_slice(),
+                [Event::Error {
+                    code: ErrorCode::Downgrade,
+                    ..
+                }]
+            ),
+            "{events:?}"
+        );
+        // The same version (the same build again) and newer ones are taken.
+        for version in [5, 6] {
+            let start = slots.begin(&begin(&image_of_version(1000, version)));
+            assert_eq!(start.unwrap(), Position::default());
+        }
+        // The operator's file on the device allows it, while it exists.
+        let allow = dir.join(policy::ALLOW_DOWNGRADE_FILE);
+        std::fs::write(&allow, "").unwrap();
+        assert_eq!(slots.begin(&older).unwrap(), Position::default());
+        std::fs::remove_file(&allow).unwrap();
+        assert!(slots.begin(&older).is_err());
+    }
+
+    #[test]
+    fn an_image_signed_by_any_key_of_flash_pub_is_taken() {
+        let dir = slots("keys");
+        let [old, new, stranger] =
+            [1u8, 2, 3].map(|seed| ed25519_dalek::SigningKey::from_bytes(&[seed; 32]));
+        let hex = |key: &ed25519_dalek::SigningKey| -> String {
+            let public = key.verifying_key();
+            public
+                .as_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        std::fs::write(
+            dir.join(KEY_FILE),
+            format!("# old\n{}\n# new\n{}\n", hex(&old), hex(&new)),
+        )
+        .unwrap();
+        let mut slots = SlotDir::open(&dir, None).unwrap();
+        let bytes = image(1000);
+        let signed = |key: &ed25519_dalek::SigningKey| {
+            use ed25519_dalek::Signer;
+            let mut request = begin(&bytes);
+            let message = ember_core::flash::signed_message(&request.sha256, request.image_len);
+            let signature = key.sign(&message).to_bytes();
+            request.signature = Some(protocol::Signature::from_bytes(&signature));
+            request
+        };
+        assert!(matches!(
+            slots.begin(&signed(&stranger)),
+            Err(FlashError::BadSignature)
+        ));
+        for key in [&new, &old] {
+            assert_eq!(slots.begin(&signed(key)).unwrap(), Position::default());
+        }
     }
 }

@@ -4,29 +4,47 @@
 //! of steps of the whole flash. Powered on again, it must open its slot directory, boot an
 //! image whose every section hash matches — the old one, or the new one once activated, never
 //! neither — and take a new flash to the end.
+//!
+//! The device holds two keys in `flash.pub` and the new image, signed by the second one, is a
+//! later version than the old: reading the keys, the active image's version and
+//! `allow-downgrade` go through the same storage as the rest.
 
 mod common;
 
-use common::{Flash, booted, image};
+use common::{Flash, booted, key, versioned_image};
 use ember_core::flash::{FlashOutcome, SlotTable};
 use ember_core::protocol::ErrorCode;
-use ember_flash::{FlashError, MemoryStorage, PERSIST_EVERY, SlotDir, Storage, TABLE_FILE};
+use ember_flash::{
+    FlashError, KEY_FILE, MemoryStorage, PERSIST_EVERY, SlotDir, Storage, TABLE_FILE,
+};
 use std::path::Path;
 use std::sync::OnceLock;
 
 const DIR: &str = "/var/lib/ember";
 
-/// The image a device starts with, and the one flashed (2.2 MiB: 35 blocks, progress recorded
-/// at 1 MiB, 2 MiB and the end).
+/// The image a device starts with (version 1), and the one flashed (version 2, signed with the
+/// fleet's second key; 2.2 MiB: 35 blocks, progress recorded at 1 MiB, 2 MiB and the end).
 fn images() -> &'static (Vec<u8>, Flash) {
     static IMAGES: OnceLock<(Vec<u8>, Flash)> = OnceLock::new();
-    IMAGES.get_or_init(|| (image("old", 50_000), Flash::new(image("new", 576_000))))
+    IMAGES.get_or_init(|| {
+        let new = Flash::new(versioned_image("new", 576_000, 2)).signed(&key(2).0);
+        (versioned_image("old", 50_000, 1), new)
+    })
 }
 
-/// A device that was installed with the old image in slot A (and has never started).
+/// The old image signed with the fleet's first key, as a host would flash it back.
+fn old_signed() -> &'static Flash {
+    static OLD: OnceLock<Flash> = OnceLock::new();
+    OLD.get_or_init(|| Flash::new(images().0.clone()).signed(&key(1).0))
+}
+
+/// A device that was installed with the old image in slot A and the fleet's two keys (and has
+/// never started).
 fn installed() -> MemoryStorage {
     let disk = MemoryStorage::new();
     disk.install(&Path::new(DIR).join("slot-a.ember"), &images().0);
+    let keys = format!("# fleet\n{}\n# fleet, 2026-12\n{}\n", key(1).1, key(2).1);
+    disk.install(&Path::new(DIR).join(KEY_FILE), keys.as_bytes());
     disk
 }
 
@@ -151,8 +169,11 @@ fn cut_everywhere(
         slots.activate().expect("activate");
         drop(slots);
         disk.power_cycle();
-        let slots = open(&disk).expect("open after the new flash");
+        let mut slots = open(&disk).expect("open after the new flash");
         assert!(booted(&disk, &slots) == new.bytes, "cut at {n}: new image");
+        // And the old image, signed too, is now a downgrade.
+        let e = slots.begin(old_signed().begin()).expect_err("a downgrade");
+        assert!(matches!(e, FlashError::Downgrade(_)), "cut at {n}: {e}");
         covered.cut_points += 1;
     }
     eprintln!("{name}, {cut:?}: {total} steps, {covered:?}");

@@ -54,8 +54,8 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// Checks an image held in memory: header, length, manifest hash, section bounds and alignment,
-/// tensor bounds. With `verify_sections` also every section's SHA-256.
+/// Checks an image held in memory: header, length, manifest hash, the header's image version
+/// against the manifest's, section bounds and alignment, tensor bounds. With `verify_sections` also every section's SHA-256.
 pub fn parse(bytes: &[u8], verify_sections: bool) -> Result<Manifest, ImageError> {
     let header = ImageHeader::parse(bytes)?;
     let found = bytes.len() as u64;
@@ -76,6 +76,9 @@ pub fn parse(bytes: &[u8], verify_sections: bool) -> Result<Manifest, ImageError
         return Err(ImageError::ManifestHashMismatch);
     }
     let manifest = Manifest::from_bytes(manifest_bytes)?;
+    if manifest.image_version != header.image_version {
+        return Err(ImageError::CorruptHeader);
+    }
     let data_start = HEADER_LEN as u64 + header.manifest_len as u64;
     for section in &manifest.sections {
         let end = section.offset.checked_add(section.length);
@@ -553,6 +556,7 @@ pub fn assemble(manifest: &mut Manifest, bodies: &[(&str, &[u8])]) -> Vec<u8> {
         manifest_len: manifest_bytes.len() as u32,
         manifest_sha256: sha256(&manifest_bytes),
         file_len: last,
+        image_version: manifest.image_version,
     };
     let mut out = Vec::with_capacity(last as usize);
     out.extend_from_slice(&header.to_bytes());

@@ -2,8 +2,8 @@
 //! never a panic.
 
 use ember_core::image::{
-    Architecture, ImageError, Manifest, SamplingDefaults, SelfTest, TensorEncoding, TokenizerData,
-    TokenizerSpec,
+    Architecture, ImageError, ImageHeader, Manifest, SamplingDefaults, SelfTest, TensorEncoding,
+    TokenizerData, TokenizerSpec,
 };
 use ember_image::{EncodedTensor, Image, ImageWriter, decode_tensor, parse};
 use quickcheck::{QuickCheck, TestResult};
@@ -45,6 +45,7 @@ fn manifest() -> Manifest {
             prompt: "a".into(),
             tokens: vec![0, 0],
         },
+        image_version: 0,
     }
 }
 
@@ -134,6 +135,42 @@ fn damage_is_named() {
     bad[last] ^= 0x40;
     assert_eq!(error(&bad), ImageError::SectionHashMismatch);
     assert!(parse(&bad, false).is_ok(), "structure alone is still fine");
+}
+
+#[test]
+fn the_image_version_is_in_the_manifest_and_copied_in_the_header() {
+    let unversioned = manifest();
+    let versioned = Manifest {
+        image_version: 300,
+        ..manifest()
+    };
+    // Version 0 adds nothing: images made before the field existed read as version 0.
+    let old = unversioned.to_bytes();
+    assert_eq!(Manifest::from_bytes(&old).unwrap().image_version, 0);
+    let new = versioned.to_bytes();
+    assert_eq!(new[..old.len()], old[..]);
+    assert_eq!(new[old.len()..], [0xac, 0x02], "300 as a varint");
+    assert_eq!(Manifest::from_bytes(&new).unwrap(), versioned);
+    let mut trailing = new.clone();
+    trailing.push(0);
+    assert_eq!(
+        Manifest::from_bytes(&trailing),
+        Err(ImageError::BadManifest)
+    );
+
+    let mut writer = ImageWriter::new(versioned, vocabulary());
+    let bytes = writer.to_bytes();
+    assert_eq!(parse(&bytes, true).unwrap().image_version, 300);
+    let header = ImageHeader::parse(&bytes).unwrap();
+    assert_eq!(header.image_version, 300);
+    assert_eq!(bytes[56..64], [0x2c, 0x01, 0, 0, 0, 0, 0, 0]);
+    // A header whose copy disagrees with the manifest is corrupt.
+    let mut bad = bytes.clone();
+    bad[56] = 0x2d;
+    assert_eq!(parse(&bad, false), Err(ImageError::CorruptHeader));
+    let mut bad = bytes;
+    bad[60] = 1;
+    assert_eq!(ImageHeader::parse(&bad), Err(ImageError::CorruptHeader));
 }
 
 #[test]

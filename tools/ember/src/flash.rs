@@ -70,7 +70,7 @@ pub fn keygen(name: &Path) -> Result<(PathBuf, PathBuf)> {
     std::fs::write(
         &public_path,
         format!(
-            "# Ember image signing key (ed25519 public): install as SLOT_DIR/flash.pub\n{}\n",
+            "# Ember image signing key (ed25519 public): a line of SLOT_DIR/flash.pub\n{}\n",
             hex(key.verifying_key().as_bytes())
         ),
     )

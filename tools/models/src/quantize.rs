@@ -161,6 +161,7 @@ fn manifest_and_vocabulary(
     file: &GgufFile,
     vocabulary: &Vocabulary<'_>,
     scheme: Scheme,
+    image_version: u32,
 ) -> Result<(Manifest, TokenizerData)> {
     let m = file.metadata();
     let architecture = ember_reference::gguf::architecture(m)?;
@@ -201,6 +202,7 @@ fn manifest_and_vocabulary(
             prompt: SELF_TEST_PROMPT.into(),
             tokens: Vec::new(),
         },
+        image_version,
     };
     Ok((manifest, data))
 }
@@ -259,7 +261,8 @@ pub fn measure_quality(gguf: &GgufFile, image: &Image, threads: usize) -> Result
     })
 }
 
-/// Writes the image of the GGUF `file` to `output` under `scheme` and returns its size.
+/// Writes the image of the GGUF `file` to `output` under `scheme`, stamped with
+/// `image_version`, and returns its size.
 ///
 /// The image is written twice: first without its self-test's tokens (to `<output>.trial`), so
 /// the int8 engine can run it and generate them, then with them under the final name.
@@ -267,13 +270,14 @@ pub fn quantize(
     file: &GgufFile,
     output: &Path,
     scheme: Scheme,
+    image_version: u32,
     progress: bool,
     threads: usize,
 ) -> Result<u64> {
     let vocabulary = ember_reference::gguf::vocabulary(file.metadata())?;
     // The tokenizer must build before anything is written.
     Tokenizer::from_vocabulary(vocabulary.clone())?;
-    let (manifest, data) = manifest_and_vocabulary(file, &vocabulary, scheme)?;
+    let (manifest, data) = manifest_and_vocabulary(file, &vocabulary, scheme, image_version)?;
     let mut writer = ImageWriter::new(manifest, data);
     let bar = if progress {
         ProgressBar::new(file.tensors().len() as u64).with_style(

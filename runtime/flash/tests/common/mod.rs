@@ -1,20 +1,27 @@
 //! What the flash tests share: real Ember images (made by `ember_image::ImageWriter`, so every
 //! section hash can be checked), and a host that sends one block by block, raw and zstd.
 
-use ember_core::flash::{BlockEncoding, FLASH_BLOCK, MAX_CHUNK};
+use ed25519_dalek::{Signer, SigningKey};
+use ember_core::flash::{BlockEncoding, FLASH_BLOCK, MAX_CHUNK, signed_message};
 use ember_core::frame::crc32;
 use ember_core::image::{
     Architecture, Manifest, SamplingDefaults, SelfTest, TensorEncoding, TokenizerData,
     TokenizerSpec,
 };
-use ember_core::protocol::{FlashBegin, FlashChunk};
+use ember_core::protocol::{FlashBegin, FlashChunk, Signature};
 use ember_flash::{FlashError, SlotDir, Storage};
 use ember_image::{EncodedTensor, ImageWriter};
 use sha2::{Digest, Sha256};
 
 /// A valid Ember image named `name` whose weights are `floats` f32 values: the first half
 /// compresses well, the second half hardly (pseudo-random).
+#[allow(dead_code)] // not every test binary uses it
 pub fn image(name: &str, floats: usize) -> Vec<u8> {
+    versioned_image(name, floats, 0)
+}
+
+/// [`image`] of image version `version` (`ember quantize --image-version`).
+pub fn versioned_image(name: &str, floats: usize, version: u32) -> Vec<u8> {
     let manifest = Manifest {
         model_name: name.into(),
         architecture: Architecture {
@@ -51,6 +58,7 @@ pub fn image(name: &str, floats: usize) -> Vec<u8> {
             prompt: "a".into(),
             tokens: vec![0],
         },
+        image_version: version,
     };
     let tokenizer = TokenizerData {
         tokens: vec!["a".into(), "<|im_start|>".into(), "<|im_end|>".into()],
@@ -82,8 +90,22 @@ pub fn image(name: &str, floats: usize) -> Vec<u8> {
         &[],
     ));
     let bytes = writer.to_bytes();
-    ember_image::parse(&bytes, true).expect("a valid image");
+    let manifest = ember_image::parse(&bytes, true).expect("a valid image");
+    assert_eq!(manifest.image_version, version);
     bytes
+}
+
+/// The signing key made from `seed`, and its public key as a line of `flash.pub`.
+#[allow(dead_code)] // not every test binary uses it
+pub fn key(seed: u8) -> (SigningKey, String) {
+    let key = SigningKey::from_bytes(&[seed; 32]);
+    let public = key
+        .verifying_key()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    (key, public)
 }
 
 /// An image as a host sends it: the `FlashBegin` and each block's chunks, the even blocks
@@ -134,6 +156,15 @@ impl Flash {
 
     pub fn begin(&self) -> &FlashBegin {
         &self.begin
+    }
+
+    /// The same image signed with `key` (as `ember sign` does).
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn signed(mut self, key: &SigningKey) -> Flash {
+        let message = signed_message(&self.begin.sha256, self.begin.image_len);
+        let signature = key.sign(&message).to_bytes();
+        self.begin.signature = Some(Signature::from_bytes(&signature));
+        self
     }
 
     /// The chunks of the blocks from image offset `offset` on.

@@ -27,6 +27,7 @@ struct Inspection {
     image: PathBuf,
     bytes: u64,
     model: String,
+    image_version: u32,
     manifest_sha256: String,
     architecture: String,
     tokenizer: String,
@@ -54,6 +55,11 @@ impl std::fmt::Display for Inspection {
             self.bytes
         )?;
         writeln!(f, "model         {}", self.model)?;
+        writeln!(
+            f,
+            "image version {} (a device refuses a lower one)",
+            self.image_version
+        )?;
         writeln!(
             f,
             "manifest      sha256 {} (the model hash of a device's Hello)",
@@ -92,6 +98,7 @@ pub fn run(args: Args) -> Result<()> {
     let report = Inspection {
         bytes: image.file_size(),
         model: m.model_name.clone(),
+        image_version: m.image_version,
         manifest_sha256: hex(&header.manifest_sha256),
         architecture: format!(
             "llama: {} blocks, width {}, FFN {}, {} heads / {} KV heads, RoPE dim {} base {}, eps {:e}, context {}, vocab {}",

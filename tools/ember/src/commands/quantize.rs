@@ -32,6 +32,11 @@ pub struct Args {
     /// How the weights are stored: int8 or q4.
     #[arg(long, value_enum, default_value_t = SchemeArg::Int8)]
     scheme: SchemeArg,
+    /// The image's version, a release counter: a device refuses an image whose version is
+    /// lower than the one it serves (unless SLOT_DIR/allow-downgrade exists on it). 0: none
+    /// (as images made before versions existed).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    image_version: u32,
     /// Skip the quality report.
     #[arg(long)]
     no_report: bool,
@@ -71,6 +76,7 @@ struct Quantized {
     bytes: u64,
     tensors: usize,
     scheme: &'static str,
+    image_version: u32,
     seconds: f64,
     quality: Option<Quality>,
 }
@@ -79,11 +85,12 @@ impl std::fmt::Display for Quantized {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "wrote {} ({} bytes, {} tensors, {}) in {:.1}s",
+            "wrote {} ({} bytes, {} tensors, {}, image version {}) in {:.1}s",
             self.image.display(),
             self.bytes,
             self.tensors,
             self.scheme,
+            self.image_version,
             self.seconds
         )?;
         if let Some(q) = &self.quality {
@@ -107,7 +114,14 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
     let threads = super::use_threads(args.threads)?;
     let scheme = quantize::Scheme::from(args.scheme);
-    let bytes = quantize::quantize(&gguf, &args.output, scheme, !args.quiet, threads)?;
+    let bytes = quantize::quantize(
+        &gguf,
+        &args.output,
+        scheme,
+        args.image_version,
+        !args.quiet,
+        threads,
+    )?;
     let image = Image::open(&args.output)?;
     image.verify()?;
     let seconds = start.elapsed().as_secs_f64();
@@ -126,6 +140,7 @@ pub fn run(args: Args) -> Result<()> {
         bytes,
         tensors: image.manifest().tensors.len(),
         scheme: scheme.name(),
+        image_version: image.manifest().image_version,
         seconds,
         quality,
     };
