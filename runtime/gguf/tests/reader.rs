@@ -239,11 +239,19 @@ quickcheck! {
 fn the_writer_honours_general_alignment() {
     for align in [1u32, 8, 64, 4096] {
         let mut writer = GgufWriter::new();
-        writer.add_metadata("general.alignment", Value::U32(align)).unwrap();
-        writer.add_metadata("pad", Value::String("x".into())).unwrap();
+        writer
+            .add_metadata("general.alignment", Value::U32(align))
+            .unwrap();
+        writer
+            .add_metadata("pad", Value::String("x".into()))
+            .unwrap();
         let one = quantize(TensorType::F32, &[1.0, 2.0, 3.0]).unwrap();
-        writer.add_tensor("a", &[3], TensorType::F32, one.clone()).unwrap();
-        writer.add_tensor("b", &[3], TensorType::F32, one.clone()).unwrap();
+        writer
+            .add_tensor("a", &[3], TensorType::F32, one.clone())
+            .unwrap();
+        writer
+            .add_tensor("b", &[3], TensorType::F32, one.clone())
+            .unwrap();
         let bytes = writer.to_bytes();
         let parsed = parse(&bytes).unwrap_or_else(|e| panic!("alignment {align}: {e}"));
         assert_eq!(parsed.alignment, u64::from(align));

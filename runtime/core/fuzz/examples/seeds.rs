@@ -17,7 +17,9 @@ use std::fs;
 use std::path::Path;
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("seeds")
+        .join(target);
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join(name), bytes).unwrap();
 }
@@ -98,18 +100,48 @@ fn main() {
         max_baud: 921_600,
     });
     let requests = [
-        ("hello", Request::Hello { protocol_version: PROTOCOL_VERSION }),
+        (
+            "hello",
+            Request::Hello {
+                protocol_version: PROTOCOL_VERSION,
+            },
+        ),
         ("chat", chat.clone()),
-        ("set_system", Request::SetSystem { text: protocol::truncated("Be brief.") }),
+        (
+            "set_system",
+            Request::SetSystem {
+                text: protocol::truncated("Be brief."),
+            },
+        ),
         ("flash_begin", begin.clone()),
         ("flash_chunk", chunk.clone()),
         ("set_baud", Request::SetBaud { baud: 921_600 }),
     ];
     let events = [
         ("event_hello", hello),
-        ("event_token", Event::Token { text: protocol::truncated("Rayleigh ") }),
-        ("event_status", Event::Status(Status { session: 7, turns: 2, context_used: 100, context_length: 2048, replies: 3 })),
-        ("event_flash_next", Event::FlashNext(Position { offset: 65536, at: 1792 })),
+        (
+            "event_token",
+            Event::Token {
+                text: protocol::truncated("Rayleigh "),
+            },
+        ),
+        (
+            "event_status",
+            Event::Status(Status {
+                session: 7,
+                turns: 2,
+                context_used: 100,
+                context_length: 2048,
+                replies: 3,
+            }),
+        ),
+        (
+            "event_flash_next",
+            Event::FlashNext(Position {
+                offset: 65536,
+                at: 1792,
+            }),
+        ),
     ];
 
     // frame_decoder: whole frames, back to back.
@@ -129,7 +161,11 @@ fn main() {
     write("message", "line_system", b"/system You are terse.");
 
     // line_editor: typed lines with editing keys.
-    write("line_editor", "typing", b"hello\x7f\x7fp!\r/help\r/set top_k 5\r\n/status\r");
+    write(
+        "line_editor",
+        "typing",
+        b"hello\x7f\x7fp!\r/help\r/set top_k 5\r\n/status\r",
+    );
     write("line_editor", "interrupt", b"long line\x03/reset\r");
 
     // device: line mode then frame mode, a reply and a flash begin.
@@ -167,7 +203,12 @@ fn main() {
             "incoming",
             SlotTable {
                 active: Slot::A,
-                incoming: Some(Incoming { image_len: 3 << 20, sha256: [7; 32], slot: Slot::B, stored: 1 << 20 }),
+                incoming: Some(Incoming {
+                    image_len: 3 << 20,
+                    sha256: [7; 32],
+                    slot: Slot::B,
+                    stored: 1 << 20,
+                }),
                 trial: Some(Slot::B),
                 last: None,
                 switches: 2,
@@ -186,12 +227,18 @@ fn main() {
     if Manifest::from_bytes(&body).is_err() {
         eprintln!("the manifest changed: update tiny_manifest (the image_header seed is shallow)");
     }
-    let header = ImageHeader { manifest_len: body.len() as u32, file_len: 64 + body.len() as u64, ..image };
+    let header = ImageHeader {
+        manifest_len: body.len() as u32,
+        file_len: 64 + body.len() as u64,
+        ..image
+    };
     let mut bytes = header.to_bytes().to_vec();
     bytes.extend(&body);
     write("image_header", "manifest", &bytes);
     let vocabulary = TokenizerData {
-        tokens: ["<|endoftext|>", "a", "b", "ab", "Ġ"].map(String::from).to_vec(),
+        tokens: ["<|endoftext|>", "a", "b", "ab", "Ġ"]
+            .map(String::from)
+            .to_vec(),
         token_types: vec![3, 1, 1, 1, 1],
         merges: vec!["a b".into()],
     };
@@ -217,15 +264,39 @@ fn tiny_manifest() -> Vec<u8> {
     #[derive(Serialize)]
     struct SelfTest(String, Vec<u32>);
     #[derive(Serialize)]
-    struct M(String, Arch, Tok, Option<String>, Sampling, String, Vec<Tensor>, Vec<Section>, SelfTest);
+    struct M(
+        String,
+        Arch,
+        Tok,
+        Option<String>,
+        Sampling,
+        String,
+        Vec<Tensor>,
+        Vec<Section>,
+        SelfTest,
+    );
     let m = M(
         "tiny".into(),
         Arch(2, 64, 128, 4, 2, 16, 10000.0, 1e-5, 128, 5),
-        Tok("gpt2".into(), "smollm".into(), Some(0), 0, false, "tokenizer".into()),
+        Tok(
+            "gpt2".into(),
+            "smollm".into(),
+            Some(0),
+            0,
+            false,
+            "tokenizer".into(),
+        ),
         Some("{{ messages }}".into()),
         Sampling(0.7, 40, 0.9, 1.1),
         "int8-block32".into(),
-        vec![Tensor("token_embd.weight".into(), vec![64, 5], 1, 1, 0, 1024)],
+        vec![Tensor(
+            "token_embd.weight".into(),
+            vec![64, 5],
+            1,
+            1,
+            0,
+            1024,
+        )],
         vec![
             Section("tokenizer".into(), 512, 40, [0; 32]),
             Section("weights".into(), 576, 1024, [0; 32]),

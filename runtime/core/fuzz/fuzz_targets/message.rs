@@ -54,9 +54,15 @@ fn round_trip<M: Serialize + DeserializeOwned + core::fmt::Debug>(data: &[u8]) {
     };
     assert!(frame.len() <= MAX_FRAME);
     let canonical = payload_of(&frame);
-    assert!(canonical.len() <= data.len(), "re-encoded longer than the input");
+    assert!(
+        canonical.len() <= data.len(),
+        "re-encoded longer than the input"
+    );
     let again: M = protocol::decode(&canonical).expect("a re-encoded message decodes");
-    let frame2 = FrameWriter::new().encode(&again).expect("re-encodes").to_vec();
+    let frame2 = FrameWriter::new()
+        .encode(&again)
+        .expect("re-encodes")
+        .to_vec();
     assert_eq!(frame, frame2, "decode∘encode is not stable");
 }
 

@@ -27,7 +27,10 @@ fuzz_target!(|data: &[u8]| {
     round_trip(&table);
     let mut out = [0u8; MAX_SLOT_TABLE];
     let len = table.encode(&mut out);
-    assert!(len <= data.len(), "canonical encoding longer than the input");
+    assert!(
+        len <= data.len(),
+        "canonical encoding longer than the input"
+    );
     round_trip(&table.at_boot());
     round_trip(&table.activated());
     round_trip(&table.rolled_back(FlashOutcome::SelfTestFailed));

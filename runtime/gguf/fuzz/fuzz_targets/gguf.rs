@@ -18,7 +18,9 @@ fn rewrite(bytes: &[u8]) -> Vec<u8> {
     let parsed = parse(bytes).expect("rewrite of a parsed file");
     let mut writer = GgufWriter::new();
     for (key, value) in parsed.metadata.entries() {
-        writer.add_metadata(key, value.clone()).expect("unique keys");
+        writer
+            .add_metadata(key, value.clone())
+            .expect("unique keys");
     }
     for t in &parsed.tensors {
         let start = (parsed.data_offset + t.offset) as usize;
