@@ -264,7 +264,9 @@ fn bad_images_are_refused_and_the_device_keeps_its_model() {
     let refused = |client: &mut Client, request: Request, code: ErrorCode| {
         client.send(&request).unwrap();
         match answer(client) {
-            Event::Error { code: got, detail } => {
+            Event::Error {
+                code: got, detail, ..
+            } => {
                 assert_eq!(got, code, "{detail}");
                 detail.to_string()
             }

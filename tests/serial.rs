@@ -354,7 +354,7 @@ fn chat(
     let (reason, stats) = client
         .reply(PATIENCE, &mut |event| match event {
             Event::Token { text } => reply.push_str(text),
-            Event::Error { code, detail } => panic!("device error {code:?}: {detail}"),
+            Event::Error { code, detail, .. } => panic!("device error {code:?}: {detail}"),
             _ => {}
         })
         .expect("a reply");
@@ -400,7 +400,7 @@ fn cancel_mid_reply_in_both_modes() {
     let end = client
         .until(PATIENCE, |e| matches!(e, Event::End { .. }), &mut |_| {})
         .unwrap();
-    let Event::End { reason, stats } = end else {
+    let Event::End { reason, stats, .. } = end else {
         unreachable!()
     };
     assert_eq!(reason, EndReason::Cancelled);

@@ -322,6 +322,8 @@ impl Boot<'_> {
                 Ok(Event::Error {
                     code: ErrorCode::SelfTestFailed,
                     detail: protocol::truncated(&detail),
+                    // The device names the commit this answers.
+                    request: None,
                 })
             }
         }

@@ -20,8 +20,9 @@
 use crate::frame::{DELIMITER, FrameDecoder, FrameError};
 use crate::line::{self, Command, LineEditor, LineEvent, Setting};
 use crate::protocol::{
-    self, BAUD_TRIAL_MS, ChatOptions, ChatRequest, EndReason, ErrorCode, Event, FrameWriter, Hello,
-    MAX_DELTA, MAX_FRAME, MAX_SENTENCE, ProtocolError, ReplyStats, Request, Status,
+    self, BAUD_TRIAL_MS, CHAT_VARIANT, ChatOptions, ChatRequest, EndReason, ErrorCode, Event,
+    FrameWriter, Hello, MAX_DELTA, MAX_FRAME, MAX_SENTENCE, PROTOCOL_VERSION, ProtocolError,
+    ReplyStats, Request, Status,
 };
 use crate::sampler::SamplingConfig;
 use crate::sentence::SentenceSplitter;
@@ -41,6 +42,12 @@ pub const PROMPT: &str = "> ";
 /// How long frame mode lasts without a request (while no reply runs) before the device goes
 /// back to line mode, unless [`LineConfig::idle_timeout`] says otherwise.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long after a `0x00` in line mode the device waits for the end of a `Hello` frame before
+/// it takes the bytes as typed.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most bytes after a `0x00` in line mode before the device takes them as typed (a `Hello`
+/// frame is far shorter).
+pub const MAX_PROBE: usize = 64;
 
 /// The settings replies use unless a request overrides them.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,7 +172,8 @@ pub const FLASH_ACTIVITY: Duration = Duration::from_secs(2);
 pub enum Mode {
     /// Text for a person's terminal.
     Line,
-    /// A `0x00` arrived in line mode: is a `Hello` frame next?
+    /// A `0x00` arrived in line mode: is a `Hello` frame next ([`PROBE_TIMEOUT`],
+    /// [`MAX_PROBE`])?
     Probe,
     /// Frames for a program.
     Frame,
@@ -173,6 +181,8 @@ pub enum Mode {
 
 /// A reply being generated.
 struct Reply {
+    /// The sequence number of the chat's frame (frame mode).
+    request: u16,
     start: Duration,
     first_token: Option<Duration>,
     stop: StopFilter,
@@ -183,8 +193,17 @@ struct Reply {
     cancel: bool,
     /// The board asked to stop ([`Device::interrupt`]).
     interrupted: bool,
+    /// A host greeted (its `Hello`'s sequence number and version): it is answered once the
+    /// reply has stopped.
+    greeted: Option<(u16, u16)>,
+    /// The other end stopped reading: the reply was given up.
+    abandoned: bool,
     status: Status,
 }
+
+/// A frame read whole: its sequence number and request, or why it could not be read
+/// (with its sequence number when the frame itself was sound).
+type Decoded = Result<(u16, Request), (Option<u16>, ProtocolError)>;
 
 /// A rate switch asked of the driver and not yet done.
 #[derive(Debug, Clone, Copy)]
@@ -206,6 +225,13 @@ pub struct Device {
     stalled: bool,
     /// A write gave up partway, maybe inside a frame: the next frame starts with a delimiter.
     torn: bool,
+    /// The end of a reply given up while the host did not read (the chat's sequence number and
+    /// the reply's stats): sent, after a `Stalled` error, once the host sends again.
+    abandoned: Option<(u16, ReplyStats)>,
+    /// Since when a probe has waited, and the bytes it holds (sent as typed if no `Hello`).
+    probe: (Duration, Vec<u8>),
+    /// The sequence number of the request being answered.
+    answering: Option<u16>,
     baud: u32,
     switch: Option<Switch>,
     /// A rate on trial: the rate to go back to, and when.
@@ -236,6 +262,9 @@ impl Device {
             out: VecDeque::new(),
             stalled: false,
             torn: false,
+            abandoned: None,
+            probe: (now, Vec::new()),
+            answering: None,
             baud: config.baud,
             switch: None,
             trial: None,
@@ -318,8 +347,14 @@ impl Device {
     pub fn receive(&mut self, now: Duration, bytes: &[u8]) -> usize {
         self.now = now;
         for (i, &byte) in bytes.iter().enumerate() {
-            // Someone is there again.
-            self.stalled = false;
+            if core::mem::take(&mut self.stalled) {
+                // Someone is there again: first the end of the reply it did not read.
+                if let Some((request, stats)) = self.abandoned.take() {
+                    self.answering = Some(request);
+                    self.error(ErrorCode::Stalled, "the reply was given up: nobody read it");
+                    self.send_end(EndReason::Cancelled, stats, request);
+                }
+            }
             if self.switch.is_some() {
                 return bytes.len();
             }
@@ -339,6 +374,9 @@ impl Device {
         if let Some((_, at)) = self.trial {
             return Some(at);
         }
+        if self.mode == Mode::Probe {
+            return Some(self.probe.0 + PROBE_TIMEOUT);
+        }
         match (self.mode, self.config.idle_timeout) {
             (Mode::Frame, Some(idle)) if self.reply.is_none() && self.switch.is_none() => {
                 Some(self.last_request + idle)
@@ -347,17 +385,22 @@ impl Device {
         }
     }
 
-    /// Acts on the time: a rate on trial that got no frame is given up; frame mode without
-    /// requests for the idle timeout ends.
+    /// Acts on the time: a rate on trial that got no frame is given up; a probe without a
+    /// `Hello` gives its bytes to the line editor; frame mode without requests for the idle
+    /// timeout ends.
     pub fn handle_timeout(&mut self, now: Duration) {
         match self.deadline() {
             Some(at) if now >= at => {}
             _ => return,
         }
+        self.now = now;
         if let Some((old, _)) = self.trial.take() {
             warn!("no frame arrived at {} baud: back to {}", self.baud, old);
             self.switch_to(old, None);
             return;
+        }
+        if self.mode == Mode::Probe {
+            return self.end_probe(now, true);
         }
         info!("no request in frame mode for a while: back to line mode");
         self.mode = Mode::Line;
@@ -398,13 +441,29 @@ impl Device {
         self.stalled = true;
         self.torn = true;
         self.out.retain(|o| !matches!(o, Output::Write(_)));
+        if let Some(reply) = &mut self.reply {
+            reply.abandoned = true;
+        }
     }
 
     /// Sends `event` if the line is in frame mode (a driver's answer to [`Output::Flash`], or
-    /// news of a flash after a new model was loaded).
+    /// news of a flash after a new model was loaded). An error that names no request answers
+    /// the flash request.
     pub fn send(&mut self, event: &Event) {
-        if self.mode == Mode::Frame {
-            self.send_frame(event);
+        if self.mode != Mode::Frame {
+            return;
+        }
+        match event {
+            Event::Error {
+                code,
+                detail,
+                request: None,
+            } => self.send_frame(&Event::Error {
+                code: *code,
+                detail: detail.clone(),
+                request: self.answering,
+            }),
+            event => self.send_frame(event),
         }
     }
 
@@ -431,7 +490,7 @@ impl Device {
         let reply = self.reply.as_ref()?;
         if reply.stop.stopped() {
             Some(EndReason::Stop)
-        } else if reply.cancel || reply.interrupted || self.stalled {
+        } else if reply.cancel || reply.interrupted || reply.abandoned || reply.greeted.is_some() {
             Some(EndReason::Cancelled)
         } else {
             None
@@ -452,14 +511,21 @@ impl Device {
             return;
         };
         self.last_request = now;
+        self.answering = Some(reply.request);
         self.failed = matches!(end, ReplyEnd::Failed { .. });
-        let (mut reason, stats) = match end {
+        // Given up while nobody reads: its end waits until the host sends again.
+        let unread = reply.abandoned && self.stalled && self.mode == Mode::Frame;
+        match end {
             ReplyEnd::Failed { code, detail } => {
                 warn!("reply failed: {}", detail.as_str());
                 if reply.sentences {
                     self.send_frame(&Event::SynthesizeStop);
                 }
-                return self.report(code, &detail);
+                if unread {
+                    self.abandoned = Some((reply.request, ReplyStats::default()));
+                } else {
+                    self.report(code, &detail);
+                }
             }
             ReplyEnd::Finished {
                 reason,
@@ -481,15 +547,28 @@ impl Device {
                     context_used: context.used,
                     turns_dropped,
                 };
-                (reason, stats)
+                self.finish(&mut reply, reason, stats, unread);
             }
-        };
+        }
+        if let Some((request, version)) = reply.greeted {
+            self.greet(now, request, version);
+        }
+    }
+
+    /// Sends what is left of a reply that ran, and its end.
+    fn finish(
+        &mut self,
+        reply: &mut Reply,
+        mut reason: EndReason,
+        stats: ReplyStats,
+        unread: bool,
+    ) {
         let Reply {
             stop,
             splitter,
             sentences,
             ..
-        } = &mut reply;
+        } = reply;
         if matches!(reason, EndReason::Eos | EndReason::Length) {
             stop.finish(&mut |visible| self.show(splitter, *sentences, visible));
             // A stop sequence inside a longer one that never completed is cut only now.
@@ -508,26 +587,34 @@ impl Device {
         info!("reply: {}, {}", reason.as_str(), describe(&stats).as_str());
         self.last = Some(stats);
         self.replies += 1;
-        if self.mode == Mode::Frame {
-            self.send_frame(&Event::End { reason, stats });
-            if reply.cancel {
-                self.send_frame(&Event::CancelAck {
-                    was_generating: true,
-                });
-            }
-        } else {
+        if self.mode != Mode::Frame {
             self.text(if reason == EndReason::Cancelled {
                 " ^C\n"
             } else {
                 "\n"
             });
-            self.text(PROMPT);
+            if reply.greeted.is_none() {
+                self.text(PROMPT);
+            }
+        } else if unread {
+            self.abandoned = Some((reply.request, stats));
+        } else if reply.abandoned {
+            // The host sent again before the reply stopped.
+            self.error(ErrorCode::Stalled, "the reply was given up: nobody read it");
+            self.send_end(EndReason::Cancelled, stats, reply.request);
+        } else {
+            self.send_end(reason, stats, reply.request);
+            if reply.cancel {
+                self.send_frame(&Event::CancelAck {
+                    was_generating: true,
+                });
+            }
         }
     }
 
     fn take(&mut self, now: Duration, byte: u8) {
         if self.reply.is_some() {
-            return self.take_busy(byte);
+            return self.take_busy(now, byte);
         }
         if self.trial.is_some() {
             return self.take_trial(now, byte);
@@ -537,17 +624,15 @@ impl Device {
             Mode::Probe => self.take_probe(now, byte),
             Mode::Frame => match self.decode(byte) {
                 None => {}
-                Some(Ok(request)) => self.request(now, request),
-                Some(Err(e)) => self.report_bad_frame(e),
+                Some(Ok((seq, request))) => self.request(now, seq, request),
+                Some(Err((seq, e))) => self.report_bad_frame(seq, e),
             },
         }
     }
 
     fn take_line(&mut self, now: Duration, byte: u8) {
         if byte == DELIMITER {
-            self.mode = Mode::Probe;
-            self.frames = FrameDecoder::new();
-            return;
+            return self.start_probe(now);
         }
         let mut echo = Vec::new();
         let event = self
@@ -575,7 +660,7 @@ impl Device {
             Ok(Command::Empty) => {}
             Ok(Command::Say(message)) => {
                 let settings = self.model.settings.clone();
-                self.start_reply(now, message, settings, false);
+                self.start_reply(now, 0, message, settings, false);
             }
             Ok(Command::Help) => self.text(line::HELP),
             Ok(Command::Reset) => {
@@ -616,30 +701,79 @@ impl Device {
         }
     }
 
+    fn start_probe(&mut self, now: Duration) {
+        self.mode = Mode::Probe;
+        self.frames = FrameDecoder::new();
+        self.probe = (now, Vec::new());
+    }
+
+    /// A byte after a `0x00` in line mode: a `Hello` frame opens frame mode; any other frame is
+    /// dropped; bytes that do not end in a frame soon ([`PROBE_TIMEOUT`], [`MAX_PROBE`]) were
+    /// typed.
     fn take_probe(&mut self, now: Duration, byte: u8) {
+        if byte != DELIMITER {
+            self.probe.1.push(byte);
+        }
         match self.decode(byte) {
+            None if byte == DELIMITER => self.probe = (now, Vec::new()),
+            None if self.probe.1.len() > MAX_PROBE => self.end_probe(now, true),
             None => {}
-            Some(Ok(Request::Hello { .. })) => {
-                info!("frame mode");
-                self.mode = Mode::Frame;
-                self.last_request = now;
-                // A delimiter first ends whatever line-mode text the host has half-read.
-                self.write(&[DELIMITER]);
-                let hello = Event::Hello(self.model.hello.clone());
-                self.send_frame(&hello);
+            Some(Ok((seq, Request::Hello { protocol_version }))) => {
+                self.probe.1.clear();
+                match &mut self.reply {
+                    // A program takes the line from a person: their reply stops first.
+                    Some(reply) => {
+                        reply.greeted = Some((seq, protocol_version));
+                        self.mode = Mode::Line;
+                    }
+                    None => self.greet(now, seq, protocol_version),
+                }
             }
-            // Not a greeting: it was noise on the line.
-            Some(_) => self.mode = Mode::Line,
+            // Not a greeting: a program's frame, or noise.
+            Some(_) => self.end_probe(now, false),
+        }
+    }
+
+    /// Back to line mode after a probe, giving its bytes to the line editor if `typed`.
+    fn end_probe(&mut self, now: Duration, typed: bool) {
+        self.mode = Mode::Line;
+        self.frames = FrameDecoder::new();
+        let (_, held) = core::mem::take(&mut self.probe);
+        if typed {
+            debug!("no Hello after a 0x00: {} bytes were typed", held.len());
+            for byte in held {
+                self.take(now, byte);
+            }
+        }
+    }
+
+    /// Answers a host's `Hello`: frame mode, frames numbered from 0, an empty line editor.
+    fn greet(&mut self, now: Duration, request: u16, version: u16) {
+        info!("frame mode");
+        self.mode = Mode::Frame;
+        self.line.clear();
+        self.last_request = now;
+        self.answering = Some(request);
+        *self.writer = FrameWriter::new();
+        // A delimiter first ends whatever the host has half-read.
+        self.write(&[DELIMITER]);
+        let hello = Event::Hello(self.model.hello.clone());
+        self.send_frame(&hello);
+        if version != PROTOCOL_VERSION {
+            let detail = format!(
+                "this device speaks protocol version {PROTOCOL_VERSION}, not {version}: say Goodbye"
+            );
+            self.error(ErrorCode::UnsupportedVersion, &detail);
         }
     }
 
     /// A byte during a rate trial: the first whole request confirms the rate; noise does not
     /// count (it is what a rate the line cannot carry looks like).
     fn take_trial(&mut self, now: Duration, byte: u8) {
-        if let Some(Ok(request)) = self.decode(byte) {
+        if let Some(Ok((seq, request))) = self.decode(byte) {
             info!("line switched to {} baud", self.baud);
             self.trial = None;
-            self.request(now, request);
+            self.request(now, seq, request);
         }
     }
 
@@ -653,14 +787,12 @@ impl Device {
         }
     }
 
-    fn request(&mut self, now: Duration, request: Request) {
+    fn request(&mut self, now: Duration, seq: u16, request: Request) {
         self.last_request = now;
+        self.answering = Some(seq);
         match request {
-            Request::Hello { .. } => {
-                let hello = Event::Hello(self.model.hello.clone());
-                self.send_frame(&hello);
-            }
-            Request::Chat(chat) => self.chat(now, chat),
+            Request::Hello { protocol_version } => self.greet(now, seq, protocol_version),
+            Request::Chat(chat) => self.chat(now, seq, chat),
             Request::Cancel => self.send_frame(&Event::CancelAck {
                 was_generating: false,
             }),
@@ -677,6 +809,7 @@ impl Device {
                 info!("line mode");
                 self.send_frame(&Event::Goodbye);
                 self.mode = Mode::Line;
+                self.line.clear();
                 if self.baud != self.config.baud {
                     self.switch_to(self.config.baud, None);
                 }
@@ -690,20 +823,16 @@ impl Device {
         }
     }
 
-    fn chat(&mut self, now: Duration, chat: ChatRequest) {
+    fn chat(&mut self, now: Duration, seq: u16, chat: ChatRequest) {
         if chat.session != self.session {
             self.session = chat.session;
             self.reset();
         }
         match request_settings(&self.model.settings, &chat.options) {
-            Ok(settings) => self.start_reply(now, &chat.text, settings, chat.options.sentences),
-            Err(e) => {
-                self.error(ErrorCode::BadSetting, &e);
-                self.send_frame(&Event::End {
-                    reason: EndReason::Error,
-                    stats: ReplyStats::default(),
-                });
+            Ok(settings) => {
+                self.start_reply(now, seq, &chat.text, settings, chat.options.sentences)
             }
+            Err(e) => self.report(ErrorCode::BadSetting, &e),
         }
     }
 
@@ -752,7 +881,14 @@ impl Device {
     }
 
     /// Starts generating the reply to `text`.
-    fn start_reply(&mut self, now: Duration, text: &str, settings: Settings, sentences: bool) {
+    fn start_reply(
+        &mut self,
+        now: Duration,
+        request: u16,
+        text: &str,
+        settings: Settings,
+        sentences: bool,
+    ) {
         let stops: Vec<&str> = settings.stops.iter().map(String::as_str).collect();
         let stop = match StopFilter::new(&stops) {
             Ok(stop) => stop,
@@ -765,6 +901,7 @@ impl Device {
             self.send_frame(&Event::SynthesizeStart);
         }
         self.reply = Some(Reply {
+            request,
             start: now,
             first_token: None,
             stop,
@@ -772,6 +909,8 @@ impl Device {
             sentences,
             cancel: false,
             interrupted: false,
+            greeted: None,
+            abandoned: false,
             status: self.status(),
         });
         self.out.push_back(Output::Reply(ReplyRequest {
@@ -781,34 +920,48 @@ impl Device {
         }));
     }
 
-    /// A byte during a reply. Flash transfers go on during a reply (a commit waits for its end).
-    fn take_busy(&mut self, byte: u8) {
-        if self.mode != Mode::Frame {
-            // People cancel with Ctrl-C; anything else typed during a reply is ignored.
-            if byte == 0x03
-                && let Some(reply) = &mut self.reply
-            {
-                reply.cancel = true;
-            }
-            return;
-        }
-        match self.decode(byte) {
-            None => {}
-            Some(Ok(Request::Cancel)) => {
+    /// A byte during a reply. Flash transfers go on during a reply (a commit waits for its end);
+    /// a host's `Hello` stops it.
+    fn take_busy(&mut self, now: Duration, byte: u8) {
+        match self.mode {
+            // People cancel with Ctrl-C; anything else typed during a reply is ignored, but a
+            // program may greet.
+            Mode::Line if byte == 0x03 => {
                 if let Some(reply) = &mut self.reply {
                     reply.cancel = true;
                 }
             }
-            Some(Ok(Request::Status)) => {
-                if let Some(status) = self.reply.as_ref().map(|r| r.status) {
-                    self.send_frame(&Event::Status(status));
-                }
+            Mode::Line if byte == DELIMITER => self.start_probe(now),
+            Mode::Line => {}
+            Mode::Probe => self.take_probe(now, byte),
+            Mode::Frame => match self.decode(byte) {
+                None => {}
+                Some(Ok((seq, request))) => self.request_busy(seq, request),
+                Some(Err((seq, e))) => self.report_bad_frame(seq, e),
+            },
+        }
+    }
+
+    /// A request while a reply runs.
+    fn request_busy(&mut self, seq: u16, request: Request) {
+        self.answering = Some(seq);
+        let Some(reply) = &mut self.reply else {
+            return;
+        };
+        match request {
+            Request::Cancel => reply.cancel = true,
+            Request::Status => {
+                let status = reply.status;
+                self.send_frame(&Event::Status(status));
             }
-            Some(Ok(
-                flash @ (Request::FlashBegin(_) | Request::FlashChunk(_) | Request::FlashAbort),
-            )) => self.flash(flash),
-            Some(Ok(_)) => self.error(ErrorCode::Busy, "a reply is in progress: cancel it first"),
-            Some(Err(e)) => self.report_bad_frame(e),
+            Request::Hello { protocol_version } => {
+                reply.greeted = Some((seq, protocol_version));
+            }
+            flash @ (Request::FlashBegin(_) | Request::FlashChunk(_) | Request::FlashAbort) => {
+                self.flash(flash)
+            }
+            Request::Chat(_) => self.report(ErrorCode::Busy, "a reply is in progress"),
+            _ => self.error(ErrorCode::Busy, "a reply is in progress: cancel it first"),
         }
     }
 
@@ -834,45 +987,62 @@ impl Device {
         });
     }
 
-    /// A failed request: an error line, or an error event and the end of the reply.
+    /// A failed chat: an error line, or an error event and the end of the reply.
     fn report(&mut self, code: ErrorCode, detail: &str) {
         if self.mode == Mode::Frame {
             self.error(code, detail);
-            self.send_frame(&Event::End {
-                reason: EndReason::Error,
-                stats: ReplyStats::default(),
-            });
+            let request = self.answering.unwrap_or_default();
+            self.send_end(EndReason::Error, ReplyStats::default(), request);
         } else {
             self.text(&format!("error: {detail}\n"));
             self.text(PROMPT);
         }
     }
 
-    /// Feeds `byte` to the frame decoder: the request a completed frame holds, or why not.
-    fn decode(&mut self, byte: u8) -> Option<Result<Request, ProtocolError>> {
+    /// Feeds `byte` to the frame decoder: the request a completed frame holds and its
+    /// sequence number, or why not (and the sequence number, if the frame was whole).
+    fn decode(&mut self, byte: u8) -> Option<Decoded> {
         self.frames.push(byte).map(|frame| {
-            frame
-                .map_err(ProtocolError::from)
-                .and_then(|frame| protocol::decode::<Request>(frame.payload))
+            let frame = frame.map_err(|e| (None, ProtocolError::from(e)))?;
+            protocol::decode_request(frame.payload)
+                .map(|request| (frame.seq, request))
+                .map_err(|e| (Some(frame.seq), e))
         })
     }
 
-    /// Answers a frame that could not be read.
-    fn report_bad_frame(&mut self, error: ProtocolError) {
-        let code = match error {
-            ProtocolError::Frame(FrameError::Oversized { .. }) => ErrorCode::Oversized,
-            ProtocolError::BadMessage => ErrorCode::UnknownMessage,
-            _ => ErrorCode::BadFrame,
-        };
+    /// Answers a frame that could not be read, or whose request could not be; a chat so
+    /// refused also gets its end.
+    fn report_bad_frame(&mut self, seq: Option<u16>, error: ProtocolError) {
+        self.answering = seq;
         let detail = error.to_string();
         debug!("dropped a frame: {}", detail.as_str());
-        self.error(code, &detail);
+        match error {
+            ProtocolError::Frame(FrameError::Oversized { .. }) => {
+                self.error(ErrorCode::Oversized, &detail)
+            }
+            ProtocolError::BadMessage => self.error(ErrorCode::UnknownMessage, &detail),
+            ProtocolError::BadFields {
+                variant: CHAT_VARIANT,
+            } => self.report(ErrorCode::BadField, &detail),
+            ProtocolError::BadFields { .. } => self.error(ErrorCode::BadField, &detail),
+            _ => self.error(ErrorCode::BadFrame, &detail),
+        }
     }
 
+    /// An error answering the request at hand.
     fn error(&mut self, code: ErrorCode, detail: &str) {
         self.send_frame(&Event::Error {
             code,
             detail: protocol::truncated(detail),
+            request: self.answering,
+        });
+    }
+
+    fn send_end(&mut self, reason: EndReason, stats: ReplyStats, request: u16) {
+        self.send_frame(&Event::End {
+            reason,
+            stats,
+            request,
         });
     }
 

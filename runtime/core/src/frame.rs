@@ -19,9 +19,9 @@ pub const OVERHEAD: usize = 2 + 4;
 /// Why bytes are not a valid frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameError {
-    /// More bytes arrived before a delimiter than the receiver's buffer holds.
+    /// More bytes arrived before a delimiter than the receiver's limit allows.
     Oversized {
-        /// The receiver's limit in encoded bytes.
+        /// The receiver's limit in encoded bytes, the delimiter included.
         limit: usize,
     },
     /// The bytes are not valid COBS (a zero inside, or a block running past the end).
@@ -43,7 +43,10 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FrameError::Oversized { limit } => {
-                write!(f, "frame longer than {limit} bytes before its delimiter")
+                write!(
+                    f,
+                    "frame longer than {limit} bytes (its delimiter included)"
+                )
             }
             FrameError::BadEncoding => f.write_str("frame is not valid COBS"),
             FrameError::TooShort => f.write_str("frame shorter than its sequence number and CRC"),
@@ -179,8 +182,9 @@ pub struct Frame<'a> {
     pub payload: &'a [u8],
 }
 
-/// Collects bytes from the line and yields frames, resynchronizing at every delimiter. Holds at
-/// most `N` encoded bytes per frame; longer frames are reported (once) and skipped.
+/// Collects bytes from the line and yields frames, resynchronizing at every delimiter. Takes
+/// frames of at most `N` encoded bytes, the delimiter included; longer frames are reported
+/// (once) and skipped.
 #[derive(Debug, Clone)]
 pub struct FrameDecoder<const N: usize> {
     raw: heapless::Vec<u8, N>,
@@ -219,7 +223,8 @@ impl<const N: usize> FrameDecoder<N> {
     /// it was refused. Delimiters with nothing before them (an idle line) yield `None`.
     pub fn push(&mut self, byte: u8) -> Option<Result<Frame<'_>, FrameError>> {
         if byte != DELIMITER {
-            if self.raw.push(byte).is_err() && !self.overflowed {
+            // The delimiter still has to fit within `N`.
+            if (self.raw.len() + 1 >= N || self.raw.push(byte).is_err()) && !self.overflowed {
                 warn!("frame longer than {} bytes: dropping it", N);
                 self.overflowed = true;
             }
@@ -328,6 +333,27 @@ mod tests {
         let mut out = [0u8; 300];
         let len = cobs_encode(&plain, &mut out).unwrap();
         assert_eq!((len, out[0]), (256, 0xFF));
+    }
+
+    #[test]
+    fn the_limit_counts_the_delimiter() {
+        let mut decoder = FrameDecoder::<N>::new();
+        for _ in 0..N - 2 {
+            assert!(decoder.push(1).is_none());
+        }
+        // N - 1 bytes and the delimiter: N in all, taken (and found damaged, not oversized).
+        assert!(decoder.push(1).is_none());
+        assert!(matches!(
+            decoder.push(DELIMITER),
+            Some(Err(FrameError::BadCrc { .. }))
+        ));
+        for _ in 0..N {
+            assert!(decoder.push(1).is_none());
+        }
+        assert_eq!(
+            decoder.push(DELIMITER),
+            Some(Err(FrameError::Oversized { limit: N }))
+        );
     }
 
     #[test]

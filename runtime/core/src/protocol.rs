@@ -16,7 +16,7 @@ use heapless::{String, Vec};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this core speaks. A peer with another version must say goodbye.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Most encoded bytes in one frame, delimiter included, in either direction.
 pub const MAX_FRAME: usize = 2048;
 /// Most bytes of text in a chat request or a system prompt.
@@ -194,12 +194,14 @@ pub enum Event {
     },
     /// No more sentences for this reply (Wyoming's `synthesize-stop`); [`Event::End`] follows.
     SynthesizeStop,
-    /// The reply is over.
+    /// The reply is over: every [`Request::Chat`] gets exactly one.
     End {
         /// Why it ended.
         reason: EndReason,
         /// Counts and timings.
         stats: ReplyStats,
+        /// The sequence number of the chat's frame.
+        request: u16,
     },
     /// Answers [`Request::Cancel`].
     CancelAck {
@@ -216,6 +218,9 @@ pub enum Event {
         code: ErrorCode,
         /// A sentence for people.
         detail: String<MAX_DETAIL>,
+        /// The sequence number of the frame this answers (`None`: a frame that could not be
+        /// read, so its number is unknown).
+        request: Option<u16>,
     },
     /// Answers [`Request::Goodbye`]; the device is back in line mode.
     Goodbye,
@@ -340,17 +345,18 @@ pub enum ErrorCode {
     BadFrame,
     /// A frame was longer than [`Hello::max_frame`] and was dropped.
     Oversized,
-    /// A frame's payload is not a known [`Request`].
+    /// A frame's payload is not a known [`Request`] (an unknown variant, or empty).
     UnknownMessage,
-    /// A request other than cancel or status arrived while a reply was in progress.
+    /// A request other than hello, cancel, status or a flash transfer arrived while a reply was
+    /// in progress.
     Busy,
     /// The message does not fit in the context even alone.
     TooLong,
     /// A setting is out of range.
     BadSetting,
-    /// The host speaks another protocol version.
+    /// The host's `Hello` names another protocol version (sent after the device's `Hello`).
     UnsupportedVersion,
-    /// The host stopped reading: the reply was abandoned.
+    /// The host stopped reading, so the reply was abandoned (sent once the host sends again).
     Stalled,
     /// The engine failed.
     Engine,
@@ -373,6 +379,9 @@ pub enum ErrorCode {
     Storage,
     /// A chunk failed its CRC, did not decompress to its block, or does not fit the transfer.
     ChunkRejected,
+    /// A known request whose fields do not decode within their limits (a text over
+    /// [`MAX_TEXT`] bytes, too many or too long stop sequences, bad UTF-8, trailing bytes).
+    BadField,
 }
 
 /// Why a message could not be encoded or decoded.
@@ -382,6 +391,11 @@ pub enum ProtocolError {
     Frame(FrameError),
     /// The payload is not a valid message (postcard could not decode it, or bytes were left).
     BadMessage,
+    /// The payload names a known request whose fields do not decode within their limits.
+    BadFields {
+        /// The request's variant index.
+        variant: u32,
+    },
     /// The message does not fit in [`MAX_FRAME`].
     TooBig,
 }
@@ -391,6 +405,11 @@ impl fmt::Display for ProtocolError {
         match self {
             ProtocolError::Frame(e) => write!(f, "bad frame: {e}"),
             ProtocolError::BadMessage => f.write_str("frame payload is not a known message"),
+            ProtocolError::BadFields { variant } => write!(
+                f,
+                "request {variant}'s fields do not decode within their limits (texts of at most \
+                 {MAX_TEXT} bytes, {MAX_STOPS} stop sequences of {MAX_STOP_BYTES} bytes, UTF-8)"
+            ),
             ProtocolError::TooBig => write!(f, "message does not fit in {MAX_FRAME} bytes"),
         }
     }
@@ -437,6 +456,11 @@ impl FrameWriter {
         Self::default()
     }
 
+    /// The sequence number the next frame gets.
+    pub fn next_seq(&self) -> u16 {
+        self.seq
+    }
+
     /// The frame (delimiter included) for `message`, numbered with the next sequence number.
     pub fn encode<M: Serialize>(&mut self, message: &M) -> Result<&[u8], ProtocolError> {
         let payload =
@@ -455,6 +479,22 @@ pub fn decode<'a, M: Deserialize<'a>>(payload: &'a [u8]) -> Result<M, ProtocolEr
         Ok((message, [])) => Ok(message),
         _ => Err(ProtocolError::BadMessage),
     }
+}
+
+/// How many variants [`Request`] has: a payload starting with a smaller index names a known
+/// request.
+pub const REQUEST_VARIANTS: u32 = 12;
+/// [`Request`]'s variant index of [`Request::Chat`].
+pub const CHAT_VARIANT: u32 = 1;
+
+/// Decodes a frame payload as a [`Request`], telling an unknown request
+/// ([`ProtocolError::BadMessage`]) from a known one whose fields are bad
+/// ([`ProtocolError::BadFields`]).
+pub fn decode_request(payload: &[u8]) -> Result<Request, ProtocolError> {
+    decode(payload).map_err(|e| match postcard::take_from_bytes::<u32>(payload) {
+        Ok((variant, _)) if variant < REQUEST_VARIANTS => ProtocolError::BadFields { variant },
+        _ => e,
+    })
 }
 
 /// Text of at most `N` bytes, as carried in messages.
@@ -592,6 +632,7 @@ mod tests {
                 ErrorCode::SelfTestFailed,
                 ErrorCode::Storage,
                 ErrorCode::ChunkRejected,
+                ErrorCode::BadField,
             ];
             let slot = |g: &mut Gen| if bool::arbitrary(g) { Slot::A } else { Slot::B };
             let outcomes = [
@@ -625,6 +666,7 @@ mod tests {
                         context_used: u32::arbitrary(g),
                         turns_dropped: u32::arbitrary(g),
                     },
+                    request: u16::arbitrary(g),
                 },
                 6 => Event::CancelAck {
                     was_generating: bool::arbitrary(g),
@@ -640,6 +682,7 @@ mod tests {
                 9 => Event::Error {
                     code: *g.choose(&codes).unwrap(),
                     detail: text(g),
+                    request: Option::arbitrary(g),
                 },
                 10 => Event::Goodbye,
                 11 => Event::FlashNext(Position {
@@ -701,7 +744,12 @@ mod tests {
         fn arbitrary_payloads_never_panic(bytes: StdVec<u8>) -> bool {
             let _ = decode::<Request>(&bytes);
             let _ = decode::<Event>(&bytes);
-            true
+            // Known requests with bad fields are told from unknown ones.
+            match decode_request(&bytes) {
+                Ok(request) => decode::<Request>(&bytes) == Ok(request),
+                Err(ProtocolError::BadFields { variant }) => variant < REQUEST_VARIANTS,
+                Err(e) => e == ProtocolError::BadMessage,
+            }
         }
 
         fn truncation_keeps_whole_characters(s: std::string::String) -> bool {
@@ -734,6 +782,7 @@ mod tests {
         let error = Event::Error {
             code: ErrorCode::Engine,
             detail: truncated(&"z".repeat(MAX_DETAIL)),
+            request: Some(u16::MAX),
         };
         assert!(writer.encode(&error).unwrap().len() <= MAX_FRAME);
         // The worst chunk: every field at its widest, data that COBS cannot shorten.
@@ -768,7 +817,7 @@ mod tests {
         };
         assert_eq!(
             writer.encode(&hello).unwrap(),
-            [0x01, 0x01, 0x01, 0x06, 0x02, 0x30, 0xbe, 0x4a, 0xcf, 0x00]
+            [0x01, 0x01, 0x01, 0x06, 0x03, 0xa6, 0x8e, 0x4d, 0xb8, 0x00]
         );
         let mut writer = FrameWriter::new();
         assert_eq!(
@@ -788,5 +837,27 @@ mod tests {
         longer.push(0);
         assert_eq!(decode::<Request>(&longer), Err(ProtocolError::BadMessage));
         assert_eq!(decode::<Request>(&[200]), Err(ProtocolError::BadMessage));
+        assert_eq!(
+            decode_request(&longer),
+            Err(ProtocolError::BadFields { variant: 2 })
+        );
+        assert_eq!(decode_request(&[200]), Err(ProtocolError::BadMessage));
+        assert_eq!(decode_request(&[]), Err(ProtocolError::BadMessage));
+    }
+
+    #[test]
+    fn a_chat_over_its_limits_is_known_as_a_chat() {
+        let mut payload = std::vec![CHAT_VARIANT as u8, 7];
+        // A text one byte over the limit: length as a varint, then the bytes.
+        let len = MAX_TEXT + 1;
+        payload.extend([(len as u8 & 0x7F) | 0x80, (len >> 7) as u8]);
+        payload.extend(std::iter::repeat_n(b'a', len));
+        payload.extend([0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            decode_request(&payload),
+            Err(ProtocolError::BadFields {
+                variant: CHAT_VARIANT
+            })
+        );
     }
 }

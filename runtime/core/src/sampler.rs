@@ -62,7 +62,9 @@ pub enum SamplingError {
 impl fmt::Display for SamplingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SamplingError::Temperature => f.write_str("temperature must be a finite number"),
+            SamplingError::Temperature => {
+                f.write_str("temperature must be a finite number, at least 0")
+            }
             SamplingError::TopP => f.write_str("top-p must be in (0, 1]"),
             SamplingError::RepetitionPenalty => {
                 f.write_str("repetition penalty must be a finite number > 0")
@@ -80,7 +82,7 @@ impl core::error::Error for SamplingError {}
 impl SamplingConfig {
     /// Checks that every setting is in range.
     pub fn validate(&self) -> Result<(), SamplingError> {
-        if !self.temperature.is_finite() {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             return Err(SamplingError::Temperature);
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {

@@ -4,8 +4,8 @@
 //! time rules: rate trials, the frame-mode idle timeout, stalled writes.
 
 use ember_core::device::{
-    Context, Device, IDLE_TIMEOUT, LineConfig, Mode, Model, Output, ReplyEnd, ReplyRequest,
-    Settings,
+    Context, Device, IDLE_TIMEOUT, LineConfig, MAX_PROBE, Mode, Model, Output, PROBE_TIMEOUT,
+    ReplyEnd, ReplyRequest, Settings,
 };
 use ember_core::frame::{DELIMITER, FrameDecoder};
 use ember_core::protocol::{
@@ -328,7 +328,7 @@ fn frame_mode_conversation() {
     let events = b.events();
     assert_eq!(tokens(&events), "Hello!");
     match events.last() {
-        Some(Event::End { reason, stats }) => {
+        Some(Event::End { reason, stats, .. }) => {
             assert_eq!(*reason, EndReason::Eos);
             assert_eq!(stats.generated_tokens, 2);
             assert_eq!(stats.time_to_first_token_ms, 1);
@@ -516,6 +516,24 @@ fn during_a_reply_cancel_and_status_are_answered_and_the_rest_is_busy() {
         .count();
     assert_eq!(busy, 3, "{events:?}");
     assert!(matches!(events.last(), Some(Event::Status(_))));
+    // Every error names its request (the host's frames: 0 greeting, 1 chat, 2 chat, …), and the
+    // refused chat gets its end.
+    let named: Vec<Option<u16>> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Error { request, .. } => Some(*request),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(named, [Some(2), Some(3), Some(4)]);
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::End {
+            reason: EndReason::Error,
+            request: 2,
+            ..
+        }
+    )));
     // A flash transfer goes on during a reply.
     b.send(ms(4), &Request::FlashAbort);
     assert_eq!(b.work(), [Output::Flash(Box::new(Request::FlashAbort))]);
@@ -618,8 +636,19 @@ fn a_stalled_line_drops_output_and_cancels_the_reply_until_the_host_is_back() {
     // The host speaks again: the next frame starts with a delimiter (the last one was torn).
     b.send(ms(4), &Request::Status);
     assert_eq!(b.line.first(), Some(&DELIMITER));
+    // First the end of the reply it did not read, naming its chat (the host's frame 1).
     let events = b.events();
-    assert!(matches!(events.as_slice(), [Event::Status(s)] if s.replies == 1));
+    assert!(
+        matches!(
+            events.as_slice(),
+            [
+                Event::Error { code: ErrorCode::Stalled, request: Some(1), .. },
+                Event::End { reason: EndReason::Cancelled, request: 1, .. },
+                Event::Status(s),
+            ] if s.replies == 1
+        ),
+        "{events:?}"
+    );
 }
 
 #[test]
@@ -822,4 +851,219 @@ fn any_input_keeps_the_device_bounded() {
     QuickCheck::new()
         .tests(2000)
         .quickcheck(property as fn(Vec<Vec<u8>>, bool) -> TestResult);
+}
+
+#[test]
+fn a_stray_zero_byte_in_line_mode_ends_by_itself_and_loses_no_typing() {
+    let mut b = Bench::new(false);
+    b.screen();
+    // Ctrl-@, then a person types: nothing shows while the device waits for a greeting…
+    b.feed(ms(10), &[0]);
+    b.typed(ms(20), "hi\r");
+    assert_eq!(b.device.mode(), Mode::Probe);
+    assert_eq!(b.device.deadline(), Some(ms(10) + PROBE_TIMEOUT));
+    assert!(b.screen().is_empty());
+    // …until the wait ends: then what was typed counts.
+    b.device.handle_timeout(ms(10) + PROBE_TIMEOUT);
+    b.collect();
+    assert_eq!(b.device.mode(), Mode::Line);
+    assert_eq!(b.reply_asked().text, "hi");
+    assert_eq!(b.screen(), "hi\r\n");
+    b.run_model(ms(2000), &["Hello"], EndReason::Eos);
+    b.screen();
+    // More than a greeting's worth of bytes ends the wait at once.
+    b.feed(ms(3000), &[0]);
+    let long = "x".repeat(MAX_PROBE + 1);
+    b.typed(ms(3000), &long);
+    assert_eq!(b.device.mode(), Mode::Line);
+    assert_eq!(b.screen(), long);
+    // Extra zero bytes restart the wait; a greeting still opens frame mode.
+    b.feed(ms(4000), &[0, 0]);
+    b.greet(ms(4000));
+}
+
+#[test]
+fn a_new_hosts_greeting_stops_an_orphaned_reply_and_is_answered() {
+    let mut b = Bench::new(false);
+    b.greet(ms(0));
+    b.send(ms(1), &chat("hi", ChatOptions::default()));
+    b.reply_asked();
+    b.device.reply_text(ms(2), "Hel");
+    b.collect();
+    b.events();
+    // The old host vanished; a new one greets as always.
+    let mut new_host = FrameWriter::new();
+    let mut bytes = vec![0];
+    bytes.extend(
+        new_host
+            .encode(&Request::Hello {
+                protocol_version: PROTOCOL_VERSION,
+            })
+            .unwrap(),
+    );
+    b.feed(ms(3), &bytes);
+    assert_eq!(b.device.halt(), Some(EndReason::Cancelled));
+    b.end(ms(4), EndReason::Cancelled, 1);
+    // The old chat's end (naming the old host's frame 1), then the greeting as the device's
+    // frame 0.
+    let mut frames = Vec::new();
+    for byte in std::mem::take(&mut b.line) {
+        if let Some(Ok(frame)) = b.events.push(byte) {
+            frames.push((frame.seq, protocol::decode::<Event>(frame.payload).unwrap()));
+        }
+    }
+    assert!(
+        matches!(
+            frames.as_slice(),
+            [
+                (
+                    _,
+                    Event::End {
+                        reason: EndReason::Cancelled,
+                        request: 1,
+                        ..
+                    }
+                ),
+                (0, Event::Hello(_)),
+            ]
+        ),
+        "{frames:?}"
+    );
+}
+
+#[test]
+fn a_programs_greeting_stops_a_persons_reply() {
+    let mut b = Bench::new(false);
+    b.typed(ms(0), "tell me\r");
+    b.reply_asked();
+    b.device.reply_text(ms(1), "Once");
+    b.collect();
+    b.screen();
+    let mut bytes = vec![0];
+    bytes.extend(
+        b.host
+            .encode(&Request::Hello {
+                protocol_version: PROTOCOL_VERSION,
+            })
+            .unwrap(),
+    );
+    b.feed(ms(2), &bytes);
+    assert_eq!(b.device.halt(), Some(EndReason::Cancelled));
+    b.end(ms(3), EndReason::Cancelled, 1);
+    assert_eq!(b.device.mode(), Mode::Frame);
+    let screen = b.line.clone();
+    assert!(screen.starts_with(b" ^C\r\n\0"), "{screen:?}");
+    b.line.drain(..4);
+    assert!(matches!(b.events().as_slice(), [Event::Hello(_)]));
+}
+
+#[test]
+fn chats_that_cannot_run_get_an_error_and_an_end() {
+    let mut b = Bench::new(false);
+    b.greet(ms(0));
+    // A negative temperature (line mode's /set refuses it too).
+    let options = ChatOptions {
+        temperature: Some(-1.0),
+        ..ChatOptions::default()
+    };
+    b.send(ms(1), &chat("hi", options));
+    assert!(b.work().is_empty());
+    assert!(matches!(
+        b.events().as_slice(),
+        [
+            Event::Error {
+                code: ErrorCode::BadSetting,
+                request: Some(1),
+                ..
+            },
+            Event::End {
+                reason: EndReason::Error,
+                request: 1,
+                ..
+            },
+        ]
+    ));
+    // A chat over its field limits: a text of 1025 bytes (encoded by hand: the host's types
+    // cannot hold it).
+    let mut payload = vec![1, 0];
+    payload.extend([0x81, 0x08]);
+    payload.extend(std::iter::repeat_n(b'a', 1025));
+    payload.extend([0; 8]);
+    let mut frame = vec![0u8; MAX_FRAME];
+    let mut scratch = vec![0u8; MAX_FRAME];
+    let len = ember_core::frame::encode_frame(2, &payload, &mut scratch, &mut frame).unwrap();
+    b.feed(ms(2), &frame[..len]);
+    assert!(b.work().is_empty());
+    assert!(matches!(
+        b.events().as_slice(),
+        [
+            Event::Error {
+                code: ErrorCode::BadField,
+                request: Some(2),
+                ..
+            },
+            Event::End {
+                reason: EndReason::Error,
+                request: 2,
+                ..
+            },
+        ]
+    ));
+    // Another version's greeting: the device's greeting, then why it will not do.
+    b.host = FrameWriter::new();
+    b.send(
+        ms(3),
+        &Request::Hello {
+            protocol_version: 2,
+        },
+    );
+    assert!(matches!(
+        b.events().as_slice(),
+        [
+            Event::Hello(_),
+            Event::Error {
+                code: ErrorCode::UnsupportedVersion,
+                request: Some(0),
+                ..
+            },
+        ]
+    ));
+}
+
+#[test]
+fn two_chats_in_one_write_each_get_one_end() {
+    let mut b = Bench::new(false);
+    b.greet(ms(0));
+    let mut bytes = b
+        .host
+        .encode(&chat("one", ChatOptions::default()))
+        .unwrap()
+        .to_vec();
+    bytes.extend(b.host.encode(&chat("two", ChatOptions::default())).unwrap());
+    b.feed(ms(1), &bytes);
+    assert_eq!(b.reply_asked().text, "one");
+    b.run_model(ms(2), &["A", "B"], EndReason::Eos);
+    let ends: Vec<(EndReason, u16)> = b
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            Event::End {
+                reason, request, ..
+            } => Some((*reason, *request)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ends, [(EndReason::Error, 2), (EndReason::Eos, 1)]);
+}
+
+#[test]
+fn typing_before_frame_mode_is_gone_after_it() {
+    let mut b = Bench::new(false);
+    b.typed(ms(0), "half a line \u{ff}");
+    b.greet(ms(1));
+    b.send(ms(2), &Request::Goodbye);
+    b.line.clear();
+    b.typed(ms(3), "\r");
+    assert!(b.work().is_empty());
+    assert_eq!(b.screen(), "\r\n> ");
 }

@@ -145,12 +145,14 @@ impl<P: Port, D: DelayNs> Driver<P, D> {
                     Ok(n) => self.input.extend_from_slice(&buf[..n]),
                     Err(e) => self.fatal = Some(e),
                 },
-                Ok(false) if replying => return None,
+                // During a reply too: a probe that got no greeting gives back its bytes.
                 Ok(false) => self.device.handle_timeout(self.now()),
                 Err(e) => self.fatal = Some(e),
             }
             if !replying {
                 return self.fatal.take().map(Err);
+            } else if self.input.is_empty() {
+                return None;
             }
         }
     }

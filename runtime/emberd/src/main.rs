@@ -116,11 +116,8 @@ fn run(args: Args, start: Instant) -> Result<()> {
     if let Some(b) = &board
         && !unsafe { b.export_cpu_settings() }
     {
-        log::warn!(
-            "board {} is {}: its CPU settings do not apply",
-            b.name,
-            b.target
-        );
+        let (name, target) = (&b.name, &b.target);
+        log::warn!("board {name} is {target}: its CPU settings do not apply");
     }
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     let board_threads = board.as_ref().map_or(cores, |b| b.threads_or(cores));

@@ -12,8 +12,20 @@
 //! state file is replaced atomically (written to a temporary file, synced, renamed, directory
 //! synced), so a device that loses power at any moment finds either the old table or the new
 //! one. The rules are in [`ember_core::flash`].
+//!
+//! Every file operation goes through a [`Storage`]: [`StdStorage`] is the real file system;
+//! with the `testing` feature, `MemoryStorage` simulates one that loses power after any step
+//! (`tests/power_cut.rs` cuts the power at every step of a flash).
 
 #![warn(missing_docs)]
+
+#[cfg(feature = "testing")]
+mod memory;
+mod storage;
+
+#[cfg(feature = "testing")]
+pub use memory::{MemoryFile, MemoryStorage};
+pub use storage::{StdStorage, Storage, StorageFile};
 
 use ed25519_dalek::{Signature as Ed25519Signature, VerifyingKey};
 use ember_core::flash::{
@@ -24,9 +36,6 @@ use ember_core::frame::crc32;
 use ember_core::image::{ImageError, ImageHeader};
 use ember_core::protocol::{self, ErrorCode, Event, FlashBegin, FlashChunk, FlashStage, Request};
 use sha2::{Digest, Sha256};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// The slot table's file in the slot directory.
@@ -141,23 +150,29 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Flash
 /// Reads a file of hex digits (Ember's key and signature files): blank lines and `#` comments
 /// are ignored; `None` if the rest is not hex.
 pub fn read_hex_file(path: &Path) -> Result<Option<Vec<u8>>, std::io::Error> {
-    let text = std::fs::read_to_string(path)?;
+    Ok(decode_hex_text(&std::fs::read_to_string(path)?))
+}
+
+/// The bytes of a hex file's text (see [`read_hex_file`]).
+fn decode_hex_text(text: &str) -> Option<Vec<u8>> {
     let hex: String = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
-    Ok(decode_hex(&hex))
+    decode_hex(&hex)
 }
 
 /// Reads a public key file: 64 hex digits (blank lines and `#` comments are ignored).
-pub fn read_public_key(path: &Path) -> Result<VerifyingKey, FlashError> {
+pub fn read_public_key(storage: &impl Storage, path: &Path) -> Result<VerifyingKey, FlashError> {
     let bad = |reason: &str| FlashError::BadKey {
         path: path.to_path_buf(),
         reason: reason.into(),
     };
-    let bytes = read_hex_file(path)
-        .map_err(io("read", path))?
+    let text = storage.read(path).map_err(io("read", path))?;
+    let bytes = std::str::from_utf8(&text)
+        .ok()
+        .and_then(decode_hex_text)
         .ok_or_else(|| bad("not hex"))?;
     let bytes: [u8; 32] = bytes
         .try_into()
@@ -178,17 +193,29 @@ pub fn decode_hex(hex: &str) -> Option<Vec<u8>> {
 
 /// Writes `bytes` to `dir/name` so that a crash leaves the old file or the new one: a temporary
 /// file, synced, renamed over the old one, then the directory synced.
-pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), FlashError> {
+pub fn replace_file(
+    storage: &impl Storage,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), FlashError> {
     let path = dir.join(name);
     let temp = dir.join(format!(".{name}.new"));
-    let mut file = File::create(&temp).map_err(io("create", &temp))?;
-    file.write_all(bytes)
+    let mut file = storage.create(&temp).map_err(io("create", &temp))?;
+    file.write_all_at(bytes, 0)
         .and_then(|()| file.sync_all())
         .map_err(io("write", &temp))?;
-    std::fs::rename(&temp, &path).map_err(io("rename", &temp))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("sync", dir))
+    storage.rename(&temp, &path).map_err(io("rename", &temp))?;
+    storage.sync_dir(dir).map_err(io("sync", dir))
+}
+
+/// Whether `path` exists.
+fn exists(storage: &impl Storage, path: &Path) -> Result<bool, FlashError> {
+    match storage.len(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io("read", path)(e)),
+    }
 }
 
 /// The file of `slot` in the slot directory `dir`.
@@ -197,10 +224,10 @@ fn slot_path(dir: &Path, slot: Slot) -> PathBuf {
 }
 
 /// An image being received into a slot.
-struct Transfer {
+struct Transfer<F> {
     incoming: Incoming,
     /// The slot's file, open for writing at `path`.
-    file: File,
+    file: F,
     path: PathBuf,
     position: Position,
     /// Encoding and encoded length of the block in progress (known from its first chunk).
@@ -220,23 +247,37 @@ pub enum ChunkReply {
     Quiet,
 }
 
-/// The slot directory of a device that can be flashed.
-pub struct SlotDir {
+/// The slot directory of a device that can be flashed, on the real file system or another
+/// [`Storage`].
+pub struct SlotDir<S: Storage = StdStorage> {
+    storage: S,
     dir: PathBuf,
     table: SlotTable,
     key: Option<VerifyingKey>,
-    transfer: Option<Transfer>,
+    transfer: Option<Transfer<S::File>>,
     /// Largest image the device's memory can serve (from its board profile), if known.
     max_image: Option<u64>,
 }
 
 impl SlotDir {
-    /// Opens `dir`: reads the slot table (a first start with `slot-a.ember` and no table makes
-    /// one), and the public key if `flash.pub` exists. A trial that was under way when the
-    /// device stopped is recorded as interrupted (see [`SlotTable::at_boot`]).
+    /// Opens `dir` on the real file system (see [`SlotDir::open_with`]).
     pub fn open(dir: &Path, max_image: Option<u64>) -> Result<SlotDir, FlashError> {
+        SlotDir::open_with(StdStorage, dir, max_image)
+    }
+}
+
+impl<S: Storage> SlotDir<S> {
+    /// Opens `dir` in `storage`: reads the slot table (a first start with `slot-a.ember` and no
+    /// table makes one), and the public key if `flash.pub` exists. A trial that was under way
+    /// when the device stopped is recorded as interrupted (see [`SlotTable::at_boot`]). The
+    /// active slot is then the image to boot.
+    pub fn open_with(
+        storage: S,
+        dir: &Path,
+        max_image: Option<u64>,
+    ) -> Result<SlotDir<S>, FlashError> {
         let table_path = dir.join(TABLE_FILE);
-        let table = match std::fs::read(&table_path) {
+        let table = match storage.read(&table_path) {
             Ok(bytes) => SlotTable::decode(&bytes).map_err(|source| FlashError::Table {
                 path: table_path.clone(),
                 source,
@@ -245,22 +286,23 @@ impl SlotDir {
             Err(e) => return Err(io("read", &table_path)(e)),
         };
         let key_path = dir.join(KEY_FILE);
-        let key = key_path
-            .exists()
-            .then(|| read_public_key(&key_path))
+        let key = exists(&storage, &key_path)?
+            .then(|| read_public_key(&storage, &key_path))
             .transpose()?;
+        let table_exists = exists(&storage, &table_path)?;
         let mut slots = SlotDir {
+            storage,
             dir: dir.to_path_buf(),
             table: SlotTable::new(),
             key,
             transfer: None,
             max_image,
         };
-        if !slots.path(table.active).exists() {
+        if !exists(&slots.storage, &slots.path(table.active))? {
             return Err(FlashError::NoModel(dir.to_path_buf()));
         }
         let booted = table.at_boot();
-        if booted != table || !table_path.exists() {
+        if booted != table || !table_exists {
             slots.store(&booted)?;
         }
         slots.table = booted;
@@ -295,7 +337,7 @@ impl SlotDir {
     fn store(&mut self, table: &SlotTable) -> Result<(), FlashError> {
         let mut buf = [0u8; MAX_SLOT_TABLE];
         let len = table.encode(&mut buf);
-        replace_file(&self.dir, TABLE_FILE, &buf[..len])?;
+        replace_file(&self.storage, &self.dir, TABLE_FILE, &buf[..len])?;
         self.table = table.clone();
         Ok(())
     }
@@ -338,7 +380,11 @@ impl SlotDir {
                 why: "the board's memory budget",
             });
         }
-        let space = free_space(&self.dir)? + std::fs::metadata(&path).map_or(0, |m| m.len());
+        let space = self
+            .storage
+            .free_space(&self.dir)
+            .map_err(io("measure free space in", &self.dir))?
+            .saturating_add(self.storage.len(&path).unwrap_or(0));
         if begin.image_len > space {
             return Err(FlashError::TooLarge {
                 image_len: begin.image_len,
@@ -357,15 +403,9 @@ impl SlotDir {
         let stored = self
             .table
             .resume_point(&begin.sha256, begin.image_len)
-            .filter(|&stored| std::fs::metadata(&path).is_ok_and(|m| m.len() >= stored))
+            .filter(|&stored| self.storage.len(&path).is_ok_and(|len| len >= stored))
             .unwrap_or(0);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io("open", &path))?;
+        let mut file = self.storage.open(&path).map_err(io("open", &path))?;
         file.set_len(begin.image_len).map_err(io("size", &path))?;
         let incoming = Incoming {
             image_len: begin.image_len,
@@ -446,10 +486,15 @@ impl SlotDir {
         let Some(transfer) = &mut self.transfer else {
             return Ok(());
         };
-        transfer
-            .file
-            .sync_data()
-            .map_err(io("sync", &transfer.path))?;
+        if let Err(e) = transfer.file.sync_data() {
+            // What arrived since the last record may not be on storage, and a later sync would
+            // not tell (Linux forgets a failed write-back): the host sends it again.
+            transfer.position = Position {
+                offset: transfer.incoming.stored,
+                at: 0,
+            };
+            return Err(io("sync", &transfer.path)(e));
+        }
         transfer.incoming.stored = transfer.position.offset;
         let mut table = self.table.clone();
         table.incoming = Some(transfer.incoming.clone());
@@ -471,6 +516,8 @@ impl SlotDir {
         let error = |e: &FlashError| Event::Error {
             code: e.code(),
             detail: protocol::truncated(&e.to_string()),
+            // The device names the flash request this answers.
+            request: None,
         };
         let result = match request {
             Request::FlashBegin(begin) => self.begin(begin).map(|position| {
@@ -543,10 +590,7 @@ impl SlotDir {
         }
         verifying();
         let path = self.path(incoming.slot);
-        let file = File::open(&path).map_err(io("open", &path))?;
-        // SAFETY: read-only mapping of the inactive slot, which only this process writes, and
-        // not while this mapping lives.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io("map", &path))?;
+        let map = self.storage.map(&path).map_err(io("map", &path))?;
         let sha256: [u8; 32] = Sha256::digest(&map[..]).into();
         if sha256 != incoming.sha256 {
             drop(map);
@@ -583,7 +627,7 @@ impl SlotDir {
     }
 }
 
-impl Transfer {
+impl<F: StorageFile> Transfer<F> {
     /// Appends a chunk at the current position; stores the block when it is complete.
     fn take(&mut self, chunk: &FlashChunk) -> Result<(), FlashError> {
         let expected = block_len(self.position.offset, self.incoming.image_len);
@@ -660,16 +704,6 @@ impl Transfer {
         self.block.clear();
         Ok(())
     }
-}
-
-/// Bytes an unprivileged process may still write in `dir`'s file system.
-fn free_space(dir: &Path) -> Result<u64, FlashError> {
-    let stat = rustix::fs::statvfs(dir).map_err(|e| FlashError::Io {
-        action: "measure free space in",
-        path: dir.to_path_buf(),
-        source: e.into(),
-    })?;
-    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 #[cfg(test)]

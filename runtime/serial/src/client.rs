@@ -57,6 +57,8 @@ pub struct Client<P: Port = Tty> {
     writer: FrameWriter,
     hello: Hello,
     next_seq: Option<u16>,
+    /// The sequence number of the last chat sent: its end names it.
+    chat: Option<u16>,
     damaged: u64,
     lost: u64,
     sent: u64,
@@ -97,6 +99,7 @@ impl<P: Port> Client<P> {
                 max_baud: 0,
             },
             next_seq: None,
+            chat: None,
             damaged: 0,
             lost: 0,
             sent: 0,
@@ -188,6 +191,11 @@ impl<P: Port> Client<P> {
         &self.hello
     }
 
+    /// The sequence number of the last chat sent (its end names it).
+    pub fn last_chat(&self) -> Option<u16> {
+        self.chat
+    }
+
     /// Frames that arrived damaged and frames missing from the sequence, so far.
     pub fn line_errors(&self) -> (u64, u64) {
         (self.damaged, self.lost)
@@ -211,6 +219,9 @@ impl<P: Port> Client<P> {
             Request::Chat(_) => None,
             _ => Some(Instant::now()),
         };
+        if matches!(request, Request::Chat(_)) {
+            self.chat = Some(self.writer.next_seq());
+        }
         let frame = self.writer.encode(request)?;
         self.tty.write_all(frame)?;
         self.sent += frame.len() as u64;
@@ -261,14 +272,16 @@ impl<P: Port> Client<P> {
                 self.damaged += 1;
                 continue;
             };
-            if let Some(expected) = self.next_seq
-                && frame.seq != expected
-            {
-                self.lost += u64::from(frame.seq.wrapping_sub(expected));
-            }
-            self.next_seq = Some(frame.seq.wrapping_add(1));
+            let expected = self.next_seq.replace(frame.seq.wrapping_add(1));
             match protocol::decode::<Event>(frame.payload) {
                 Ok(event) => {
+                    // The device numbers its frames from 0 again at each greeting.
+                    if let Some(expected) = expected
+                        && frame.seq != expected
+                        && !matches!(event, Event::Hello(_))
+                    {
+                        self.lost += u64::from(frame.seq.wrapping_sub(expected));
+                    }
                     if matches!(event, Event::End { .. }) {
                         self.quiet_since = Some(Instant::now());
                     }
@@ -279,8 +292,9 @@ impl<P: Port> Client<P> {
         }
     }
 
-    /// Reads the events of one reply until its end, handing each to `on_event` (the end too).
-    /// `timeout` bounds the wait for each event.
+    /// Reads the events of the last chat's reply until its end, handing each to `on_event` (the
+    /// end too). Ends of other chats (an earlier connection's) are skipped. `timeout` bounds
+    /// the wait for each event.
     pub fn reply(
         &mut self,
         timeout: Duration,
@@ -288,8 +302,13 @@ impl<P: Port> Client<P> {
     ) -> Result<(EndReason, ReplyStats), ClientError> {
         loop {
             let event = self.recv(timeout)?;
+            if let Event::End { request, .. } = event
+                && Some(request) != self.chat
+            {
+                continue;
+            }
             on_event(&event);
-            if let Event::End { reason, stats } = event {
+            if let Event::End { reason, stats, .. } = event {
                 return Ok((reason, stats));
             }
         }

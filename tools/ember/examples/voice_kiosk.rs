@@ -180,7 +180,7 @@ fn main() -> Result<()> {
                 replying = false;
                 eprintln!("voice_kiosk: reply ended ({})", reason.as_str());
             }
-            Ok(Event::Error { code, detail }) => {
+            Ok(Event::Error { code, detail, .. }) => {
                 eprintln!(
                     "voice_kiosk: {}",
                     ember_serial::describe_error(code, &detail)

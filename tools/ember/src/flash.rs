@@ -542,7 +542,7 @@ impl Run<'_> {
         let start = loop {
             match self.recv(ACK_TIMEOUT) {
                 Ok(Event::FlashNext(position)) => break position,
-                Ok(Event::Error { code, detail }) if fatal(code) => {
+                Ok(Event::Error { code, detail, .. }) if fatal(code) => {
                     return Err(self.refused(code, &detail));
                 }
                 Ok(_) => {}
@@ -602,7 +602,7 @@ impl Run<'_> {
                     acked = position;
                     self.bar.set_position(acked.offset);
                 }
-                Some(Event::Error { code, detail }) if fatal(code) => {
+                Some(Event::Error { code, detail, .. }) if fatal(code) => {
                     return Err(self.refused(code, &detail));
                 }
                 Some(_) | None => {}
@@ -652,7 +652,7 @@ impl Run<'_> {
                 Ok(Event::FlashDone { slot, model_hash }) => {
                     return Ok(Attempt::Done { slot, model_hash });
                 }
-                Ok(Event::Error { code, detail }) if fatal(code) => {
+                Ok(Event::Error { code, detail, .. }) if fatal(code) => {
                     return Err(self.refused(code, &detail));
                 }
                 Ok(_) => heard = Instant::now(),

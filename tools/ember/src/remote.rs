@@ -144,8 +144,14 @@ pub fn converse(
                 received.text.push_str(&text);
             }
             Event::SynthesizeChunk { text } => received.sentences.push(text.to_string()),
-            Event::Error { code, detail } => received.errors.push(describe_error(code, &detail)),
-            Event::End { reason, stats } => break (reason, stats),
+            Event::Error { code, detail, .. } => {
+                received.errors.push(describe_error(code, &detail))
+            }
+            Event::End {
+                reason,
+                stats,
+                request,
+            } if Some(request) == client.last_chat() => break (reason, stats),
             _ => {}
         }
     };
@@ -303,7 +309,7 @@ fn cancel_during_prefill(
             ),
             Event::End { stats, .. } => end = Some(stats),
             Event::CancelAck { .. } => ack = Some(start.elapsed()),
-            Event::Error { code, detail } => bail!(describe_error(code, &detail)),
+            Event::Error { code, detail, .. } => bail!(describe_error(code, &detail)),
             _ => {}
         }
     };
@@ -376,7 +382,7 @@ pub fn bench(
                 }
                 Event::End { .. } => ended = true,
                 Event::CancelAck { .. } => ack = Some(now),
-                Event::Error { code, detail } => bail!(describe_error(code, &detail)),
+                Event::Error { code, detail, .. } => bail!(describe_error(code, &detail)),
                 _ => {}
             }
         }
