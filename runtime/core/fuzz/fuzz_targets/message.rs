@@ -1,18 +1,22 @@
 //! Run: cd runtime/core && cargo +nightly fuzz run message fuzz/seeds/message -- -max_len=2048
 //!
-//! Arbitrary bytes as a frame payload, decoded as a `Request` (what a device decodes) and as an
-//! `Event` (what a host decodes) through `protocol::decode`, and as a line-mode command
-//! (`line::parse_line`). It never panics, and every message that decodes re-encodes through
-//! `FrameWriter` into a frame that `FrameDecoder` reads back to the canonical payload, which
-//! decodes and re-encodes to the same bytes (postcard accepts over-long varints, so the
-//! canonical payload may be shorter than the input, never longer).
+//! Arbitrary bytes as a frame payload, decoded as a `Request` through `protocol::decode_request`
+//! (what a device decodes), as an `Event` through `protocol::decode` (what a host decodes), and
+//! as a line-mode command (`line::parse_line`). `decode_request` accepts exactly what `decode`
+//! accepts, and of the rest calls `BadFields { variant }` exactly the payloads whose leading
+//! varint is a known request's index `variant`. It never panics, and every message that decodes
+//! re-encodes through `FrameWriter` into a frame that `FrameDecoder` reads back to the canonical
+//! payload, which decodes and re-encodes to the same bytes (postcard accepts over-long varints,
+//! so the canonical payload may be shorter than the input, never longer).
 #![no_main]
 
 use core::fmt::Write;
 
 use ember_core::frame::FrameDecoder;
 use ember_core::line::parse_line;
-use ember_core::protocol::{self, Event, FrameWriter, MAX_FRAME, ProtocolError, Request};
+use ember_core::protocol::{
+    self, Event, FrameWriter, MAX_FRAME, ProtocolError, REQUEST_VARIANTS, Request,
+};
 use libfuzzer_sys::fuzz_target;
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -40,10 +44,41 @@ fn payload_of(frame: &[u8]) -> Vec<u8> {
     out.expect("FrameWriter's frame yields a frame")
 }
 
-fn round_trip<M: Serialize + DeserializeOwned + core::fmt::Debug>(data: &[u8]) {
-    let Ok(message) = protocol::decode::<M>(data) else {
-        return;
-    };
+/// `decode_request` against `decode`: the same requests, and `BadFields` for exactly the
+/// refused payloads that start with a known request's index.
+fn request(data: &[u8]) {
+    let plain = protocol::decode::<Request>(data);
+    let variant = postcard::take_from_bytes::<u32>(data).ok().map(|(v, _)| v);
+    match protocol::decode_request(data) {
+        Ok(request) => {
+            // The same request (compared encoded: a float field may be NaN).
+            let plain = plain.expect("decode accepts what decode_request accepts");
+            assert_eq!(
+                postcard::to_allocvec(&plain).unwrap(),
+                postcard::to_allocvec(&request).unwrap()
+            );
+            round_trip(request, data);
+        }
+        Err(ProtocolError::BadFields { variant: v }) => {
+            assert!(
+                plain.is_err(),
+                "decode accepted what decode_request refused"
+            );
+            assert!(v < REQUEST_VARIANTS);
+            assert_eq!(variant, Some(v));
+        }
+        Err(ProtocolError::BadMessage) => {
+            assert!(
+                plain.is_err(),
+                "decode accepted what decode_request refused"
+            );
+            assert!(variant.is_none_or(|v| v >= REQUEST_VARIANTS));
+        }
+        Err(e) => panic!("decode_request: unexpected {e}"),
+    }
+}
+
+fn round_trip<M: Serialize + DeserializeOwned + core::fmt::Debug>(message: M, data: &[u8]) {
     write!(Sink, "{message:?}").unwrap();
     let frame = match FrameWriter::new().encode(&message) {
         Ok(frame) => frame.to_vec(),
@@ -67,8 +102,10 @@ fn round_trip<M: Serialize + DeserializeOwned + core::fmt::Debug>(data: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    round_trip::<Request>(data);
-    round_trip::<Event>(data);
+    request(data);
+    if let Ok(event) = protocol::decode::<Event>(data) {
+        round_trip(event, data);
+    }
     if let Ok(line) = core::str::from_utf8(data) {
         match parse_line(line) {
             Ok(command) => write!(Sink, "{command:?}").unwrap(),
