@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target over its committed seeds (`fuzz/seeds/<target>`) and its local
+# corpus (`fuzz/corpus/<target>`, ignored by git), one after another:
+#
+#   scripts/fuzz.sh 20      each target for 20 s (CI's smoke run)
+#   scripts/fuzz.sh 0       each target over its seeds and corpus only, no new inputs
+#   scripts/fuzz.sh 600 gguf image      only the targets named
+#
+# Needs nightly and cargo-fuzz (`rustup toolchain install nightly --profile minimal`,
+# `cargo install cargo-fuzz --locked`). The targets are built without AddressSanitizer
+# (`--sanitizer none`: the code under test has no `unsafe`, and ASan halves the rate) but with
+# debug assertions and overflow checks; the three fuzz crates share one target directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$PWD"
+seconds="${1:-20}"
+shift || true
+
+# crate directory, target, largest input (bytes)
+targets=(
+    "runtime/core frame_decoder 4096"
+    "runtime/core line_editor 4096"
+    "runtime/core message 2048"
+    "runtime/core slot_table 256"
+    "runtime/core image_header 8192"
+    "runtime/core device 4096"
+    "runtime/image image 16384"
+    "runtime/gguf gguf 16384"
+)
+
+if [ "$seconds" = 0 ]; then
+    limit=(-runs=0)
+else
+    limit=(-max_total_time="$seconds")
+fi
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+for entry in "${targets[@]}"; do
+    read -r dir target max_len <<<"$entry"
+    if [ $# -gt 0 ] && [[ " $* " != *" $target "* ]]; then
+        continue
+    fi
+    printf -- '--- %s (%s)\n' "$target" "$dir"
+    mkdir -p "$dir/fuzz/corpus/$target"
+    status=0
+    (cd "$dir" && cargo +nightly fuzz run --sanitizer none --target-dir "${CARGO_TARGET_DIR:-$root/target}/fuzz" \
+        "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
+        "${limit[@]}" -max_len="$max_len" -print_final_stats=1) >"$log" 2>&1 || status=$?
+    grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' "$log" || true
+    if [ "$status" != 0 ]; then
+        tail -n 60 "$log"
+        echo "$target failed (exit $status); crash inputs are kept in $dir/fuzz/artifacts/$target/" >&2
+        exit "$status"
+    fi
+done
