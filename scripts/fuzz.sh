@@ -4,6 +4,7 @@
 #
 #   scripts/fuzz.sh 20      each target for 20 s (CI's smoke run)
 #   scripts/fuzz.sh 0       each target over its seeds and corpus only, no new inputs
+#   scripts/fuzz.sh -runs=10000000      each target for 10 M executions (the README's runs)
 #   scripts/fuzz.sh 600 gguf image      only the targets named
 #
 # Needs nightly and cargo-fuzz (`rustup toolchain install nightly --profile minimal`,
@@ -30,6 +31,8 @@ targets=(
 
 if [ "$seconds" = 0 ]; then
     limit=(-runs=0)
+elif [[ "$seconds" == -runs=* ]]; then
+    limit=("$seconds")
 else
     limit=(-max_total_time="$seconds")
 fi
@@ -43,10 +46,15 @@ for entry in "${targets[@]}"; do
     printf -- '--- %s (%s)\n' "$target" "$dir"
     mkdir -p "$dir/fuzz/corpus/$target"
     status=0
+    start=$SECONDS
     (cd "$dir" && cargo +nightly fuzz run --sanitizer none --target-dir "${CARGO_TARGET_DIR:-$root/target}/fuzz" \
         "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
         "${limit[@]}" -max_len="$max_len" -print_final_stats=1) >"$log" 2>&1 || status=$?
-    grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' "$log" || true
+    grep -E '^(Done|stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb)' \
+        "$log" || true
+    printf 'wall: %d s; corpus: %d files (+ %d seeds)\n' "$((SECONDS - start))" \
+        "$(find "$dir/fuzz/corpus/$target" -type f | wc -l)" \
+        "$(find "$dir/fuzz/seeds/$target" -type f | wc -l)"
     if [ "$status" != 0 ]; then
         tail -n 60 "$log"
         echo "$target failed (exit $status); crash inputs are kept in $dir/fuzz/artifacts/$target/" >&2
