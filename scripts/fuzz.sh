@@ -36,18 +36,29 @@ elif [[ "$seconds" == -runs=* ]]; then
 else
     limit=(-max_total_time="$seconds")
 fi
+target_dir="${CARGO_TARGET_DIR:-$root/target}/fuzz"
+selected() { [ $# -eq 1 ] || [[ " ${*:2} " == *" $1 "* ]]; }
+
+# Build first, each crate's targets in one cargo run (in parallel, one link each).
+built=" "
+for entry in "${targets[@]}"; do
+    read -r dir target _ <<<"$entry"
+    if selected "$target" "$@" && [[ "$built" != *" $dir "* ]]; then
+        (cd "$dir" && cargo +nightly fuzz build --sanitizer none --target-dir "$target_dir")
+        built+="$dir "
+    fi
+done
+
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 for entry in "${targets[@]}"; do
     read -r dir target max_len <<<"$entry"
-    if [ $# -gt 0 ] && [[ " $* " != *" $target "* ]]; then
-        continue
-    fi
+    selected "$target" "$@" || continue
     printf -- '--- %s (%s)\n' "$target" "$dir"
     mkdir -p "$dir/fuzz/corpus/$target"
     status=0
     start=$SECONDS
-    (cd "$dir" && cargo +nightly fuzz run --sanitizer none --target-dir "${CARGO_TARGET_DIR:-$root/target}/fuzz" \
+    (cd "$dir" && cargo +nightly fuzz run --sanitizer none --target-dir "$target_dir" \
         "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
         "${limit[@]}" -max_len="$max_len" -print_final_stats=1) >"$log" 2>&1 || status=$?
     grep -E '^(Done|stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb)' \
