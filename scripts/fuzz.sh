@@ -2,19 +2,20 @@
 # Runs every cargo-fuzz target over its committed seeds (`fuzz/seeds/<target>`) and its local
 # corpus (`fuzz/corpus/<target>`, ignored by git), one after another:
 #
-#   scripts/fuzz.sh 20      each target for 20 s (CI's smoke run)
+#   scripts/fuzz.sh 10      each target for 10 s (CI's smoke run)
 #   scripts/fuzz.sh 0       each target over its seeds and corpus only, no new inputs
 #   scripts/fuzz.sh -runs=10000000      each target for 10 M executions (the README's runs)
 #   scripts/fuzz.sh 600 gguf image      only the targets named
 #
 # Needs nightly and cargo-fuzz (`rustup toolchain install nightly --profile minimal`,
 # `cargo install cargo-fuzz --locked`). The targets are built without AddressSanitizer
-# (`--sanitizer none`: the code under test has no `unsafe`, and ASan halves the rate) but with
-# debug assertions and overflow checks; the three fuzz crates share one target directory.
+# (`--sanitizer none`: the code they reach has no `unsafe`, only the file mapping they skip does,
+# and ASan halves the rate) but with debug assertions and overflow checks; the three fuzz crates
+# share one target directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
-seconds="${1:-20}"
+seconds="${1:-10}"
 shift || true
 
 # crate directory, target, largest input (bytes)
