@@ -473,7 +473,7 @@ impl Board {
         let plan = |context: usize| MemoryPlan {
             context,
             image_bytes: needs.image_bytes,
-            cache_bytes: context as u64 * needs.cache_bytes_per_position,
+            cache_bytes: (context as u64).saturating_mul(needs.cache_bytes_per_position),
             runtime_bytes: RUNTIME_BYTES,
             budget_bytes: budget,
         };
@@ -490,7 +490,7 @@ impl Board {
         if full.total_bytes() <= budget {
             return Ok(full);
         }
-        let fixed = needs.image_bytes + RUNTIME_BYTES;
+        let fixed = needs.image_bytes.saturating_add(RUNTIME_BYTES);
         let room = budget.saturating_sub(fixed) / needs.cache_bytes_per_position.max(1);
         let longest = (room as usize / CONTEXT_STEP * CONTEXT_STEP).min(needs.context_length);
         let longest = (longest >= CONTEXT_STEP).then_some(longest);
@@ -531,7 +531,9 @@ pub struct MemoryPlan {
 impl MemoryPlan {
     /// Image, cache and runtime together.
     pub fn total_bytes(&self) -> u64 {
-        self.image_bytes + self.cache_bytes + self.runtime_bytes
+        (self.image_bytes)
+            .saturating_add(self.cache_bytes)
+            .saturating_add(self.runtime_bytes)
     }
 }
 

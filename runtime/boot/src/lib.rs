@@ -184,8 +184,9 @@ impl Boot<'_> {
             Some(board) => {
                 let needs = ModelNeeds {
                     image_bytes: image.file_size(),
-                    cache_bytes_per_position: config.cache_values_per_position()
-                        * ember_tract::CACHE_BYTES_PER_VALUE,
+                    cache_bytes_per_position: config
+                        .cache_values_per_position()
+                        .saturating_mul(ember_tract::CACHE_BYTES_PER_VALUE),
                     context_length: config.context_length,
                 };
                 let plan = board.plan_memory(&needs, self.context).map_err(|source| {

@@ -270,14 +270,18 @@ mod manifest {
             self.n_embd.checked_div(self.n_head).unwrap_or(0)
         }
 
-        /// Width of the keys (and values) of one position: `n_head_kv × head_dim`.
+        /// Width of the keys (and values) of one position: `n_head_kv × head_dim` (saturating:
+        /// a shape from a file may be absurd).
         pub fn kv_dim(&self) -> usize {
-            self.n_head_kv * self.head_dim()
+            self.n_head_kv.saturating_mul(self.head_dim())
         }
 
-        /// Numbers of KV cache one context position takes: keys and values of every layer.
+        /// Numbers of KV cache one context position takes: keys and values of every layer
+        /// (saturating at `u64::MAX`, which fits no board, rather than wrapping).
         pub fn cache_values_per_position(&self) -> u64 {
-            (self.n_layers * 2 * self.kv_dim()) as u64
+            (self.n_layers as u64)
+                .saturating_mul(2)
+                .saturating_mul(self.kv_dim() as u64)
         }
 
         /// Refuses inconsistent shapes: a zero dimension, heads that do not divide the width
@@ -571,6 +575,17 @@ mod tests {
         assert_eq!(postcard::from_bytes::<Architecture>(&expected).unwrap(), a);
         assert_eq!((a.head_dim(), a.kv_dim()), (64, 192));
         assert_eq!(a.cache_values_per_position(), 30 * 2 * 192);
+        // A shape that passes its check with counts whose product overflows (found by the
+        // image_header fuzz target: it wrapped, so an absurd model could seem to fit a board).
+        let huge = Architecture {
+            n_layers: usize::MAX,
+            n_embd: usize::MAX,
+            n_head: 1,
+            n_head_kv: 1,
+            ..a
+        };
+        assert_eq!(huge.check(), Ok(()));
+        assert_eq!(huge.cache_values_per_position(), u64::MAX);
         assert_eq!(a.check(), Ok(()));
         let odd_rope = Architecture { rope_dim: 63, ..a };
         assert!(odd_rope.check().is_err());

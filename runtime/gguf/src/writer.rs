@@ -56,9 +56,15 @@ impl GgufWriter {
         Ok(self)
     }
 
-    /// The encoded file.
+    /// The encoded file. Tensor data is aligned to `general.alignment` when the metadata sets
+    /// it (a power of two up to 2³⁰, as the reader requires), else to [`DEFAULT_ALIGNMENT`].
     pub fn to_bytes(&self) -> Vec<u8> {
-        let align = DEFAULT_ALIGNMENT as usize;
+        let align = self
+            .metadata
+            .get("general.alignment")
+            .and_then(Value::as_i128)
+            .filter(|&a| a > 0 && a <= 1 << 30 && (a as u64).is_power_of_two())
+            .unwrap_or(DEFAULT_ALIGNMENT.into()) as usize;
         let mut out = Vec::new();
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&3u32.to_le_bytes());

@@ -550,7 +550,12 @@ pub fn assemble(manifest: &mut Manifest, bodies: &[(&str, &[u8])]) -> Vec<u8> {
         manifest_len = encoded;
     }
     let manifest_bytes = manifest.to_bytes();
-    let last = manifest.sections.last().map_or(0, |s| s.offset + s.length);
+    // Without sections the file ends after the manifest (not at 0, which no header allows).
+    let end_of_manifest = HEADER_LEN as u64 + manifest_bytes.len() as u64;
+    let last = manifest
+        .sections
+        .last()
+        .map_or(end_of_manifest, |s| s.offset + s.length);
     let header = ImageHeader {
         version: IMAGE_VERSION,
         manifest_len: manifest_bytes.len() as u32,

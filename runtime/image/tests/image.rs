@@ -5,7 +5,7 @@ use ember_core::image::{
     Architecture, ImageError, ImageHeader, Manifest, SamplingDefaults, SelfTest, TensorEncoding,
     TokenizerData, TokenizerSpec,
 };
-use ember_image::{EncodedTensor, Image, ImageWriter, decode_tensor, parse};
+use ember_image::{EncodedTensor, Image, ImageWriter, assemble, decode_tensor, parse};
 use quickcheck::{QuickCheck, TestResult};
 
 fn manifest() -> Manifest {
@@ -207,4 +207,17 @@ fn arbitrary_and_damaged_bytes_never_panic() {
     QuickCheck::new()
         .tests(1000)
         .quickcheck(damaged as fn(usize, Vec<(usize, u8)>) -> TestResult);
+}
+
+/// `assemble` with no sections lays out a header and manifest that parse (it used to set the
+/// file length to 0, which the header refuses; found by the `image` fuzz target).
+#[test]
+fn an_image_without_sections_assembles() {
+    let mut laid_out = manifest();
+    let bytes = assemble(&mut laid_out, &[]);
+    assert_eq!(parse(&bytes, true).unwrap(), laid_out);
+    // An empty section at the end still ends the file at its (aligned) offset.
+    let mut laid_out = manifest();
+    let bytes = assemble(&mut laid_out, &[("empty", &[])]);
+    assert_eq!(parse(&bytes, true).unwrap(), laid_out);
 }

@@ -163,8 +163,9 @@ fn check_model_fits(model: &Path, board: &Board) -> Result<()> {
     let config = image.architecture().with_context(context)?;
     let needs = ModelNeeds {
         image_bytes: image.file_size(),
-        cache_bytes_per_position: config.cache_values_per_position()
-            * ember_tract::CACHE_BYTES_PER_VALUE,
+        cache_bytes_per_position: config
+            .cache_values_per_position()
+            .saturating_mul(ember_tract::CACHE_BYTES_PER_VALUE),
         context_length: config.context_length,
     };
     let plan = board
