@@ -429,16 +429,31 @@ impl<P: Port> Client<P> {
     }
 
     /// Leaves frame mode: the device goes back to line mode. Returns the line.
-    /// `Goodbye` is sent again (up to [`ANSWER_ATTEMPTS`] times in all) when no answer came
-    /// within a share of `timeout`.
+    /// When no answer came within a share of `timeout`, either the `Goodbye` was lost (the
+    /// device is still in frame mode) or its answer was (the device is in line mode, where
+    /// another `Goodbye` frame is typed text): the client greets again, which works in either
+    /// mode, and says `Goodbye` again, up to [`ANSWER_ATTEMPTS`] times in all.
     pub fn goodbye(mut self, timeout: Duration) -> Result<P, ClientError> {
         let wait = timeout / ANSWER_ATTEMPTS;
-        self.ask(&Request::Goodbye, wait, |e| matches!(e, Event::Goodbye))?;
-        Ok(self.tty)
+        for attempt in 0..ANSWER_ATTEMPTS {
+            if attempt > 0 && self.greet(wait, 1).is_err() {
+                continue;
+            }
+            self.send(&Request::Goodbye)?;
+            match self.until(wait, &|e: &Event| matches!(e, Event::Goodbye), &mut |_| {}) {
+                Err(ClientError::Timeout(_)) => continue,
+                Err(e) => return Err(e),
+                Ok(_) => return Ok(self.tty),
+            }
+        }
+        Err(ClientError::Unanswered {
+            request: request_name(&Request::Goodbye),
+            sent: ANSWER_ATTEMPTS,
+        })
     }
 
     /// Sends `request` — one the device answers at once and that may be repeated (`Status`,
-    /// `Reset`, `SetSystem`, `Goodbye`) — and returns the first event `answer` accepts. The
+    /// `Reset`, `SetSystem`) — and returns the first event `answer` accepts. The
     /// request is sent again when no answer came within `wait` (it or its answer was lost on
     /// the line), up to [`ANSWER_ATTEMPTS`] times in all. Other events are dropped.
     pub fn ask(
