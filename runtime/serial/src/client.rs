@@ -47,6 +47,94 @@ pub enum ClientError {
     /// A request could not be encoded.
     #[error(transparent)]
     Protocol(#[from] protocol::ProtocolError),
+    /// A chat went unanswered: sent `sent` times, the device never started it (its `Status`
+    /// shows no new reply) and no answer came.
+    #[error(
+        "the device did not answer the message, sent {sent} times (a noisy line? see --silence-ms)"
+    )]
+    ReplyLost {
+        /// How many times the chat was sent.
+        sent: u32,
+    },
+    /// A request that every state of the device answers got no answer, sent `sent` times.
+    #[error("the device did not answer {request} (sent {sent} times)")]
+    Unanswered {
+        /// The request's name.
+        request: &'static str,
+        /// How many times it was sent.
+        sent: u32,
+    },
+}
+
+/// How the host recovers a chat whose answer was lost on the line (see `docs/PROTOCOL.md`,
+/// "Recovering a lost answer").
+///
+/// The rule: a chat is sent again only when the device has certainly not run it. The host
+/// knows how many replies the device has run (`Status.replies`, asked before the first chat
+/// and counted on from each `End`). When a reply stays silent for `silence` (no event at all:
+/// replies stream, so this is an idle timeout, not a bound on the reply's length), or a
+/// `BadFrame`/`Oversized` (a frame the device could not read, maybe the chat) comes before
+/// the reply started, the host asks `Status`:
+///
+/// - more replies than before: the device ran this turn and the reply's end (and maybe more)
+///   was lost. The turn is in the device's conversation: it is not sent again, the reply is
+///   what arrived ([`ChatOutcome::end`] is `None`).
+/// - as many as before, and nothing of the reply arrived: the device either never read the
+///   chat or is still prefilling it (`Status` during a reply gives the status from before
+///   it). The chat is sent again (a new frame, same session). A device busy with the first
+///   copy refuses the second with `Busy` (and its `End`), which the host ignores: it goes on
+///   waiting for the first copy's reply. So a turn is never run twice.
+/// - as many as before, but tokens arrived: the reply is running; keep waiting.
+///
+/// At most `resends` re-sends, then [`ClientError::ReplyLost`]. Tokens lost inside a reply
+/// show as a gap in the device's sequence numbers ([`ChatOutcome::lost_frames`]); they are not
+/// fetched again (the device does not repeat events): the reply is what arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    /// How long a reply may stay silent before the host asks the device about it.
+    pub silence: Duration,
+    /// How many times a chat the device never started is sent again.
+    pub resends: u32,
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Recovery {
+            silence: Duration::from_secs(10),
+            resends: 3,
+        }
+    }
+}
+
+impl Recovery {
+    /// How long to wait for the answer to a request the device answers at once (`Status`,
+    /// `Reset`, …) before sending it again.
+    fn answer_wait(&self) -> Duration {
+        self.silence.min(Duration::from_secs(2))
+    }
+}
+
+/// How often a request the device answers at once is sent before giving up.
+const ANSWER_ATTEMPTS: u32 = 4;
+/// How often a waiting chat checks whether to cancel.
+const TICK: Duration = Duration::from_millis(20);
+/// Most re-sent copies of a chat a busy device may refuse (it is running the first one).
+const MAX_BUSY: u32 = 1000;
+
+/// A chat's reply as the host received it ([`Client::chat`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChatOutcome {
+    /// How the reply ended and its statistics; `None` when its `End` was lost but the device's
+    /// `Status` shows it ran the turn (the reply is then what arrived).
+    pub end: Option<(EndReason, ReplyStats)>,
+    /// Times the chat was sent again because the device had not started it.
+    pub resent: u32,
+    /// Device frames missing from the sequence while the reply came (tokens may be missing).
+    pub lost_frames: u64,
+    /// Frames that arrived damaged while the reply came.
+    pub damaged_frames: u64,
+    /// Frames of the host's the device could not read (`BadFrame`, `Oversized`) meanwhile.
+    pub unreadable: u32,
 }
 
 /// A frame-mode connection to an Ember device over a serial line `P` (a [`Tty`], or a
@@ -67,6 +155,8 @@ pub struct Client<P: Port = Tty> {
     /// Since when the device has had nothing to do (no request sent, no reply running); `None`
     /// while a reply runs. After [`IDLE_TIMEOUT`] of this the device is back in line mode.
     quiet_since: Option<Instant>,
+    /// How many replies the device has run (`Status.replies`), when known.
+    replies: Option<u32>,
 }
 
 impl Client<Tty> {
@@ -105,6 +195,7 @@ impl<P: Port> Client<P> {
             sent: 0,
             baud: 0,
             quiet_since: None,
+            replies: None,
         };
         client.greet(timeout, HELLO_ATTEMPTS)?;
         Ok(client)
@@ -282,8 +373,15 @@ impl<P: Port> Client<P> {
                     {
                         self.lost += u64::from(frame.seq.wrapping_sub(expected));
                     }
-                    if matches!(event, Event::End { .. }) {
-                        self.quiet_since = Some(Instant::now());
+                    match &event {
+                        Event::End { .. } => {
+                            self.quiet_since = Some(Instant::now());
+                            // [`Client::chat`] counts its own ends.
+                            self.replies = None;
+                        }
+                        Event::Hello(_) | Event::FlashDone { .. } => self.replies = None,
+                        Event::Status(status) => self.replies = Some(status.replies),
+                        _ => {}
                     }
                     return Ok(Some(event));
                 }
@@ -331,10 +429,220 @@ impl<P: Port> Client<P> {
     }
 
     /// Leaves frame mode: the device goes back to line mode. Returns the line.
+    /// When no answer came within a share of `timeout`, either the `Goodbye` was lost (the
+    /// device is still in frame mode) or its answer was (the device is in line mode, where
+    /// another `Goodbye` frame is typed text): the client greets again, which works in either
+    /// mode, and says `Goodbye` again, up to [`ANSWER_ATTEMPTS`] times in all.
     pub fn goodbye(mut self, timeout: Duration) -> Result<P, ClientError> {
-        self.send(&Request::Goodbye)?;
-        self.until(timeout, |e| matches!(e, Event::Goodbye), &mut |_| {})?;
-        Ok(self.tty)
+        let wait = timeout / ANSWER_ATTEMPTS;
+        for attempt in 0..ANSWER_ATTEMPTS {
+            if attempt > 0 && self.greet(wait, 1).is_err() {
+                continue;
+            }
+            self.send(&Request::Goodbye)?;
+            match self.until(wait, &|e: &Event| matches!(e, Event::Goodbye), &mut |_| {}) {
+                Err(ClientError::Timeout(_)) => continue,
+                Err(e) => return Err(e),
+                Ok(_) => return Ok(self.tty),
+            }
+        }
+        Err(ClientError::Unanswered {
+            request: request_name(&Request::Goodbye),
+            sent: ANSWER_ATTEMPTS,
+        })
+    }
+
+    /// Sends `request` — one the device answers at once and that may be repeated (`Status`,
+    /// `Reset`, `SetSystem`) — and returns the first event `answer` accepts. The
+    /// request is sent again when no answer came within `wait` (it or its answer was lost on
+    /// the line), up to [`ANSWER_ATTEMPTS`] times in all. Other events are dropped.
+    pub fn ask(
+        &mut self,
+        request: &Request,
+        wait: Duration,
+        answer: impl Fn(&Event) -> bool,
+    ) -> Result<Event, ClientError> {
+        for _ in 0..ANSWER_ATTEMPTS {
+            self.send(request)?;
+            match self.until(wait, &answer, &mut |_| {}) {
+                Err(ClientError::Timeout(_)) => continue,
+                answered => return answered,
+            }
+        }
+        Err(ClientError::Unanswered {
+            request: request_name(request),
+            sent: ANSWER_ATTEMPTS,
+        })
+    }
+
+    /// How many replies the device has run: counted from the last `Status`, else asked.
+    fn replies(&mut self, recovery: &Recovery) -> Result<u32, ClientError> {
+        if let Some(replies) = self.replies {
+            return Ok(replies);
+        }
+        match self.ask(&Request::Status, recovery.answer_wait(), |e| {
+            matches!(e, Event::Status(_))
+        })? {
+            Event::Status(status) => Ok(status.replies),
+            _ => unreachable!("ask returns the accepted event"),
+        }
+    }
+
+    /// Sends `request` (a `Chat`) and reads its reply, handing each event of it to `on_event`
+    /// (its `End` too; not the line's noise, nor the answers of the recovery), recovering a
+    /// lost chat or a lost end by the rule of [`Recovery`]. When `cancel` returns true the
+    /// reply is cancelled (once): it then ends with `Cancelled`, and the `CancelAck` that
+    /// follows is left for the caller.
+    pub fn chat(
+        &mut self,
+        request: &Request,
+        recovery: Recovery,
+        cancel: &mut dyn FnMut() -> bool,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<ChatOutcome, ClientError> {
+        let before = self.replies(&recovery)?;
+        let (lost, damaged) = (self.lost, self.damaged);
+        let mut outcome = ChatOutcome::default();
+        // The chat's frames (the first, then copies sent again) and the copies a busy device
+        // refused (errors by request).
+        let mut sent = Vec::new();
+        let mut refused: Vec<(u16, ErrorCode)> = Vec::new();
+        let mut busy = 0;
+        self.send(request)?;
+        sent.extend(self.chat);
+        let mut started = false;
+        let mut cancelled = false;
+        let mut heard = Instant::now();
+        // A `Status` asked: when, and how many times in this round.
+        let mut asked: Option<(Instant, u32)> = None;
+        let end = loop {
+            if !cancelled && cancel() {
+                self.send(&Request::Cancel)?;
+                cancelled = true;
+            }
+            let event = match self.recv(TICK) {
+                Ok(event) => event,
+                Err(ClientError::Timeout(_)) => {
+                    let ask_now = match asked {
+                        Some((at, _)) => at.elapsed() >= recovery.answer_wait(),
+                        None => heard.elapsed() >= recovery.silence,
+                    };
+                    if ask_now {
+                        let times = asked.map_or(0, |(_, n)| n);
+                        if times >= ANSWER_ATTEMPTS {
+                            return Err(ClientError::Unanswered {
+                                request: "Status",
+                                sent: times,
+                            });
+                        }
+                        self.send(&Request::Status)?;
+                        asked = Some((Instant::now(), times + 1));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            heard = Instant::now();
+            match &event {
+                Event::End {
+                    request: r,
+                    reason,
+                    stats,
+                } if sent.contains(r) => {
+                    // A copy sent again and refused (the device runs the first, or refused it
+                    // for a reason the first copy's own answer will give).
+                    let copy = sent.first() != Some(r);
+                    let refusal = refused.iter().find(|(q, _)| q == r).map(|(_, code)| *code);
+                    if copy
+                        && *reason == EndReason::Error
+                        && matches!(refusal, None | Some(ErrorCode::Busy))
+                    {
+                        continue;
+                    }
+                    on_event(&event);
+                    self.chat = Some(*r);
+                    self.replies = Some(before + u32::from(*reason != EndReason::Error));
+                    break Some((*reason, *stats));
+                }
+                // Another chat's end (an earlier host's).
+                Event::End { .. } => {}
+                Event::Error {
+                    code,
+                    request: Some(r),
+                    ..
+                } if sent.contains(r) && sent.first() != Some(r) => {
+                    refused.push((*r, *code));
+                    if *code == ErrorCode::Busy {
+                        busy += 1;
+                        if busy > MAX_BUSY {
+                            return Err(ClientError::ReplyLost {
+                                sent: sent.len() as u32,
+                            });
+                        }
+                    } else {
+                        on_event(&event);
+                    }
+                }
+                Event::Error {
+                    code: ErrorCode::BadFrame | ErrorCode::Oversized,
+                    request: None,
+                    ..
+                } => {
+                    outcome.unreadable += 1;
+                    // Maybe the chat itself: ask now rather than after the silence.
+                    if !started && asked.is_none() {
+                        self.send(&Request::Status)?;
+                        asked = Some((Instant::now(), 1));
+                    }
+                }
+                Event::Status(status) if asked.is_some() => {
+                    asked = None;
+                    if status.replies != before {
+                        // The device ran this turn; its end was lost.
+                        break None;
+                    }
+                    if started {
+                        // The reply runs (its tokens came): wait on.
+                        continue;
+                    }
+                    if cancelled {
+                        // Never started, and no longer wanted.
+                        break Some((EndReason::Cancelled, ReplyStats::default()));
+                    }
+                    // Copies refused as `Busy` showed the device at work on the first one:
+                    // they do not count against the bound.
+                    if outcome.resent - busy >= recovery.resends {
+                        return Err(ClientError::ReplyLost {
+                            sent: sent.len() as u32,
+                        });
+                    }
+                    self.send(request)?;
+                    sent.extend(self.chat);
+                    outcome.resent += 1;
+                }
+                // The answer to a `Status` asked earlier in this recovery.
+                Event::Status(_) => {}
+                _ => {
+                    if matches!(
+                        event,
+                        Event::Token { .. }
+                            | Event::SynthesizeStart
+                            | Event::SynthesizeChunk { .. }
+                    ) {
+                        started = true;
+                    }
+                    on_event(&event);
+                }
+            }
+        };
+        outcome.end = end;
+        outcome.lost_frames = self.lost - lost;
+        outcome.damaged_frames = self.damaged - damaged;
+        if end.is_none() {
+            // `recv` kept the device's count from its `Status`.
+            self.chat = sent.last().copied();
+        }
+        Ok(outcome)
     }
 
     /// The line, as it is (in frame mode, unless the device left it).
@@ -343,7 +651,29 @@ impl<P: Port> Client<P> {
     }
 }
 
+/// A request's name for messages.
+fn request_name(request: &Request) -> &'static str {
+    match request {
+        Request::Hello { .. } => "Hello",
+        Request::Chat(_) => "Chat",
+        Request::Cancel => "Cancel",
+        Request::Reset => "Reset",
+        Request::SetSystem { .. } => "SetSystem",
+        Request::Status => "Status",
+        Request::Goodbye => "Goodbye",
+        Request::FlashBegin(_) => "FlashBegin",
+        Request::FlashChunk(_) => "FlashChunk",
+        Request::FlashCommit => "FlashCommit",
+        Request::FlashAbort => "FlashAbort",
+        Request::SetBaud { .. } => "SetBaud",
+    }
+}
+
 /// A device error as one line for people.
 pub fn describe_error(code: ErrorCode, detail: &str) -> String {
     format!("device error ({code:?}): {detail}")
 }
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;

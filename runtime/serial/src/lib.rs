@@ -11,7 +11,7 @@ mod pty;
 mod sim;
 mod tty;
 
-pub use client::{Client, ClientError, SWITCH_PAUSE, describe_error};
+pub use client::{ChatOutcome, Client, ClientError, Recovery, SWITCH_PAUSE, describe_error};
 pub use memory::{MEMORY_LINE_CAPACITY, MemoryLine};
 pub use port::Port;
 pub use pty::{PtyPair, open_line};

@@ -59,6 +59,20 @@ impl SimulatedLine {
     /// Opens the two PTYs, both ends at `baud` until a program changes its end, and starts
     /// moving bytes; `faults` apply to the bytes the host sends (`max_baud` to both directions).
     pub fn open(baud: u32, faults: Faults) -> std::io::Result<SimulatedLine> {
+        let to_host = Faults {
+            max_baud: faults.max_baud,
+            ..Faults::default()
+        };
+        SimulatedLine::open_with(baud, faults, to_host)
+    }
+
+    /// Like [`SimulatedLine::open`], with `to_device`'s faults applied to the bytes the host
+    /// sends and `to_host`'s to the bytes the device sends.
+    pub fn open_with(
+        baud: u32,
+        to_device_faults: Faults,
+        to_host_faults: Faults,
+    ) -> std::io::Result<SimulatedLine> {
         let device = PtyPair::open()?;
         let host = PtyPair::open()?;
         device.set_baud(baud)?;
@@ -68,16 +82,13 @@ impl SimulatedLine {
         spawn(
             [host.master_clone()?, host.slave_clone()?],
             [device.master_clone()?, device.slave_clone()?],
-            faults,
+            to_device_faults,
             Arc::clone(&to_device),
         );
         spawn(
             [device.master_clone()?, device.slave_clone()?],
             [host.master_clone()?, host.slave_clone()?],
-            Faults {
-                max_baud: faults.max_baud,
-                ..Faults::default()
-            },
+            to_host_faults,
             Arc::clone(&to_host),
         );
         Ok(SimulatedLine {

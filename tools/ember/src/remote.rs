@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use ember_core::protocol::{self, ChatOptions, ChatRequest, Event, ReplyStats, Request};
-use ember_serial::{Client, ClientError, describe_error};
+use ember_serial::{Client, ClientError, Recovery, describe_error};
 use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 /// How long to wait for the device's greeting (per attempt).
 const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long the device may stay silent during a reply before we give up.
+/// How long the device may stay silent during a reply before we give up (`ember bench`).
 const SILENCE_TIMEOUT: Duration = Duration::from_secs(120);
-/// How often a waiting reply checks for Ctrl-C.
-const TICK: Duration = Duration::from_millis(20);
+/// How long to wait for the answer to a request the device answers at once (`Reset`,
+/// `SetSystem`) before sending it again (it may have been lost on the line).
+const ANSWER_WAIT: Duration = Duration::from_secs(2);
 
 /// Opens `port` and says hello; reports the device on stderr unless `quiet`.
 pub fn connect(port: &Path, baud: u32, quiet: bool) -> Result<Client> {
@@ -90,81 +91,91 @@ pub struct Received {
     pub text: String,
     /// Its sentences, when asked for.
     pub sentences: Vec<String>,
-    /// Why it ended (`eos`, `stop`, `length`, `cancelled`, `error`).
+    /// Why it ended (`eos`, `stop`, `length`, `cancelled`, `error`; `lost`: the device finished
+    /// the reply but its end was lost on the line).
     pub finish: &'static str,
     /// Errors the device reported.
     pub errors: Vec<String>,
+    /// What the line lost and the host recovered or could not (for people; also on stderr).
+    pub warnings: Vec<String>,
+    /// Times the message was sent again (the device had not received it).
+    pub resent: u32,
     /// The device's counts and timings.
     pub stats: ReplyStats,
 }
 
 /// Sends `request` (a chat) and collects the reply, streaming its text to `on_text`. When
 /// `interrupt` becomes true the reply is cancelled (once) and the cancel acknowledged.
+///
+/// A chat or an end lost on the line is recovered by [`Client::chat`]'s rule (a chat is sent
+/// again only when the device has certainly not run it, see [`Recovery`]); a reply with frames
+/// missing, or whose end was lost, is returned as it arrived, with a warning in
+/// [`Received::warnings`].
 pub fn converse(
     client: &mut Client,
     request: &Request,
+    recovery: Recovery,
     interrupt: Option<&AtomicBool>,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Received> {
-    client.send(request)?;
     let mut received = Received {
         text: String::new(),
         sentences: Vec::new(),
         finish: "",
         errors: Vec::new(),
+        warnings: Vec::new(),
+        resent: 0,
         stats: ReplyStats::default(),
     };
     let mut cancelled = false;
-    let mut silent = Duration::ZERO;
-    let (reason, stats) = loop {
-        if let Some(flag) = interrupt
-            && flag.swap(false, Ordering::SeqCst)
-            && !cancelled
-        {
-            client.send(&Request::Cancel)?;
-            cancelled = true;
-        }
-        let event = match client.recv(TICK) {
-            Ok(event) => event,
-            Err(ClientError::Timeout(_)) => {
-                silent += TICK;
-                if silent >= SILENCE_TIMEOUT {
-                    bail!(
-                        "the device stopped answering for {SILENCE_TIMEOUT:?} in the middle of a reply"
-                    );
-                }
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        silent = Duration::ZERO;
-        match event {
-            Event::Token { text } => {
-                on_text(&text);
-                received.text.push_str(&text);
-            }
-            Event::SynthesizeChunk { text } => received.sentences.push(text.to_string()),
-            Event::Error { code, detail, .. } => {
-                received.errors.push(describe_error(code, &detail))
-            }
-            Event::End {
-                reason,
-                stats,
-                request,
-            } if Some(request) == client.last_chat() => break (reason, stats),
-            _ => {}
-        }
+    let mut cancel = || {
+        let asked = interrupt.is_some_and(|flag| flag.swap(false, Ordering::SeqCst));
+        cancelled |= asked;
+        asked
     };
+    let outcome = client.chat(request, recovery, &mut cancel, &mut |event| match event {
+        Event::Token { text } => {
+            on_text(text);
+            received.text.push_str(text);
+        }
+        Event::SynthesizeChunk { text } => received.sentences.push(text.to_string()),
+        Event::Error { code, detail, .. } => received.errors.push(describe_error(*code, detail)),
+        _ => {}
+    })?;
     if cancelled {
-        // The acknowledgement follows the end of the reply.
-        client.until(
-            Duration::from_secs(5),
+        // The acknowledgement follows the end of the reply (it may be lost on a noisy line).
+        let _ = client.until(
+            Duration::from_secs(1),
             |e| matches!(e, Event::CancelAck { .. }),
             &mut |_| {},
-        )?;
+        );
     }
-    received.finish = reason.as_str();
-    received.stats = stats;
+    received.resent = outcome.resent;
+    if outcome.resent > 0 {
+        received.warnings.push(format!(
+            "the message was lost on the line and sent again ({}×)",
+            outcome.resent
+        ));
+    }
+    if outcome.lost_frames > 0 {
+        received.warnings.push(format!(
+            "{} frame(s) of the reply were lost on the line: the reply may miss text",
+            outcome.lost_frames
+        ));
+    }
+    match outcome.end {
+        Some((reason, stats)) => {
+            received.finish = reason.as_str();
+            received.stats = stats;
+        }
+        None => {
+            received.finish = "lost";
+            received.warnings.push(
+                "the end of the reply was lost on the line (the device finished it): the reply may miss its end"
+                    .to_string(),
+            );
+        }
+    }
     Ok(received)
 }
 
@@ -182,10 +193,10 @@ pub fn set_system(client: &mut Client, system: &str) -> Result<()> {
     if system.len() > protocol::MAX_TEXT {
         bail!("system prompt longer than {} bytes", protocol::MAX_TEXT);
     }
-    client.send(&Request::SetSystem {
+    let request = Request::SetSystem {
         text: protocol::truncated(system),
-    })?;
-    client.until(SILENCE_TIMEOUT, |e| matches!(e, Event::Done), &mut |_| {})?;
+    };
+    client.ask(&request, ANSWER_WAIT, |e| matches!(e, Event::Done))?;
     Ok(())
 }
 
@@ -196,6 +207,7 @@ pub fn ask(
     baud: u32,
     question: &str,
     options: RemoteOptions,
+    recovery: Recovery,
     quiet: bool,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Received> {
@@ -205,7 +217,7 @@ pub fn ask(
     }
     let request = chat_request(new_session(), question, options.chat)?;
     let interrupt = interrupt_flag()?;
-    let received = converse(&mut client, &request, Some(&interrupt), on_text)?;
+    let received = converse(&mut client, &request, recovery, Some(&interrupt), on_text)?;
     client.goodbye(Duration::from_secs(5))?;
     Ok(received)
 }
@@ -220,8 +232,7 @@ pub fn interrupt_flag() -> Result<Arc<AtomicBool>> {
 
 /// Starts the device's conversation over (its history and cache).
 pub fn reset(client: &mut Client) -> Result<()> {
-    client.send(&Request::Reset)?;
-    client.until(SILENCE_TIMEOUT, |e| matches!(e, Event::Done), &mut |_| {})?;
+    client.ask(&Request::Reset, ANSWER_WAIT, |e| matches!(e, Event::Done))?;
     Ok(())
 }
 

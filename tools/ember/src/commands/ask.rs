@@ -2,9 +2,11 @@
 
 use anyhow::{Result, bail};
 use ember_core::protocol::{ChatOptions, EndReason};
+use ember_serial::Recovery;
 use ember_tools::remote;
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Ask a device one question; the reply streams to stdout.
 ///
@@ -41,6 +43,10 @@ pub struct Args {
     /// Print one JSON object instead of the text.
     #[arg(long)]
     json: bool,
+    /// Milliseconds the reply may stay silent before asking the device what became of the
+    /// question (one it never got is sent again).
+    #[arg(long, default_value_t = 10_000)]
+    silence_ms: u64,
 }
 
 /// Runs `ember ask`.
@@ -63,6 +69,10 @@ pub fn run(args: Args) -> Result<()> {
         args.baud,
         &args.question,
         options,
+        Recovery {
+            silence: Duration::from_millis(args.silence_ms),
+            ..Recovery::default()
+        },
         json,
         &mut |text| {
             if !json {
@@ -78,6 +88,9 @@ pub fn run(args: Args) -> Result<()> {
         for error in &received.errors {
             eprintln!("{error}");
         }
+    }
+    for warning in &received.warnings {
+        eprintln!("warning: {warning}");
     }
     if received.finish == EndReason::Error.as_str() {
         bail!("the device could not answer");

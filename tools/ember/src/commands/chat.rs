@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use ember_core::chat::ChatTemplate;
 use ember_core::protocol::ChatOptions;
 use ember_engine::{ChatSession, FinishReason, GenerateOptions, Progress};
-use ember_serial::Client;
+use ember_serial::{Client, Recovery};
 use ember_tools::{model::LoadedModel, remote};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -30,6 +30,10 @@ pub struct Args {
     /// End replies before this text (repeatable; --port only).
     #[arg(long, requires = "port")]
     stop: Vec<String>,
+    /// Milliseconds a reply may stay silent before asking the device what became of the
+    /// message (one it never got is sent again; --port only).
+    #[arg(long, default_value_t = 10_000, requires = "port")]
+    silence_ms: u64,
     /// System prompt (default: the template's own).
     #[arg(long)]
     system: Option<String>,
@@ -80,6 +84,10 @@ pub fn run(args: Args) -> Result<()> {
             client,
             session: remote::new_session(),
             options,
+            recovery: Recovery {
+                silence: Duration::from_millis(args.silence_ms),
+                ..Recovery::default()
+            },
             interrupt: remote::interrupt_flag()?,
         };
         converse(&mut device, args.json)?;
@@ -198,6 +206,7 @@ struct Device {
     client: Client,
     session: u32,
     options: ChatOptions,
+    recovery: Recovery,
     interrupt: Arc<AtomicBool>,
 }
 
@@ -205,9 +214,18 @@ impl Partner for Device {
     fn say(&mut self, text: &str, on_text: &mut dyn FnMut(&str)) -> Result<(String, String)> {
         self.interrupt.store(false, Ordering::SeqCst);
         let request = remote::chat_request(self.session, text, self.options.clone())?;
-        let reply = remote::converse(&mut self.client, &request, Some(&self.interrupt), on_text)?;
+        let reply = remote::converse(
+            &mut self.client,
+            &request,
+            self.recovery,
+            Some(&self.interrupt),
+            on_text,
+        )?;
         for error in &reply.errors {
             eprintln!("{error}");
+        }
+        for warning in &reply.warnings {
+            eprintln!("warning: {warning}");
         }
         let s = &reply.stats;
         let summary = format!(

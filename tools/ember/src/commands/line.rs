@@ -25,6 +25,9 @@ pub struct Args {
     /// Lose every Nth byte the host sends (fault injection; 0: never).
     #[arg(long, default_value_t = 0)]
     drop_every: u64,
+    /// Flip and drop the device's bytes too (its replies), at the same rates.
+    #[arg(long)]
+    both_ways: bool,
 }
 
 /// Runs `ember line` (until killed).
@@ -37,7 +40,16 @@ pub fn run(args: Args) -> Result<()> {
         corrupt_every: args.corrupt_every,
         drop_every: args.drop_every,
     };
-    let line = ember_serial::SimulatedLine::open(args.baud, faults).context("cannot open PTYs")?;
+    let to_host = if args.both_ways {
+        faults
+    } else {
+        ember_serial::Faults {
+            max_baud: args.max_baud,
+            ..Default::default()
+        }
+    };
+    let line = ember_serial::SimulatedLine::open_with(args.baud, faults, to_host)
+        .context("cannot open PTYs")?;
     super::emit(
         &format!(
             "device {}\nhost {}",
