@@ -40,10 +40,9 @@ struct Args {
     /// 135M-Instruct), which `ember chat` makes in $EMBER_HOME on first use (emberd does not).
     #[arg(long, conflicts_with = "slot_dir")]
     model: Option<PathBuf>,
-    /// Model slots: serve the active one, take new images over the line into the other (default
-    /// with --board: its slot_dir). SLOT_DIR/flash.pub (public keys, one a line) admits images
-    /// signed by one of them only; an image older than the active one (its --image-version) is
-    /// refused unless the file SLOT_DIR/allow-downgrade exists.
+    /// Model slots: serve the active one, take new images into the other (default with --board:
+    /// its slot_dir). SLOT_DIR/flash.pub (keys, one a line) admits images signed by one only; an
+    /// older image than the active one is refused unless SLOT_DIR/allow-downgrade exists.
     #[arg(long, value_name = "SLOT_DIR")]
     slot_dir: Option<PathBuf>,
     /// Serial device, e.g. /dev/ttyAMA0 or /dev/ttyUSB0.

@@ -440,7 +440,7 @@ impl<P: Port> Client<P> {
                 continue;
             }
             self.send(&Request::Goodbye)?;
-            match self.until(wait, &|e: &Event| matches!(e, Event::Goodbye), &mut |_| {}) {
+            match self.until(wait, |e: &Event| matches!(e, Event::Goodbye), &mut |_| {}) {
                 Err(ClientError::Timeout(_)) => continue,
                 Err(e) => return Err(e),
                 Ok(_) => return Ok(self.tty),
