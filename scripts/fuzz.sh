@@ -2,7 +2,7 @@
 # Runs every cargo-fuzz target over its committed seeds (`fuzz/seeds/<target>`) and its local
 # corpus (`fuzz/corpus/<target>`, ignored by git), one after another:
 #
-#   scripts/fuzz.sh 10      each target for 10 s (CI's smoke run)
+#   scripts/fuzz.sh 5       each target for 5 s (CI's smoke run)
 #   scripts/fuzz.sh 0       each target over its seeds and corpus only, no new inputs
 #   scripts/fuzz.sh -runs=10000000      each target for 10 M executions (the README's runs)
 #   scripts/fuzz.sh 600 gguf image      only the targets named
