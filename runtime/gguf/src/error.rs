@@ -114,7 +114,7 @@ pub enum GgufError {
     MissingTensor(String),
     /// A tensor type Ember cannot dequantize.
     #[error(
-        "tensor {name:?} has type {ty}, which Ember cannot dequantize (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)"
+        "tensor {name:?} has type {ty}, which Ember cannot dequantize (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, IQ4_XS)"
     )]
     UnsupportedType {
         /// The tensor.

@@ -2,8 +2,8 @@
 //!
 //! - [`GgufFile`] maps a file and indexes it; [`parse`] does the same for bytes in memory.
 //! - [`Metadata`] holds the key/value section with typed accessors.
-//! - [`TensorInfo`] describes one tensor; [`dequantize`] turns F32, F16, BF16, Q8_0, Q4_0 and
-//!   Q4_1 data into `f32`.
+//! - [`TensorInfo`] describes one tensor; [`dequantize`] turns F32, F16, BF16, Q8_0, Q4_0, Q4_1,
+//!   Q5_0, Q5_1, the K-quants (Q2_K … Q6_K, Q8_K), IQ4_NL and IQ4_XS data into `f32`.
 //! - [`GgufWriter`] and the [`quantize`] functions write files (Ember's synthetic test models).
 //!
 //! Every malformed input is a [`GgufError`]; the reader never panics and never allocates more
@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod kquant;
 mod metadata;
 mod quant;
 mod reader;

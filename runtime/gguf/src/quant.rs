@@ -5,11 +5,33 @@
 //!   value j+16 = d·((q[j] >> 4) − 8).
 //! - Q4_1: 32 values in 20 bytes: f16 `d`, f16 minimum `m`, 16 bytes of nibbles;
 //!   value j = d·(q[j] & 15) + m, value j+16 = d·(q[j] >> 4) + m.
+//! - Q5_0: 32 values in 22 bytes: f16 `d`, 4 bytes `qh` (bit j: value j's fifth bit), 16 bytes of
+//!   nibbles as Q4_0; value = d·(q − 16) with q = nibble | fifth bit << 4.
+//! - Q5_1: 32 values in 24 bytes: f16 `d`, f16 `m`, then as Q5_0; value = d·q + m.
+//! - IQ4_NL: 32 values in 18 bytes: f16 `d`, 16 bytes of nibbles as Q4_0, each an index into a
+//!   table of 16 non-uniform levels; value = d·level.
+//!
+//! The K-quants (256 values a block, with sub-block scales) are in [`crate::kquant`]. Each value
+//! is computed with ggml's (and gguf-py's) operations in their order, so results are bit-exact.
 
-use crate::{GgufError, TensorInfo, TensorType};
+use crate::{GgufError, TensorInfo, TensorType, kquant};
 use half::f16;
 
-fn f16_at(bytes: &[u8], at: usize) -> f32 {
+/// IQ4_NL's (and IQ4_XS's) 16 levels (ggml's `kvalues_iq4nl`).
+pub(crate) const IQ4_LEVELS: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+/// The 32 five-bit quants of a Q5_0/Q5_1 block: `qh` holds the fifth bits, `qs` the nibbles.
+fn five_bit_quants(qh: &[u8], qs: &[u8]) -> impl Iterator<Item = u8> {
+    let high = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    let nibbles = qs.iter().map(|q| q & 0x0F).chain(qs.iter().map(|q| q >> 4));
+    nibbles
+        .enumerate()
+        .map(move |(j, low)| low | (((high >> j) & 1) as u8) << 4)
+}
+
+pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }
 
@@ -62,6 +84,36 @@ pub fn dequantize(info: &TensorInfo, data: &[u8]) -> Result<Vec<f32>, GgufError>
                 out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
             }
         }
+        TensorType::Q5_0 => {
+            for block in data.chunks_exact(22) {
+                let d = f16_at(block, 0);
+                let quants = five_bit_quants(&block[2..6], &block[6..]);
+                out.extend(quants.map(|q| d * (q as i32 - 16) as f32));
+            }
+        }
+        TensorType::Q5_1 => {
+            for block in data.chunks_exact(24) {
+                let (d, m) = (f16_at(block, 0), f16_at(block, 2));
+                let quants = five_bit_quants(&block[4..8], &block[8..]);
+                out.extend(quants.map(|q| d * q as f32 + m));
+            }
+        }
+        TensorType::IQ4NL => {
+            for block in data.chunks_exact(18) {
+                let d = f16_at(block, 0);
+                let qs = &block[2..];
+                let level = |nibble: u8| d * IQ4_LEVELS[nibble as usize] as f32;
+                out.extend(qs.iter().map(|&q| level(q & 0x0F)));
+                out.extend(qs.iter().map(|&q| level(q >> 4)));
+            }
+        }
+        TensorType::Q2K
+        | TensorType::Q3K
+        | TensorType::Q4K
+        | TensorType::Q5K
+        | TensorType::Q6K
+        | TensorType::Q8K
+        | TensorType::IQ4XS => kquant::dequantize(info.ty, data, &mut out),
         _ => return Err(unsupported()),
     }
     Ok(out)

@@ -19,6 +19,8 @@ pub enum TensorType {
     Q5K,
     Q6K,
     Q8K,
+    IQ4NL,
+    IQ4XS,
     I8,
     I16,
     I32,
@@ -46,6 +48,8 @@ impl TensorType {
             13 => Q5K,
             14 => Q6K,
             15 => Q8K,
+            20 => IQ4NL,
+            23 => IQ4XS,
             24 => I8,
             25 => I16,
             26 => I32,
@@ -74,6 +78,8 @@ impl TensorType {
             Q5K => 13,
             Q6K => 14,
             Q8K => 15,
+            IQ4NL => 20,
+            IQ4XS => 23,
             I8 => 24,
             I16 => 25,
             I32 => 26,
@@ -103,6 +109,8 @@ impl TensorType {
             Q5K => (256, 176),
             Q6K => (256, 210),
             Q8K => (256, 292),
+            IQ4NL => (32, 18),
+            IQ4XS => (256, 136),
         }
     }
 }
@@ -116,6 +124,8 @@ impl fmt::Display for TensorType {
             TensorType::Q5K => "Q5_K",
             TensorType::Q6K => "Q6_K",
             TensorType::Q8K => "Q8_K",
+            TensorType::IQ4NL => "IQ4_NL",
+            TensorType::IQ4XS => "IQ4_XS",
             other => return fmt::Debug::fmt(other, f),
         };
         f.write_str(name)
