@@ -58,6 +58,16 @@ fuzz_target!(|data: &[u8]| {
                     | TensorType::Q8_0
                     | TensorType::Q4_0
                     | TensorType::Q4_1
+                    | TensorType::Q5_0
+                    | TensorType::Q5_1
+                    | TensorType::Q2K
+                    | TensorType::Q3K
+                    | TensorType::Q4K
+                    | TensorType::Q5K
+                    | TensorType::Q6K
+                    | TensorType::Q8K
+                    | TensorType::IQ4NL
+                    | TensorType::IQ4XS
             )),
             Err(e) => panic!("{}: {e}", t.name),
         }
