@@ -18,53 +18,50 @@
 use crate::TensorType;
 use crate::quant::{IQ4_LEVELS, f16_at};
 
-/// Appends the values of `data` (whole blocks of `ty`, a super-block type) to `out`.
-pub(crate) fn dequantize(ty: TensorType, data: &[u8], out: &mut Vec<f32>) {
-    let (_, block_bytes) = ty.block_layout();
-    for block in data.chunks_exact(block_bytes as usize) {
-        match ty {
-            TensorType::Q2K => q2_k(block, out),
-            TensorType::Q3K => q3_k(block, out),
-            TensorType::Q4K => q4_k(block, out),
-            TensorType::Q5K => q5_k(block, out),
-            TensorType::Q6K => q6_k(block, out),
-            TensorType::Q8K => q8_k(block, out),
-            TensorType::IQ4XS => iq4_xs(block, out),
-            other => unreachable!("{other} is not a super-block type"),
-        }
-    }
+/// The function that appends one block's values, for a super-block type; `None` for others.
+pub(crate) fn block_dequantizer(ty: TensorType) -> Option<fn(&[u8], &mut Vec<f32>)> {
+    Some(match ty {
+        TensorType::Q2K => q2_k,
+        TensorType::Q3K => q3_k,
+        TensorType::Q4K => q4_k,
+        TensorType::Q5K => q5_k,
+        TensorType::Q6K => q6_k,
+        TensorType::Q8K => q8_k,
+        TensorType::IQ4XS => iq4_xs,
+        _ => return None,
+    })
 }
 
 fn q2_k(block: &[u8], out: &mut Vec<f32>) {
     let (scales, qs) = (&block[..16], &block[16..80]);
     let (d, dmin) = (f16_at(block, 80), f16_at(block, 82));
-    // Value v: half h = v / 128, shift k = (v / 32) % 4, byte l = v % 32 of the half's 32.
-    for v in 0..256 {
-        let (h, k, l) = (v / 128, (v / 32) % 4, v % 32);
-        let q = (qs[h * 32 + l] >> (2 * k)) & 3;
-        let scale = scales[v / 16];
+    // Sub-block s of 16: half h = s / 8, shift k = (s / 2) % 4, bytes 16·(s % 2) … of the
+    // half's 32.
+    for (s, &scale) in scales.iter().enumerate() {
+        let (h, k, first) = (s / 8, (s / 2) % 4, 16 * (s % 2));
         let dl = d * (scale & 0x0F) as f32;
         let ml = dmin * (scale >> 4) as f32;
-        out.push(dl * q as f32 - ml);
+        let bytes = &qs[h * 32 + first..h * 32 + first + 16];
+        out.extend(bytes.iter().map(|&b| dl * ((b >> (2 * k)) & 3) as f32 - ml));
     }
 }
 
 fn q3_k(block: &[u8], out: &mut Vec<f32>) {
     let (hmask, qs, packed) = (&block[..32], &block[32..96], &block[96..108]);
     let d = f16_at(block, 108);
-    // Sixteen 6-bit scales: low nibbles in bytes 0..8 (low halves first), high pairs in 8..12.
-    let scale = |i: usize| {
-        let low = (packed[i % 8] >> (4 * (i / 8))) & 0x0F;
-        let high = (packed[8 + i % 4] >> (2 * (i / 4))) & 3;
-        (low | high << 4) as i32 - 32
-    };
-    for v in 0..256 {
-        let (h, k, l) = (v / 128, (v / 32) % 4, v % 32);
-        let low = ((qs[h * 32 + l] >> (2 * k)) & 3) as i32;
-        let high_set = hmask[l] >> (h * 4 + k) & 1 == 1;
-        let q = low - if high_set { 0 } else { 4 };
-        let dl = d * scale(v / 16) as f32;
-        out.push(dl * q as f32);
+    // Sub-block s of 16: as Q2_K's, with its sixteen 6-bit scales' low nibbles in bytes 0..8
+    // (low halves first) and high pairs in 8..12; the high bit of value l of quarter
+    // 4h + k is bit 4h + k of hmask[l] (set: +0, clear: −4).
+    for s in 0..16 {
+        let (h, k, first) = (s / 8, (s / 2) % 4, 16 * (s % 2));
+        let low = (packed[s % 8] >> (4 * (s / 8))) & 0x0F;
+        let high = (packed[8 + s % 4] >> (2 * (s / 4))) & 3;
+        let dl = d * ((low | high << 4) as i32 - 32) as f32;
+        for l in first..first + 16 {
+            let q = ((qs[h * 32 + l] >> (2 * k)) & 3) as i32;
+            let high_set = hmask[l] >> (h * 4 + k) & 1 == 1;
+            out.push(dl * (q - if high_set { 0 } else { 4 }) as f32);
+        }
     }
 }
 
@@ -81,21 +78,21 @@ fn scale_min_k4(j: usize, packed: &[u8]) -> (u8, u8) {
     }
 }
 
-/// Q4_K and Q5_K: sub-block s = v / 32 holds the low (even s) or high (odd s) nibbles of
-/// bytes 32·(s / 2) … of `qs`; `fifth_bits`, for Q5_K, holds bit s of value v at byte v % 32.
+/// Q4_K and Q5_K: sub-block s of 32 holds the low (even s) or high (odd s) nibbles of bytes
+/// 32·(s / 2) … of `qs`; `fifth_bits`, for Q5_K, holds bit s of value l at byte l.
 fn q45_k(block: &[u8], fifth_bits: Option<&[u8]>, qs: &[u8], out: &mut Vec<f32>) {
     let (d, dmin, packed) = (f16_at(block, 0), f16_at(block, 2), &block[4..16]);
-    for v in 0..256 {
-        let (s, l) = (v / 32, v % 32);
-        let byte = qs[(s / 2) * 32 + l];
-        let mut q = if s % 2 == 0 { byte & 0x0F } else { byte >> 4 };
-        if let Some(bits) = fifth_bits {
-            q |= ((bits[l] >> s) & 1) << 4;
-        }
+    for s in 0..8 {
         let (scale, min) = scale_min_k4(s, packed);
         let dl = d * scale as f32;
         let ml = dmin * min as f32;
-        out.push(dl * q as f32 - ml);
+        for (l, &byte) in qs[(s / 2) * 32..(s / 2) * 32 + 32].iter().enumerate() {
+            let mut q = if s % 2 == 0 { byte & 0x0F } else { byte >> 4 };
+            if let Some(bits) = fifth_bits {
+                q |= ((bits[l] >> s) & 1) << 4;
+            }
+            out.push(dl * q as f32 - ml);
+        }
     }
 }
 
@@ -110,17 +107,18 @@ fn q5_k(block: &[u8], out: &mut Vec<f32>) {
 fn q6_k(block: &[u8], out: &mut Vec<f32>) {
     let (ql, qh, scales) = (&block[..128], &block[128..192], &block[192..208]);
     let d = f16_at(block, 208);
-    // Value v: half h = v / 128; within it, quarter k = (v / 32) % 4 and l = v % 32: the low
-    // nibble of ql[64h + l] (k = 0) or ql[64h + 32 + l] (k = 1), their high nibbles (k = 2, 3);
-    // the high two bits are bits 2k, 2k+1 of qh[32h + l].
-    for v in 0..256 {
-        let (h, k, l) = (v / 128, (v / 32) % 4, v % 32);
-        let byte = ql[64 * h + 32 * (k % 2) + l];
-        let low = if k < 2 { byte & 0x0F } else { byte >> 4 };
-        let high = (qh[32 * h + l] >> (2 * k)) & 3;
-        let q = (low | high << 4) as i32 - 32;
-        let dl = d * scales[v / 16] as i8 as f32;
-        out.push(dl * q as f32);
+    // Sub-block s of 16: half h = s / 8, quarter k = (s / 2) % 4, values l = 16·(s % 2) … of
+    // the quarter's 32: the low nibble of ql[64h + l] (k = 0) or ql[64h + 32 + l] (k = 1), their
+    // high nibbles (k = 2, 3); the high two bits are bits 2k, 2k+1 of qh[32h + l].
+    for (s, &scale) in scales.iter().enumerate() {
+        let (h, k, first) = (s / 8, (s / 2) % 4, 16 * (s % 2));
+        let dl = d * scale as i8 as f32;
+        for l in first..first + 16 {
+            let byte = ql[64 * h + 32 * (k % 2) + l];
+            let low = if k < 2 { byte & 0x0F } else { byte >> 4 };
+            let high = (qh[32 * h + l] >> (2 * k)) & 3;
+            out.push(dl * ((low | high << 4) as i32 - 32) as f32);
+        }
     }
 }
 

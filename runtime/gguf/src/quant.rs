@@ -107,14 +107,13 @@ pub fn dequantize(info: &TensorInfo, data: &[u8]) -> Result<Vec<f32>, GgufError>
                 out.extend(qs.iter().map(|&q| level(q >> 4)));
             }
         }
-        TensorType::Q2K
-        | TensorType::Q3K
-        | TensorType::Q4K
-        | TensorType::Q5K
-        | TensorType::Q6K
-        | TensorType::Q8K
-        | TensorType::IQ4XS => kquant::dequantize(info.ty, data, &mut out),
-        _ => return Err(unsupported()),
+        ty => {
+            let block_values = kquant::block_dequantizer(ty).ok_or_else(unsupported)?;
+            let (_, block_bytes) = ty.block_layout();
+            for block in data.chunks_exact(block_bytes as usize) {
+                block_values(block, &mut out);
+            }
+        }
     }
     Ok(out)
 }
