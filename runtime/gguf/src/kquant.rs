@@ -18,8 +18,11 @@
 use crate::TensorType;
 use crate::quant::{IQ4_LEVELS, f16_at};
 
-/// The function that appends one block's values, for a super-block type; `None` for others.
-pub(crate) fn block_dequantizer(ty: TensorType) -> Option<fn(&[u8], &mut Vec<f32>)> {
+/// Appends one block's values to the output.
+pub(crate) type BlockDequantizer = fn(&[u8], &mut Vec<f32>);
+
+/// The [`BlockDequantizer`] of a super-block type; `None` for others.
+pub(crate) fn block_dequantizer(ty: TensorType) -> Option<BlockDequantizer> {
     Some(match ty {
         TensorType::Q2K => q2_k,
         TensorType::Q3K => q3_k,
