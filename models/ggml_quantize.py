@@ -26,7 +26,9 @@ import sys
 
 import numpy as np
 import xllamacpp
-from gguf import GGMLQuantizationType as QT, GGUFReader, GGUFValueType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT, GGUFReader
+
+from gguf_to_f32 import writer_with_metadata
 
 FALLBACK = {QT.Q4_K: QT.Q5_0, QT.Q5_K: QT.Q5_1, QT.Q6_K: QT.Q8_0}
 BASE = {"q4_k_m": QT.Q4_K, "q5_k_m": QT.Q5_K, "q6_k": QT.Q6_K, "q5_0": QT.Q5_0}
@@ -51,8 +53,6 @@ def choose(name, row_len, kind, n_layer, has_output):
     base = BASE[kind]
     if name == "output.weight" or (name == "token_embd.weight" and not has_output):
         ty = QT.Q6_K
-    elif name == "token_embd.weight":
-        ty = base
     else:
         ty = base
         layer = re.match(r"blk\.(\d+)\.", name)
@@ -72,28 +72,19 @@ def main(src, dst, kind):
     arch = reader.fields["general.architecture"].contents()
     n_layer = reader.fields[f"{arch}.block_count"].contents()
     names = {t.name for t in reader.tensors}
-    writer = GGUFWriter(dst, arch)
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture":
-            continue
-        main_type = field.types[0]
-        sub_type = field.types[-1] if main_type == GGUFValueType.ARRAY else None
-        writer.add_key_value(key, field.contents(), main_type, sub_type)
+    writer = writer_with_metadata(reader, dst)
     for tensor in reader.tensors:
         if tensor.tensor_type != QT.F32:
             sys.exit(f"{tensor.name} is {tensor.tensor_type.name}: give an F32 GGUF (gguf_to_f32.py)")
         values = np.ascontiguousarray(tensor.data, dtype=np.float32)
         shape = [int(d) for d in tensor.shape.tolist()]  # ne0 first
-        row_len, rows = shape[0], int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        row_len, rows = shape[0], int(np.prod(shape[1:]))
         if len(shape) == 1:
             writer.add_tensor(tensor.name, values.reshape(shape[::-1]))
             print(f"{tensor.name}: F32", file=sys.stderr)
             continue
         ty = choose(tensor.name, row_len, kind, n_layer, "output.weight" in names)
-        block, nbytes = {
-            QT.Q4_K: (256, 144), QT.Q5_K: (256, 176), QT.Q6_K: (256, 210),
-            QT.Q5_0: (32, 22), QT.Q5_1: (32, 24), QT.Q8_0: (32, 34),
-        }[ty]
+        block, nbytes = GGML_QUANT_SIZES[ty]
         out = np.zeros(rows * row_len // block * nbytes, dtype=np.uint8)
         written = lib.ggml_quantize_chunk(
             int(ty), values.ctypes.data, out.ctypes.data, 0, rows, row_len, None

@@ -15,8 +15,8 @@ from gguf import GGUFReader, GGUFWriter, GGUFValueType
 from gguf.quants import dequantize
 
 
-def main(src, dst):
-    reader = GGUFReader(src)
+def writer_with_metadata(reader, dst):
+    """A GGUFWriter for `dst` holding `reader`'s metadata, unchanged."""
     arch = reader.fields["general.architecture"].contents()
     writer = GGUFWriter(dst, arch)
     for key, field in reader.fields.items():
@@ -25,6 +25,12 @@ def main(src, dst):
         main_type = field.types[0]
         sub_type = field.types[-1] if main_type == GGUFValueType.ARRAY else None
         writer.add_key_value(key, field.contents(), main_type, sub_type)
+    return writer
+
+
+def main(src, dst):
+    reader = GGUFReader(src)
+    writer = writer_with_metadata(reader, dst)
     for tensor in reader.tensors:
         values = dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
         shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
