@@ -5,13 +5,8 @@
 use ember_gguf::{GgufError, GgufFile, TensorInfo, TensorType, dequantize};
 use serde_json::Value as Json;
 use std::collections::HashSet;
-use std::path::PathBuf;
-
-fn fixture_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+mod common;
+use common::{assert_dequantizes_to, fixture_path};
 
 #[test]
 fn every_block_type_dequantizes_like_gguf_py() {
@@ -25,16 +20,7 @@ fn every_block_type_dequantizes_like_gguf_py() {
         let name = want["name"].as_str().unwrap();
         let info = file.tensor(name).unwrap();
         assert_eq!(info.ty.to_string(), want["type"], "{name}");
-        let values = file.dequantize(name).unwrap();
-        let want_values: Vec<f64> = serde_json::from_value(want["values"].clone()).unwrap();
-        assert_eq!(values.len(), want_values.len(), "{name}");
-        for (i, (got, want)) in values.iter().zip(&want_values).enumerate() {
-            assert_eq!(
-                got.to_bits(),
-                (*want as f32).to_bits(),
-                "{name}[{i}]: {got} vs {want}"
-            );
-        }
+        assert_dequantizes_to(&file, name, want);
         types_seen.insert(info.ty);
     }
     use TensorType::*;

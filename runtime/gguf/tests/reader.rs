@@ -7,13 +7,8 @@ use ember_gguf::{
 };
 use quickcheck::{QuickCheck, TestResult, quickcheck};
 use serde_json::Value as Json;
-use std::path::PathBuf;
-
-fn fixture_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+mod common;
+use common::{assert_dequantizes_to, fixture_path};
 
 fn fixture_bytes() -> Vec<u8> {
     std::fs::read(fixture_path("fixture.gguf")).expect("fixture.gguf")
@@ -101,16 +96,7 @@ fn fixture_tensors_dequantize_like_gguf_py() {
         let dims: Vec<u64> = serde_json::from_value(want["dims"].clone()).unwrap();
         assert_eq!(info.dims, dims, "{name}");
         assert_eq!(info.offset, want["offset"], "{name}");
-        let values = file.dequantize(name).unwrap();
-        let want_values: Vec<f64> = serde_json::from_value(want["values"].clone()).unwrap();
-        assert_eq!(values.len(), want_values.len(), "{name}");
-        for (i, (got, want)) in values.iter().zip(&want_values).enumerate() {
-            assert_eq!(
-                got.to_bits(),
-                (*want as f32).to_bits(),
-                "{name}[{i}]: {got} vs {want}"
-            );
-        }
+        assert_dequantizes_to(&file, name, want);
         types_seen.insert(info.ty);
     }
     for ty in [
