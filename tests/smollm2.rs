@@ -6,11 +6,12 @@
 use ember_core::sampler::argmax;
 use ember_e2e::{
     binary, ember, ember_at, emberd_on_pty, last_json_line, serve_on_pty, smollm2, smollm2_image,
-    smollm2_reference, stdout_of,
+    smollm2_k_quant, smollm2_reference, stdout_of,
 };
 use ember_engine::LanguageModel;
 use ember_gguf::GgufFile;
 use ember_reference::{ReferenceModel, ReferenceSession, gguf};
+use sha2::{Digest, Sha256};
 
 fn ids(value: &serde_json::Value) -> Vec<u32> {
     serde_json::from_value(value.clone()).expect("a list of token ids")
@@ -87,8 +88,59 @@ fn ember_replies(
 /// the GGUF, F32 KV cache): the same arithmetic as Ember's reference engine.
 #[test]
 fn greedy_chat_replies_match_llama_cpp_exact() {
-    let replies = ember_replies(&smollm2_reference("chat_replies_exact.json"), &smollm2());
-    for (case, result) in &replies {
+    assert_replies_match(&smollm2_reference("chat_replies_exact.json"), &smollm2());
+}
+
+/// The same on the K-quant files people download: SmolLM2 quantized by llama.cpp's kernels
+/// (`models/ggml_quantize.py`) to Q4_K_M, Q5_K_M, Q6_K and Q5_0, each run by Ember's f32
+/// reference, against llama.cpp on a lossless F32 copy of that file (recorded in
+/// `models/smollm2-135m/reference/kquants/`). Two f32 computations that add in different
+/// orders can still part where llama.cpp's two best tokens are closer than [`FLOAT_TIE`]
+/// (one reply of the 24 does, at a gap of 0.0007 nats): there Ember must have chosen
+/// llama.cpp's second, and the replies must agree up to that step.
+#[test]
+fn k_quant_files_give_llama_cpp_f32_replies() {
+    let mut parted = Vec::new();
+    for kind in ["q4_k_m", "q5_k_m", "q6_k", "q5_0"] {
+        let Some(file) = smollm2_k_quant(kind) else {
+            return;
+        };
+        let reference = smollm2_reference(&format!("kquants/{kind}/chat_replies_exact.json"));
+        let digest = format!("{:x}", Sha256::digest(std::fs::read(&file).unwrap()));
+        assert_eq!(
+            digest, reference["gguf_sha256"],
+            "models/ggml_quantize.py wrote another {kind} file than the one llama.cpp ran: \
+             regenerate its reference (models/smollm2-135m/reference/README.md)"
+        );
+        eprintln!("{kind}: {}", file.display());
+        for (case, result) in &ember_replies(&reference, &file) {
+            let prompt = case["prompt"].as_str().unwrap();
+            let (ours, theirs) = (ids(&result["tokens"]), ids(&case["reply_ids"]));
+            let Some(step) = ours.iter().zip(&theirs).position(|(a, b)| a != b) else {
+                assert_eq!(ours, theirs, "{kind} {prompt:?}");
+                continue;
+            };
+            let top5: Vec<(u32, f64)> = serde_json::from_value(case["top5"][step].clone()).unwrap();
+            let gap = top5[0].1 - top5[1].1;
+            eprintln!("{kind} {prompt:?}: parts from llama.cpp at step {step}, gap {gap}");
+            assert!(
+                top5[1].0 == ours[step] && gap < FLOAT_TIE,
+                "{kind} {prompt:?} step {step}: Ember chose {}, llama.cpp's top 5 were {top5:?}",
+                ours[step]
+            );
+            parted.push((kind, step));
+        }
+    }
+    eprintln!("replies that part at a float tie: {parted:?}");
+}
+
+/// Log-probability gap (nats) below which two f32 computations of the same model that add in
+/// different orders may rank the two best tokens differently.
+const FLOAT_TIE: f64 = 0.002;
+
+/// Ember's greedy `--chat` replies from `model` are the reference's, token for token.
+fn assert_replies_match(reference: &serde_json::Value, model: &std::path::Path) {
+    for (case, result) in &ember_replies(reference, model) {
         let prompt = case["prompt"].as_str().unwrap();
         assert_eq!(
             result["stats"]["prompt_tokens"].as_u64().unwrap() as usize,

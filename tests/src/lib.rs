@@ -199,6 +199,46 @@ pub fn onnxruntime_logits(image: &Path, ids: &[u32], prefill: usize) -> Option<V
     Some(serde_json::from_value(result["logits"].clone()).expect("logits"))
 }
 
+/// SmolLM2 re-quantized by llama.cpp's own kernels to `kind` (`q4_k_m`, `q5_k_m`, `q6_k` or
+/// `q5_0`): `models/gguf_to_f32.py` makes a lossless F32 copy, `models/ggml_quantize.py`
+/// quantizes it (once per test process). `None` when the `gguf` or `xllamacpp` wheel is not
+/// installed and [`peers_required`] is off.
+pub fn smollm2_k_quant(kind: &str) -> Option<PathBuf> {
+    static F32: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let dir = std::env::temp_dir().join(format!("ember-kquants-{}", std::process::id()));
+    let python = std::env::var("EMBER_PYTHON").unwrap_or_else(|_| "python3".into());
+    let run = |script: &str, args: &[&Path], extra: Option<&str>| {
+        let output = Command::new(&python)
+            .arg(repo_root().join("models").join(script))
+            .args(args)
+            .args(extra)
+            .output()
+            .expect("python runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() && stderr.contains("No module named") && !peers_required() {
+            eprintln!(
+                "gguf or xllamacpp is not installed: skipped ({})",
+                stderr.trim()
+            );
+            return false;
+        }
+        assert!(output.status.success(), "{script} failed: {stderr}");
+        true
+    };
+    let f32_copy = F32.get_or_init(|| {
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let f32_copy = dir.join("smollm2-f32.gguf");
+        run("gguf_to_f32.py", &[&smollm2(), &f32_copy], None).then_some(f32_copy)
+    });
+    let output = dir.join(format!("smollm2-{kind}.gguf"));
+    (run(
+        "ggml_quantize.py",
+        &[f32_copy.as_ref()?, &output],
+        Some(kind),
+    ))
+    .then_some(output)
+}
+
 /// `tests/fixtures/tiny/golden.json`: llama.cpp's tokens for the tiny model (see its README).
 pub fn tiny_golden() -> serde_json::Value {
     let path = repo_root().join("tests/fixtures/tiny/golden.json");

@@ -17,6 +17,7 @@ server, embedded in-process, CPU only):
     Server.handle_completions(...) (OpenAI-compatible handlers called directly).
 """
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -258,6 +259,11 @@ def make_teacher_forced(ref):
     }
 
 
+EXACT_NOTE = ("EXACT variant: the GGUF was converted losslessly to F32 (models/gguf_to_f32.py) and "
+              "run with an F32 KV cache, so llama.cpp computes in f32 without rounding activations "
+              "to 8 bits. ")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", required=True)
@@ -267,6 +273,9 @@ def main():
                     help="run llama.cpp on a lossless F32 copy of the GGUF (models/gguf_to_f32.py) "
                          "with an F32 KV cache, i.e. without its 8-bit activation rounding; writes "
                          "chat_replies_exact.json and teacher_forced_exact.json")
+    ap.add_argument("--chat-only", action="store_true",
+                    help="write only the chat replies (e.g. for the K-quant files of "
+                         "models/ggml_quantize.py); they record the GGUF's SHA-256")
     a = ap.parse_args()
     gguf = a.gguf
     if a.exact:
@@ -289,17 +298,21 @@ def main():
     suffix = ""
     if a.exact:
         suffix = "_exact"
-    else:
+    elif not a.chat_only:
         dump("tokenizer_ids.json", make_tokenizer(ref, france))
     chat = make_chat(ref)
-    assert chat["cases"][0]["reply_text"].startswith("The capital of France is Paris."), chat["cases"][0]["reply_text"]
+    assert chat["cases"][0]["reply_text"].startswith("The capital of France is Paris"), chat["cases"][0]["reply_text"]
+    if a.chat_only:
+        with open(a.gguf, "rb") as f:
+            chat["gguf_sha256"] = hashlib.sha256(f.read()).hexdigest()
+        if a.exact:
+            chat["source"] = EXACT_NOTE + chat["source"]
+        dump("chat_replies%s.json" % suffix, chat)
+        return
     forced = make_teacher_forced(ref)
     if a.exact:
-        note = ("EXACT variant: the GGUF was converted losslessly to F32 (models/gguf_to_f32.py) and "
-                "run with an F32 KV cache, so llama.cpp computes in f32 without rounding activations "
-                "to 8 bits. ")
-        chat["source"] = note + chat["source"]
-        forced["source"] = note + forced["source"]
+        chat["source"] = EXACT_NOTE + chat["source"]
+        forced["source"] = EXACT_NOTE + forced["source"]
     dump("chat_replies%s.json" % suffix, chat)
     dump("teacher_forced%s.json" % suffix, forced)
 
