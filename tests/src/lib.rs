@@ -83,6 +83,21 @@ pub fn tiny_model() -> PathBuf {
     .clone()
 }
 
+/// The tiny synthetic model of the family `arch` (`ember synth --seed 42 --arch ARCH`), written
+/// by this call to a file of its own in the test process's directory.
+pub fn tiny_model_of(arch: &str) -> PathBuf {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("ember-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(format!("tiny-{arch}-{call}.gguf"));
+    let path_text = path.to_str().expect("UTF-8 temp path");
+    stdout_of(&ember(&[
+        "synth", "-o", path_text, "--seed", "42", "--arch", arch,
+    ]));
+    path
+}
+
 /// A JSON file under `models/smollm2-135m/reference/` (recorded from llama.cpp).
 pub fn smollm2_reference(name: &str) -> serde_json::Value {
     let path = repo_root().join("models/smollm2-135m/reference").join(name);
@@ -241,8 +256,18 @@ pub fn smollm2_k_quant(kind: &str) -> Option<PathBuf> {
 
 /// `tests/fixtures/tiny/golden.json`: llama.cpp's tokens for the tiny model (see its README).
 pub fn tiny_golden() -> serde_json::Value {
-    let path = repo_root().join("tests/fixtures/tiny/golden.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("golden.json")).expect("JSON")
+    tiny_golden_of("llama")
+}
+
+/// llama.cpp's tokens for the tiny model of the family `arch` (`golden.json` for llama,
+/// `golden-ARCH.json` for the others; see the fixture's README).
+pub fn tiny_golden_of(arch: &str) -> serde_json::Value {
+    let name = match arch {
+        "llama" => "golden.json".to_string(),
+        other => format!("golden-{other}.json"),
+    };
+    let path = repo_root().join("tests/fixtures/tiny").join(&name);
+    serde_json::from_str(&std::fs::read_to_string(path).expect(&name)).expect("JSON")
 }
 
 /// Token ids in a golden record.
@@ -254,7 +279,15 @@ pub fn ids(value: &serde_json::Value) -> Vec<u32> {
 /// arguments) and checks it gives exactly llama.cpp's greedy tokens computed with exact f32
 /// arithmetic, and the same finish.
 pub fn assert_greedy_matches_golden(generate: impl Fn(&[&str]) -> Output, model: &Path) {
-    let golden = tiny_golden();
+    assert_greedy_matches(&tiny_golden(), generate, model);
+}
+
+/// [`assert_greedy_matches_golden`] against the golden record `golden`.
+pub fn assert_greedy_matches(
+    golden: &serde_json::Value,
+    generate: impl Fn(&[&str]) -> Output,
+    model: &Path,
+) {
     let max_tokens = golden["max_tokens"].to_string();
     for case in golden["cases"].as_array().expect("cases") {
         let prompt = case["prompt"].as_str().expect("prompt");

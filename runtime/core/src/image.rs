@@ -234,11 +234,14 @@ mod manifest {
         pub tokens: Vec<u32>,
     }
 
-    /// The shape of a Llama-family decoder (SmolLM2, Llama, Qwen2 without biases): what the
-    /// manifest records and what every engine builds from.
+    /// The shape of a decoder (SmolLM2, Llama, Qwen2, Qwen3, Gemma 3): what the manifest
+    /// records and what every engine builds from.
     ///
     /// The counts are `usize` in memory and varints on the wire (postcard writes a `usize` as
-    /// the `u64` varint, the same bytes as a `u32` varint for any count below 2³²).
+    /// the `u64` varint, the same bytes as a `u32` varint for any count below 2³²). What sets
+    /// a family apart from Llama ([`Variant`]) is encoded after the manifest's other fields
+    /// (see [`Manifest::to_bytes`]), so a Llama image's bytes are what they were before
+    /// families existed.
     #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
     pub struct Architecture {
         /// Number of transformer blocks.
@@ -261,13 +264,118 @@ mod manifest {
         pub context_length: usize,
         /// Vocabulary size (rows of the embedding).
         pub vocab_size: usize,
+        /// What the family adds to a Llama block (all defaults for Llama).
+        #[serde(skip)]
+        pub variant: Variant,
+    }
+
+    /// A decoder family: what its blocks compute beyond Llama's (RMSNorm, RoPE on adjacent
+    /// pairs, grouped-query attention, SwiGLU).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+    pub enum Family {
+        /// Llama, SmolLM2: the baseline.
+        #[default]
+        Llama,
+        /// Qwen2 / Qwen2.5: biases on the query, key and value projections.
+        Qwen2,
+        /// Qwen3: an RMSNorm over each query and key head before RoPE.
+        Qwen3,
+        /// Gemma 3: the embedding scaled by √width, per-head query/key norms, an RMSNorm after
+        /// attention and after the FFN as well as before, GeGLU (tanh GELU), sliding-window
+        /// layers with their own RoPE base between global ones.
+        Gemma3,
+    }
+
+    impl Family {
+        /// The name GGUF's `general.architecture` gives the family.
+        pub fn name(self) -> &'static str {
+            match self {
+                Family::Llama => "llama",
+                Family::Qwen2 => "qwen2",
+                Family::Qwen3 => "qwen3",
+                Family::Gemma3 => "gemma3",
+            }
+        }
+
+        /// The family GGUF's `general.architecture` names, if Ember runs it.
+        pub fn from_name(name: &str) -> Option<Self> {
+            [Family::Llama, Family::Qwen2, Family::Qwen3, Family::Gemma3]
+                .into_iter()
+                .find(|f| f.name() == name)
+        }
+
+        /// Whether the query, key and value projections add a bias.
+        pub fn has_qkv_bias(self) -> bool {
+            self == Family::Qwen2
+        }
+
+        /// Whether each query and key head is RMS-normalized (its own weights) before RoPE.
+        pub fn has_qk_norm(self) -> bool {
+            matches!(self, Family::Qwen3 | Family::Gemma3)
+        }
+
+        /// Whether the block is Gemma's: embedding scaled by √width, norms after attention and
+        /// FFN, GeGLU instead of SwiGLU.
+        pub fn is_gemma(self) -> bool {
+            self == Family::Gemma3
+        }
+    }
+
+    /// What an [`Architecture`] adds to Llama's shape: the family and the hyper-parameters only
+    /// some families have. An image made before families existed decodes with the default (a
+    /// Llama).
+    #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+    pub struct Variant {
+        /// The family.
+        pub family: Family,
+        /// Width of one head when it is not `n_embd / n_head` (0: it is).
+        pub head_dim: usize,
+        /// Positions a sliding-window layer sees, its own included (0: every layer sees the
+        /// whole context).
+        pub sliding_window: usize,
+        /// With a window: layers `g − 1`, `2g − 1`, … attend globally, the others within the
+        /// window (0: every layer within the window).
+        pub global_every: usize,
+        /// RoPE base frequency of the sliding-window layers.
+        pub local_rope_base: f32,
+        /// Final logits become `cap · tanh(logits / cap)` (0: not capped).
+        pub logit_softcap: f32,
     }
 
     impl Architecture {
         /// Width of one head: `n_embd / n_head` (0 without heads, which [`check`](Self::check)
         /// refuses).
         pub fn head_dim(&self) -> usize {
-            self.n_embd.checked_div(self.n_head).unwrap_or(0)
+            match self.variant.head_dim {
+                0 => self.n_embd.checked_div(self.n_head).unwrap_or(0),
+                explicit => explicit,
+            }
+        }
+
+        /// Width of all query heads together: `n_head × head_dim` (saturating).
+        pub fn q_dim(&self) -> usize {
+            self.n_head.saturating_mul(self.head_dim())
+        }
+
+        /// The family.
+        pub fn family(&self) -> Family {
+            self.variant.family
+        }
+
+        /// Positions layer `layer` attends over, its own included: the window for a
+        /// sliding-window layer, `None` for a global one.
+        pub fn window(&self, layer: usize) -> Option<usize> {
+            let v = &self.variant;
+            let global = v.global_every != 0 && (layer + 1).is_multiple_of(v.global_every);
+            (v.sliding_window != 0 && !global).then_some(v.sliding_window)
+        }
+
+        /// RoPE base frequency of layer `layer`.
+        pub fn rope_base_of(&self, layer: usize) -> f32 {
+            match self.window(layer) {
+                Some(_) => self.variant.local_rope_base,
+                None => self.rope_base,
+            }
         }
 
         /// Width of the keys (and values) of one position: `n_head_kv × head_dim` (saturating:
@@ -302,7 +410,7 @@ mod manifest {
             {
                 return bad("a dimension is zero");
             }
-            if !self.n_embd.is_multiple_of(self.n_head)
+            if (self.variant.head_dim == 0 && !self.n_embd.is_multiple_of(self.n_head))
                 || !self.n_head.is_multiple_of(self.n_head_kv)
             {
                 return bad("heads do not divide the width, or KV heads do not divide heads");
@@ -312,6 +420,14 @@ mod manifest {
             }
             if !(self.rope_base.is_finite() && self.rope_base > 0.0 && self.rms_eps >= 0.0) {
                 return bad("RoPE base or RMSNorm epsilon out of range");
+            }
+            let v = &self.variant;
+            if v.sliding_window != 0 && !(v.local_rope_base.is_finite() && v.local_rope_base > 0.0)
+            {
+                return bad("the sliding-window layers' RoPE base is out of range");
+            }
+            if !(v.logit_softcap.is_finite() && v.logit_softcap >= 0.0) {
+                return bad("logit soft-capping out of range");
             }
             Ok(())
         }
@@ -506,24 +622,36 @@ mod manifest {
 
     impl Manifest {
         /// Encodes the manifest (postcard), followed by the image version as a varint unless
-        /// it is 0.
+        /// it is 0 and the architecture's [`Variant`] is a Llama's, then that variant unless it
+        /// is a Llama's: a Llama image is what it was before either existed.
         pub fn to_bytes(&self) -> Vec<u8> {
             // Serializing plain data into a Vec cannot fail.
             let mut bytes = postcard::to_allocvec(self).unwrap_or_default();
-            if self.image_version != 0 {
+            let variant = self.architecture.variant;
+            let llama = variant == Variant::default();
+            if self.image_version != 0 || !llama {
                 bytes.extend(postcard::to_allocvec(&self.image_version).unwrap_or_default());
+            }
+            if !llama {
+                bytes.extend(postcard::to_allocvec(&variant).unwrap_or_default());
             }
             bytes
         }
 
-        /// Decodes a manifest: its fields, then the image version if bytes follow (0 if not).
+        /// Decodes a manifest: its fields, then the image version if bytes follow (0 if not),
+        /// then the architecture's variant if bytes follow (a Llama's if not).
         pub fn from_bytes(bytes: &[u8]) -> Result<Self, ImageError> {
             let (mut manifest, rest): (Manifest, _) =
                 postcard::take_from_bytes(bytes).map_err(|_| ImageError::BadManifest)?;
             if !rest.is_empty() {
-                match postcard::take_from_bytes(rest) {
-                    Ok((version, [])) => manifest.image_version = version,
-                    _ => return Err(ImageError::BadManifest),
+                let (version, rest) =
+                    postcard::take_from_bytes(rest).map_err(|_| ImageError::BadManifest)?;
+                manifest.image_version = version;
+                if !rest.is_empty() {
+                    match postcard::take_from_bytes(rest) {
+                        Ok((variant, [])) => manifest.architecture.variant = variant,
+                        _ => return Err(ImageError::BadManifest),
+                    }
                 }
             }
             Ok(manifest)
@@ -558,6 +686,7 @@ mod tests {
             rms_eps: 1e-5,
             context_length: 8192,
             vocab_size: 49152,
+            variant: Variant::default(),
         };
         let as_u32 = (
             30u32,

@@ -269,7 +269,7 @@ impl<'m> Generator<'m> {
         let start = self.start;
         self.time_to_first_token
             .get_or_insert_with(|| start.elapsed().as_secs_f64());
-        if token == self.tokenizer.eos_id() {
+        if self.tokenizer.ends_generation(token) {
             return self.end(FinishReason::Eos);
         }
         self.tokens.push(token);

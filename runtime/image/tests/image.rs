@@ -2,8 +2,8 @@
 //! never a panic.
 
 use ember_core::image::{
-    Architecture, ImageError, ImageHeader, Manifest, SamplingDefaults, SelfTest, TensorEncoding,
-    TokenizerData, TokenizerSpec,
+    Architecture, Family, ImageError, ImageHeader, Manifest, SamplingDefaults, SelfTest,
+    TensorEncoding, TokenizerData, TokenizerSpec, Variant,
 };
 use ember_image::{EncodedTensor, Image, ImageWriter, assemble, decode_tensor, parse};
 use quickcheck::{QuickCheck, TestResult};
@@ -22,6 +22,7 @@ fn manifest() -> Manifest {
             rms_eps: 1e-5,
             context_length: 128,
             vocab_size: 3,
+            variant: Default::default(),
         },
         tokenizer: TokenizerSpec {
             model: "gpt2".into(),
@@ -171,6 +172,46 @@ fn the_image_version_is_in_the_manifest_and_copied_in_the_header() {
     let mut bad = bytes;
     bad[60] = 1;
     assert_eq!(ImageHeader::parse(&bad), Err(ImageError::CorruptHeader));
+}
+
+#[test]
+fn a_familys_variant_follows_the_image_version() {
+    let llama = manifest();
+    let gemma = Manifest {
+        architecture: Architecture {
+            variant: Variant {
+                family: Family::Gemma3,
+                head_dim: 32,
+                sliding_window: 512,
+                global_every: 6,
+                local_rope_base: 10_000.0,
+                logit_softcap: 0.0,
+            },
+            ..llama.architecture
+        },
+        ..manifest()
+    };
+    // A Llama's variant adds nothing; another family's comes after the version (0 here).
+    let (old, new) = (llama.to_bytes(), gemma.to_bytes());
+    assert_eq!(new[..old.len()], old[..]);
+    assert_eq!(
+        new[old.len()],
+        0,
+        "image version 0, written because a variant follows"
+    );
+    let decoded = Manifest::from_bytes(&new).unwrap();
+    assert_eq!(decoded, gemma);
+    assert_eq!(decoded.architecture.window(4), Some(512));
+    assert_eq!(decoded.architecture.window(5), None);
+    assert_eq!(decoded.architecture.head_dim(), 32);
+    let mut writer = ImageWriter::new(gemma.clone(), vocabulary());
+    let parsed = parse(&writer.to_bytes(), true).unwrap();
+    assert_eq!(parsed.architecture, gemma.architecture);
+    // A variant cut short is a bad manifest, not a Llama.
+    assert_eq!(
+        Manifest::from_bytes(&new[..new.len() - 1]),
+        Err(ImageError::BadManifest)
+    );
 }
 
 #[test]

@@ -14,9 +14,14 @@ pub enum ModelError {
     /// The tokenizer could not be built.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
-    /// The model is not a Llama-family decoder.
-    #[error("unsupported architecture {0:?} (Ember runs \"llama\"-family models)")]
+    /// The model's architecture is not one Ember runs.
+    #[error(
+        "unsupported architecture {0:?} (Ember runs \"llama\", \"qwen2\", \"qwen3\" and \"gemma3\")"
+    )]
     UnsupportedArchitecture(String),
+    /// The architecture is one Ember runs, with a feature Ember does not implement.
+    #[error("unsupported model feature: {0}")]
+    Unsupported(String),
     /// The model's shape is inconsistent.
     #[error(transparent)]
     BadConfig(#[from] ArchitectureError),

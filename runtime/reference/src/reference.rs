@@ -4,21 +4,29 @@
 //! [`ReferenceModel::forward`] runs one token through the model:
 //!
 //! ```text
-//! x = embedding[token]
+//! x = embedding[token]                              (Gemma: · √n_embd)
 //! for each block:
 //!     h = rmsnorm(x) · attn_norm
 //!     q, k, v = Wq·h, Wk·h, Wv·h          (k, v have n_head_kv heads: grouped-query attention)
+//!                                         (Qwen2: + bq, bk, bv)
+//!                                         (Qwen3, Gemma: each q and k head = rmsnorm(head) · q_norm / k_norm)
 //!     rotate q and k by RoPE at this position, append k, v to the cache
-//!     each query head attends over the cached keys/values of its KV head (causal, softmax)
-//!     x += Wo · attention
+//!     each query head attends over the cached keys/values of its KV head (causal, softmax;
+//!         Gemma's sliding-window layers only over the last `window` positions)
+//!     a = Wo · attention                      (Gemma: a = rmsnorm(a) · post_attention_norm)
+//!     x += a
 //!     h = rmsnorm(x) · ffn_norm
-//!     x += W_down · (silu(W_gate·h) ⊙ W_up·h)
+//!     f = W_down · (silu(W_gate·h) ⊙ W_up·h)  (Gemma: gelu_tanh instead of silu, then
+//!                                              f = rmsnorm(f) · post_ffw_norm)
+//!     x += f
 //! logits = embedding · (rmsnorm(x) · output_norm)      (the LM head is tied to the embedding)
+//!                                         (if soft-capped: cap · tanh(logits / cap))
 //! ```
 //!
 //! RoPE rotates adjacent pairs `(2i, 2i+1)`: llama.cpp's converter permutes the rows of Wq and Wk
-//! so that this "normal" rotation of GGUF weights equals Hugging Face's rotate-half rotation of the
-//! original weights.
+//! of Llama models so that this "normal" rotation of GGUF weights equals Hugging Face's
+//! rotate-half rotation of the original weights; for the other families the rows are reordered
+//! the same way as they are read ([`crate::gguf::rope_row_order`]).
 
 use crate::{ModelError, WeightSource};
 use ember_core::image::Architecture;
@@ -97,6 +105,12 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
+/// GELU, tanh approximation (Gemma's FFN), in ggml's form.
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
+}
+
 /// Softmax in place.
 fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -116,7 +130,13 @@ struct Block {
     wq: Matrix,
     wk: Matrix,
     wv: Matrix,
+    /// Biases of the query, key and value projections (Qwen2).
+    qkv_bias: Option<[Vec<f32>; 3]>,
+    /// RMSNorm weights of each query head and each key head (Qwen3, Gemma 3).
+    qk_norm: Option<[Vec<f32>; 2]>,
     wo: Matrix,
+    /// RMSNorm weights applied to the attention's and the FFN's outputs (Gemma 3).
+    post_norms: Option<[Vec<f32>; 2]>,
     ffn_norm: Vec<f32>,
     w_gate: Matrix,
     w_up: Matrix,
@@ -201,16 +221,40 @@ impl ReferenceModel {
             })
         };
         let c = &config;
-        let (q_dim, kv_dim) = (c.n_head * c.head_dim(), c.kv_dim());
+        let (q_dim, kv_dim, hd) = (c.q_dim(), c.kv_dim(), c.head_dim());
+        let family = c.family();
         let blocks = (0..c.n_layers)
             .map(|i| {
                 let name = |part: &str| format!("blk.{i}.{part}.weight");
+                let bias = |part: &str, len| vector(&format!("blk.{i}.{part}.bias"), len);
                 Ok(Block {
                     attn_norm: vector(&name("attn_norm"), c.n_embd)?,
                     wq: matrix(&name("attn_q"), q_dim, c.n_embd)?,
                     wk: matrix(&name("attn_k"), kv_dim, c.n_embd)?,
                     wv: matrix(&name("attn_v"), kv_dim, c.n_embd)?,
+                    qkv_bias: match family.has_qkv_bias() {
+                        true => Some([
+                            bias("attn_q", q_dim)?,
+                            bias("attn_k", kv_dim)?,
+                            bias("attn_v", kv_dim)?,
+                        ]),
+                        false => None,
+                    },
+                    qk_norm: match family.has_qk_norm() {
+                        true => Some([
+                            vector(&name("attn_q_norm"), hd)?,
+                            vector(&name("attn_k_norm"), hd)?,
+                        ]),
+                        false => None,
+                    },
                     wo: matrix(&name("attn_output"), c.n_embd, q_dim)?,
+                    post_norms: match family.is_gemma() {
+                        true => Some([
+                            vector(&name("post_attention_norm"), c.n_embd)?,
+                            vector(&name("post_ffw_norm"), c.n_embd)?,
+                        ]),
+                        false => None,
+                    },
                     ffn_norm: vector(&name("ffn_norm"), c.n_embd)?,
                     w_gate: matrix(&name("ffn_gate"), c.n_ff, c.n_embd)?,
                     w_up: matrix(&name("ffn_up"), c.n_ff, c.n_embd)?,
@@ -273,14 +317,21 @@ impl ReferenceModel {
         let (hd, kv_dim) = (c.head_dim(), c.kv_dim());
         let group = c.n_head / c.n_head_kv;
 
+        let gemma = c.family().is_gemma();
         let mut x = self.embedding.row(token as usize).to_vec();
+        if gemma {
+            let scale = (c.n_embd as f32).sqrt();
+            x.iter_mut().for_each(|x| *x *= scale);
+        }
         let mut h = vec![0.0; c.n_embd];
-        let mut q = vec![0.0; c.n_head * hd];
-        let mut attention = vec![0.0; c.n_head * hd];
+        let mut q = vec![0.0; c.q_dim()];
+        let mut attention = vec![0.0; c.q_dim()];
         let mut projected = vec![0.0; c.n_embd];
+        let mut normed = vec![0.0; c.n_embd.max(hd)];
         let mut gate = vec![0.0; c.n_ff];
         let mut up = vec![0.0; c.n_ff];
         let mut scores = vec![0.0; position + 1];
+        let add = |x: &mut [f32], y: &[f32]| x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
 
         for (layer, block) in self.blocks.iter().enumerate() {
             // Attention.
@@ -290,23 +341,40 @@ impl ReferenceModel {
             let values = &mut cache.values[layer];
             let k = &mut keys[position * kv_dim..][..kv_dim];
             block.wk.matvec(&h, k);
-            block
-                .wv
-                .matvec(&h, &mut values[position * kv_dim..][..kv_dim]);
-            for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
-                rope(head, position, c.rope_dim, c.rope_base);
+            let v = &mut values[position * kv_dim..][..kv_dim];
+            block.wv.matvec(&h, v);
+            if let Some([bq, bk, bv]) = &block.qkv_bias {
+                add(&mut q, bq);
+                add(k, bk);
+                add(v, bv);
             }
+            if let Some([q_norm, k_norm]) = &block.qk_norm {
+                let heads = q.chunks_exact_mut(hd).map(|head| (head, q_norm));
+                for (head, weight) in heads.chain(k.chunks_exact_mut(hd).map(|head| (head, k_norm)))
+                {
+                    rms_norm(head, weight, c.rms_eps, &mut normed[..hd]);
+                    head.copy_from_slice(&normed[..hd]);
+                }
+            }
+            for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
+                rope(head, position, c.rope_dim, c.rope_base_of(layer));
+            }
+            // A sliding-window layer sees the last `window` positions, its own included.
+            let first = c
+                .window(layer)
+                .map_or(0, |w| (position + 1).saturating_sub(w));
             let scale = 1.0 / (hd as f32).sqrt();
             for head in 0..c.n_head {
                 let kv_head = head / group;
                 let q_head = &q[head * hd..][..hd];
-                for (t, score) in scores.iter_mut().enumerate() {
+                let scores = &mut scores[first..];
+                for (t, score) in (first..).zip(scores.iter_mut()) {
                     *score = dot(q_head, &keys[t * kv_dim + kv_head * hd..][..hd]) * scale;
                 }
-                softmax(&mut scores);
+                softmax(scores);
                 let out = &mut attention[head * hd..][..hd];
                 out.fill(0.0);
-                for (t, &weight) in scores.iter().enumerate() {
+                for (t, &weight) in (first..).zip(scores.iter()) {
                     let v = &values[t * kv_dim + kv_head * hd..][..hd];
                     for (o, v) in out.iter_mut().zip(v) {
                         *o += weight * v;
@@ -314,17 +382,31 @@ impl ReferenceModel {
                 }
             }
             block.wo.matvec(&attention, &mut projected);
-            x.iter_mut().zip(&projected).for_each(|(x, p)| *x += p);
+            if let Some([post_attention, _]) = &block.post_norms {
+                rms_norm(
+                    &projected,
+                    post_attention,
+                    c.rms_eps,
+                    &mut normed[..c.n_embd],
+                );
+                projected.copy_from_slice(&normed[..c.n_embd]);
+            }
+            add(&mut x, &projected);
 
-            // Feed-forward (SwiGLU).
+            // Feed-forward (SwiGLU; Gemma: GeGLU).
             rms_norm(&x, &block.ffn_norm, c.rms_eps, &mut h);
             block.w_gate.matvec(&h, &mut gate);
             block.w_up.matvec(&h, &mut up);
+            let activation = if gemma { gelu_tanh } else { silu };
             gate.iter_mut()
                 .zip(&up)
-                .for_each(|(g, u)| *g = silu(*g) * u);
+                .for_each(|(g, u)| *g = activation(*g) * u);
             block.w_down.matvec(&gate, &mut projected);
-            x.iter_mut().zip(&projected).for_each(|(x, p)| *x += p);
+            if let Some([_, post_ffw]) = &block.post_norms {
+                rms_norm(&projected, post_ffw, c.rms_eps, &mut normed[..c.n_embd]);
+                projected.copy_from_slice(&normed[..c.n_embd]);
+            }
+            add(&mut x, &projected);
         }
         cache.len += 1;
 
@@ -337,6 +419,10 @@ impl ReferenceModel {
             .as_ref()
             .unwrap_or(&self.embedding)
             .matvec(&h, &mut logits);
+        let cap = c.variant.logit_softcap;
+        if cap > 0.0 {
+            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+        }
         Ok(Some(logits))
     }
 }

@@ -26,8 +26,12 @@ impl WeightSource for GgufFile {
         self.tensor(name).ok().map(|t| t.dims.clone())
     }
 
+    /// Query and key rows in rotate-half order come out in Ember's adjacent-pair order
+    /// ([`gguf::rope_row_order`]).
     fn values(&self, name: &str) -> Result<Vec<f32>, ModelError> {
-        Ok(self.dequantize(name)?)
+        let info = self.tensor(name)?;
+        let data = gguf::in_rope_order(&self.architecture()?, info, self.tensor_data(info))?;
+        Ok(ember_gguf::dequantize(info, &data)?)
     }
 }
 

@@ -78,7 +78,25 @@ pub struct Tokenizer {
     token_bytes: Vec<Vec<u8>>,
     bos: Option<u32>,
     eos: u32,
+    /// Tokens that end a reply besides `eos`: llama.cpp's end-of-generation tokens, known by
+    /// their text (`<|endoftext|>`, `<|im_end|>`, `<end_of_turn>`, …).
+    end_of_generation: Vec<u32>,
 }
+
+/// Texts of the tokens llama.cpp ends generation at whatever the file names its end-of-sequence
+/// token (`llama-vocab.cpp`'s list).
+const END_OF_GENERATION: [&str; 10] = [
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+];
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -198,11 +216,18 @@ impl Tokenizer {
         let eos = in_range("end-of-sequence", eos)?.ok_or_else(|| {
             TokenizerError::Inconsistent("the end-of-sequence token is missing".into())
         })?;
+        let end_of_generation = tokens
+            .iter()
+            .zip(0..)
+            .filter(|(token, id)| END_OF_GENERATION.contains(*token) && *id != eos)
+            .map(|(_, id)| id)
+            .collect();
         Ok(Tokenizer {
             inner,
             token_bytes,
             bos,
             eos,
+            end_of_generation,
         })
     }
 
@@ -247,9 +272,10 @@ impl Tokenizer {
         self.bos
     }
 
-    /// End-of-sequence token (for chat models, the end of a turn).
-    pub fn eos_id(&self) -> u32 {
-        self.eos
+    /// Whether `token` ends a reply: the end-of-sequence token or another of llama.cpp's
+    /// end-of-generation tokens in the vocabulary.
+    pub fn ends_generation(&self, token: u32) -> bool {
+        token == self.eos || self.end_of_generation.contains(&token)
     }
 
     /// A decoder for streaming generated tokens as text.

@@ -9,10 +9,12 @@
 //! [`CachedAttention`] node: a stateful op that rotates the new queries and keys, appends keys
 //! and values to its session's cache in place and attends over the cache where it lies.
 
-use crate::graph::int_attr;
+use crate::graph::{attention_input, int_attr};
 use crate::ops::MappedTensors;
 use crate::workers::Workers;
+use ember_core::image::Architecture;
 use std::collections::HashSet;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::{GraphProto, NodeProto};
@@ -22,16 +24,16 @@ use tract_onnx::tract_hir::internal::*;
 /// The node type [`keep_cache_in_place`] writes (domain `ai.ember`).
 pub const OP_TYPE: &str = "EmberCachedAttention";
 
-/// Rewrites `graph` (built by [`crate::graph::build`]) so that each of its `layers` attends over
-/// a cache held in place by the session: one [`OP_TYPE`] node per layer takes the projected
-/// queries, keys and values, the positions and the RoPE tables, and feeds the output projection;
-/// the `past_*` inputs, `present_*` outputs and every node only they needed (rotations,
-/// reshapes, concatenations, the causal mask, the score products) go.
+/// Rewrites `graph` (built by [`crate::graph::build`] for `architecture`) so that each of its
+/// layers attends over a cache held in place by the session: one [`OP_TYPE`] node per layer
+/// takes the queries, keys and values (the projections' outputs, or the values named
+/// [`attention_input`] where biases or head norms come between), the positions and the layer's
+/// RoPE tables, and feeds the output projection; the `past_*` inputs, `present_*` outputs and
+/// every node only they needed (rotations, reshapes, concatenations, the causal masks, the
+/// score products) go.
 pub fn keep_cache_in_place(
     graph: &mut GraphProto,
-    layers: usize,
-    group: usize,
-    head_dim: usize,
+    architecture: &Architecture,
 ) -> Result<(), String> {
     let table = |hint: &str| {
         graph
@@ -41,8 +43,16 @@ pub fn keep_cache_in_place(
             .map(|t| t.name.clone())
             .ok_or_else(|| format!("the graph has no {hint} table"))
     };
-    let (cos, sin) = (table("rope_cos")?, table("rope_sin")?);
-    for layer in 0..layers {
+    let global = (table("rope_cos")?, table("rope_sin")?);
+    let local = (table("rope_cos_local"), table("rope_sin_local"));
+    let group = architecture.n_head / architecture.n_head_kv.max(1);
+    for layer in 0..architecture.n_layers {
+        let window = architecture.window(layer);
+        let (cos, sin) = match (window, &local) {
+            (None, _) => global.clone(),
+            (Some(_), (Ok(cos), Ok(sin))) => (cos.clone(), sin.clone()),
+            (Some(_), (Err(e), _) | (_, Err(e))) => return Err(e.clone()),
+        };
         let projection = |name: &str| {
             let prefix = format!("blk.{layer}.{name}.weight.");
             graph
@@ -61,13 +71,21 @@ pub fn keep_cache_in_place(
                 .cloned()
                 .ok_or_else(|| format!("layer {layer}: node {node} has no output"))
         };
+        let input = |kind: &str, projection_name: &str| {
+            let named = attention_input(layer, kind);
+            if graph.node.iter().any(|n| n.output.contains(&named)) {
+                Ok(named)
+            } else {
+                output(projection(projection_name)?)
+            }
+        };
         let inputs = vec![
-            output(projection("attn_q")?)?,
-            output(projection("attn_k")?)?,
-            output(projection("attn_v")?)?,
+            input("q", "attn_q")?,
+            input("k", "attn_k")?,
+            input("v", "attn_v")?,
             "position_ids".to_string(),
-            cos.clone(),
-            sin.clone(),
+            cos,
+            sin,
         ];
         let attended = format!("attention.{layer}");
         let out_projection = projection("attn_output")?;
@@ -87,7 +105,8 @@ pub fn keep_cache_in_place(
                 attribute: vec![
                     int_attr("layer", layer as i64),
                     int_attr("group", group as i64),
-                    int_attr("head_dim", head_dim as i64),
+                    int_attr("head_dim", architecture.head_dim() as i64),
+                    int_attr("window", window.unwrap_or(0) as i64),
                 ],
                 ..Default::default()
             },
@@ -124,7 +143,9 @@ pub fn keep_cache_in_place(
 /// cache ends), and RoPE's cosines and sines `[context, head_dim / 2]`. Query head `h` uses
 /// key/value head `h / group`; each adjacent pair `(a, b)` of a query or key head at position `p`
 /// becomes `(a·cos − b·sin, a·sin + b·cos)` with row `p` of the tables. Output: the attended
-/// values, shaped like the queries. Query position `p` sees the cached positions `0..=p`.
+/// values, shaped like the queries. Query position `p` sees the cached positions `0..=p`, or
+/// with a `window` the last `window` of them (`p + 1 − window..=p`): such a layer's cache drops
+/// the positions no later query can see.
 #[derive(Debug, Clone)]
 pub struct CachedAttention {
     /// The layer: ops of different layers must never compare equal (tract merges equal ops).
@@ -133,13 +154,16 @@ pub struct CachedAttention {
     group: usize,
     /// Values per head.
     head_dim: usize,
+    /// Positions a query sees, its own included (0: all of them).
+    window: usize,
     /// Threads the query rows are split over.
     workers: Arc<Workers>,
 }
 
 impl PartialEq for CachedAttention {
     fn eq(&self, other: &Self) -> bool {
-        (self.layer, self.group, self.head_dim) == (other.layer, other.group, other.head_dim)
+        (self.layer, self.group, self.head_dim, self.window)
+            == (other.layer, other.group, other.head_dim, other.window)
     }
 }
 impl Eq for CachedAttention {}
@@ -152,8 +176,16 @@ struct LayerCache {
     keys: Vec<Vec<f32>>,
     /// Per key/value head, every position's value as `hd` consecutive numbers.
     values: Vec<Vec<f32>>,
+    /// Positions seen so far.
     positions: usize,
+    /// Positions dropped from the front of `keys` and `values` (a multiple of [`LANES`]):
+    /// stored position `i` is position `dropped + i`.
+    dropped: usize,
 }
+
+/// A sliding-window cache drops the positions out of sight once this many have gathered (a
+/// multiple of [`LANES`]), so that moving the rest forward is rare.
+const DROP_POSITIONS: usize = 64;
 
 impl Op for CachedAttention {
     fn name(&self) -> StaticName {
@@ -258,6 +290,20 @@ impl CachedAttention {
             cache.keys = vec![Vec::new(); kv_heads];
             cache.values = vec![Vec::new(); kv_heads];
         }
+        // The first position any query of this call sees, with a window: those before it are
+        // out of sight for good.
+        if self.window > 0 {
+            let first_seen = (start + 1).saturating_sub(self.window);
+            let droppable = (first_seen - cache.dropped) / LANES * LANES;
+            if droppable >= DROP_POSITIONS {
+                for (keys, values) in cache.keys.iter_mut().zip(&mut cache.values) {
+                    keys.drain(..droppable * hd);
+                    values.drain(..droppable * hd);
+                }
+                cache.dropped += droppable;
+            }
+        }
+        let dropped = cache.dropped;
         let (k, v) = (
             k.try_as_plain_ram()?.as_slice::<f32>()?,
             v.try_as_plain_ram()?.as_slice::<f32>()?,
@@ -269,7 +315,7 @@ impl CachedAttention {
                 let at = (step * kv_heads + head) * hd;
                 key.copy_from_slice(&k[at..at + hd]);
                 rotate(&mut key, cos, sin);
-                let (position, keys) = (start + step, &mut cache.keys[head]);
+                let (position, keys) = (start + step - dropped, &mut cache.keys[head]);
                 if position.is_multiple_of(LANES) {
                     keys.resize(keys.len() + hd * LANES, 0.0);
                 }
@@ -297,7 +343,8 @@ impl CachedAttention {
         // threads, so the cache is then cut into parts, one per thread, whose partial softmaxes
         // are merged afterwards.
         let blocks = steps.div_ceil(BLOCK_STEPS);
-        let tiles = cache.positions.div_ceil(LANES);
+        let stored = cache.positions - dropped;
+        let tiles = stored.div_ceil(LANES);
         let parts = if blocks == 1 {
             self.workers.threads().min(tiles / MIN_PART_TILES).max(1)
         } else {
@@ -327,16 +374,22 @@ impl CachedAttention {
                     item / parts % kv_heads,
                     item / parts / kv_heads,
                 );
-                let rows: Vec<(&[f32], usize)> = rows_of(block, kv)
+                // Each query row and the stored positions it sees.
+                let rows: Vec<(&[f32], Range<usize>)> = rows_of(block, kv)
                     .map(|(step, head)| {
+                        let end = start + step + 1;
+                        let first = match self.window {
+                            0 => 0,
+                            window => end.saturating_sub(window),
+                        };
                         (
                             &queries[(step * heads + head) * hd..][..hd],
-                            start + step + 1,
+                            first.saturating_sub(dropped)..end - dropped,
                         )
                     })
                     .collect();
                 let first = part * tiles / parts * LANES;
-                let end = ((part + 1) * tiles / parts * LANES).min(cache.positions);
+                let end = ((part + 1) * tiles / parts * LANES).min(stored);
                 let mut partial = Partial::default();
                 attend_part(
                     &rows,
@@ -492,13 +545,13 @@ impl Arith for Fma {
 }
 
 /// Attention of several query rows that share one key/value head over the cached positions
-/// `range` (its start a multiple of [`LANES`]): `rows` holds each query and how many positions
-/// it sees (a prefix of the cache, given as the head's keys, in transposed tiles of eight, and
-/// values, whole vectors of `hd` numbers). Scores come from a tile of eight keys at a time, so
+/// `range` (its start a multiple of [`LANES`]): `rows` holds each query and the positions it
+/// sees (of the cache, given as the head's keys, in transposed tiles of eight, and values,
+/// whole vectors of `hd` numbers). Scores come from a tile of eight keys at a time, so
 /// no dot product needs a horizontal sum; on x86-64 with AVX2 and FMA the same code runs
 /// compiled for 256-bit vectors.
 fn attend_part(
-    rows: &[(&[f32], usize)],
+    rows: &[(&[f32], Range<usize>)],
     cache: (&[f32], &[f32]),
     range: std::ops::Range<usize>,
     scale: f32,
@@ -511,7 +564,7 @@ fn attend_part(
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2(
             fma: Fma,
-            rows: &[(&[f32], usize)],
+            rows: &[(&[f32], Range<usize>)],
             cache: (&[f32], &[f32]),
             range: std::ops::Range<usize>,
             scale: f32,
@@ -532,7 +585,7 @@ fn attend_part(
 #[inline(always)]
 fn attend_part_grouped(
     arith: impl Arith,
-    rows: &[(&[f32], usize)],
+    rows: &[(&[f32], Range<usize>)],
     cache: (&[f32], &[f32]),
     range: std::ops::Range<usize>,
     scale: f32,
@@ -552,7 +605,7 @@ fn attend_part_grouped(
 #[inline(always)]
 fn attend_part_generic<const R: usize>(
     arith: impl Arith,
-    rows: &[(&[f32], usize)],
+    rows: &[(&[f32], Range<usize>)],
     (keys, values): (&[f32], &[f32]),
     range: std::ops::Range<usize>,
     scale: f32,
@@ -564,7 +617,7 @@ fn attend_part_generic<const R: usize>(
     // Positions of the part some row sees.
     let longest = rows
         .iter()
-        .map(|&(_, seen)| seen.min(range.end).saturating_sub(first))
+        .map(|(_, seen)| seen.end.min(range.end).saturating_sub(first))
         .max()
         .unwrap_or(0);
     partial.maxima.clear();
@@ -637,8 +690,12 @@ fn attend_part_generic<const R: usize>(
         let (columns, _) = columns.as_chunks_mut::<R>();
         for i in 0..count {
             let r = first_row + i;
-            let visible = rows[r].1.saturating_sub(first).min(longest);
+            let visible = rows[r].1.end.saturating_sub(first).min(longest);
+            let hidden = rows[r].1.start.saturating_sub(first).min(visible);
             let (seen, unseen) = weights[r * longest..][..longest].split_at_mut(visible);
+            // Positions before a sliding window weigh 0 too.
+            let (before, seen) = seen.split_at_mut(hidden);
+            before.fill(0.0);
             let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             arith.exp_shifted(seen, max);
             unseen.fill(0.0);
@@ -805,6 +862,7 @@ pub fn build(
         layer: node.get_attr("layer")?,
         group: node.get_attr("group")?,
         head_dim: node.get_attr("head_dim")?,
+        window: node.get_attr("window")?,
         workers: MappedTensors::with(|m| Ok(Arc::clone(&m.workers)))?,
     };
     ensure!(
@@ -855,16 +913,16 @@ mod tests {
             .collect()
     }
 
-    /// Causal attention with RoPE over all positions so far, in f64, straight from the
-    /// definition: `all_q[p][h]` (query head h), `all_k[p][kv]`, `all_v[p][kv]`; keys (rotated
-    /// in f32 with the tables `cos`/`sin`, as the op does).
+    /// Causal attention with RoPE over all positions so far (or the last `window` of them), in
+    /// f64, straight from the definition: `all_q[p][h]` (query head h), `all_k[p][kv]`,
+    /// `all_v[p][kv]`; keys (rotated in f32 with the tables `cos`/`sin`, as the op does).
     #[allow(clippy::too_many_arguments)]
     fn naive(
         all_q: &[Vec<Vec<f32>>],
         all_k: &[Vec<Vec<f32>>],
         all_v: &[Vec<Vec<f32>>],
         (cos, sin): (&[f32], &[f32]),
-        p: usize,
+        (p, window): (usize, usize),
         h: usize,
         group: usize,
     ) -> Vec<f64> {
@@ -872,7 +930,12 @@ mod tests {
         let hd = all_k[0][0].len();
         let scale = 1.0 / (hd as f64).sqrt();
         let query = rotated(&all_q[p][h], p);
-        let scores: Vec<f64> = (0..=p)
+        let first = if window == 0 {
+            0
+        } else {
+            (p + 1).saturating_sub(window)
+        };
+        let scores: Vec<f64> = (first..=p)
             .map(|t| {
                 let mut key = all_k[t][kv].clone();
                 rotate(&mut key, &cos[t * hd / 2..], &sin[t * hd / 2..]);
@@ -884,8 +947,9 @@ mod tests {
         let sum: f64 = exps.iter().sum();
         (0..hd)
             .map(|d| {
-                (0..=p)
-                    .map(|t| exps[t] / sum * f64::from(all_v[t][kv][d]))
+                (first..=p)
+                    .zip(&exps)
+                    .map(|(t, e)| e / sum * f64::from(all_v[t][kv][d]))
                     .sum()
             })
             .collect()
@@ -893,22 +957,41 @@ mod tests {
 
     #[test]
     fn prefill_then_decode_match_causal_attention_with_rope() {
+        // Decoding after 41 positions splits the cache into parts (two threads).
+        let cache = attend_calls_match_naive(0, &[5, 1, 1, 3, 30, 1, 1]);
+        assert_eq!((cache.positions, cache.dropped), (42, 0));
+    }
+
+    #[test]
+    fn a_sliding_window_sees_its_last_positions_and_drops_the_rest() {
+        // Prefill blocks that straddle the window's edge, then decoding. The cache drops what
+        // is out of sight once 64 positions are: 72 (whole tiles) before the call at 82, 64
+        // more before the one at 146.
+        let cache = attend_calls_match_naive(10, &[5, 1, 1, 3, 30, 1, 1, 40, 1, 3, 60, 1, 1]);
+        assert_eq!((cache.positions, cache.dropped), (148, 136));
+        assert_eq!(cache.values[0].len(), (148 - 136) * 16);
+    }
+
+    /// Runs the op over calls of `steps` positions each (with a `window`, 0 for none), checks
+    /// every output against [`naive`], and returns the cache.
+    fn attend_calls_match_naive(window: usize, calls: &[usize]) -> LayerCache {
         let (kv_heads, group, hd) = (2, 3, 16);
         let heads = kv_heads * group;
         let op = CachedAttention {
             layer: 0,
             group,
             head_dim: hd,
+            window,
             workers: Arc::new(Workers::new(2).unwrap()),
         };
-        // Decoding after 41 positions splits the cache into parts (two threads).
-        let (cos_table, sin_table) = tables(64, hd);
-        let cos = Tensor::from_shape(&[64, hd / 2], &cos_table).unwrap();
-        let sin = Tensor::from_shape(&[64, hd / 2], &sin_table).unwrap();
+        let context: usize = calls.iter().sum();
+        let (cos_table, sin_table) = tables(context, hd);
+        let cos = Tensor::from_shape(&[context, hd / 2], &cos_table).unwrap();
+        let sin = Tensor::from_shape(&[context, hd / 2], &sin_table).unwrap();
         let mut cache = LayerCache::default();
         let (mut all_q, mut all_k, mut all_v) = (Vec::new(), Vec::new(), Vec::new());
         let mut position = 0;
-        for (call, steps) in [5usize, 1, 1, 3, 30, 1, 1].into_iter().enumerate() {
+        for (call, &steps) in calls.iter().enumerate() {
             let per_step = |heads: usize, seed: usize| -> Vec<Vec<Vec<f32>>> {
                 (0..steps)
                     .map(|s| {
@@ -956,7 +1039,7 @@ mod tests {
                         &all_k,
                         &all_v,
                         (&cos_table, &sin_table),
-                        position + s,
+                        (position + s, window),
                         h,
                         group,
                     );
@@ -971,6 +1054,7 @@ mod tests {
             position += steps;
         }
         assert_eq!(cache.positions, position);
+        cache
     }
 
     #[test]
@@ -979,6 +1063,7 @@ mod tests {
             layer: 0,
             group: 1,
             head_dim: 8,
+            window: 0,
             workers: Arc::new(Workers::new(1).unwrap()),
         };
         let mut cache = LayerCache::default();
@@ -1008,6 +1093,19 @@ mod tests {
     #[test]
     fn a_graph_without_caches_is_refused() {
         let mut graph = GraphProto::default();
-        assert!(keep_cache_in_place(&mut graph, 1, 1, 8).is_err());
+        let architecture = Architecture {
+            n_layers: 1,
+            n_embd: 8,
+            n_ff: 32,
+            n_head: 1,
+            n_head_kv: 1,
+            rope_dim: 8,
+            rope_base: 10_000.0,
+            rms_eps: 1e-5,
+            context_length: 16,
+            vocab_size: 4,
+            variant: Default::default(),
+        };
+        assert!(keep_cache_in_place(&mut graph, &architecture).is_err());
     }
 }

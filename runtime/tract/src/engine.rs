@@ -118,13 +118,8 @@ impl TractModel {
             .as_mut()
             .ok_or_else(|| backend("the image's ONNX model", "it has no graph"))?;
         let tensors = resolve_external_data(graph, image)?;
-        attention::keep_cache_in_place(
-            graph,
-            architecture.n_layers,
-            architecture.n_head / architecture.n_head_kv.max(1),
-            architecture.head_dim(),
-        )
-        .map_err(|e| backend("the image's attention", e))?;
+        attention::keep_cache_in_place(graph, &architecture)
+            .map_err(|e| backend("the image's attention", e))?;
         ops::fuse_matmuls(graph);
         ops::fuse_gated_units(graph);
         ops::fuse_residual_adds(graph);

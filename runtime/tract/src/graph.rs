@@ -23,7 +23,7 @@ use crate::pb::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension,
 };
 use ember_core::blocks::{BLOCK, int4, int8};
-use ember_core::image::{Architecture, TensorEncoding, TensorEntry};
+use ember_core::image::{Architecture, Family, TensorEncoding, TensorEntry};
 
 use prost::Message;
 
@@ -358,10 +358,52 @@ impl Builder<'_> {
         self.op("Mul", &[&scaled, weight], vec![])
     }
 
+    /// `x` (`[1, S, heads · head_dim]`) with each head RMS-normalized and scaled by `weight`
+    /// (`[head_dim]`).
+    fn head_norm(&mut self, x: &str, heads: usize, weight: &str, eps: &str) -> String {
+        let hd = self.config.head_dim() as i64;
+        let split = self.ints(&[0, 0, heads as i64, hd]);
+        let split = self.op("Reshape", &[x, &split], vec![]);
+        let normed = self.rms_norm(&split, weight, eps);
+        let merged = self.ints(&[0, 0, heads as i64 * hd]);
+        self.op("Reshape", &[&normed, &merged], vec![])
+    }
+
+    /// GELU, tanh approximation: `0.5 · x · (1 + tanh(√(2/π) · x · (1 + 0.044715 · x²)))`.
+    fn gelu_tanh(&mut self, x: &str) -> String {
+        let (cubic, sqrt_2_over_pi) = (self.scalar_f32(0.044_715), self.scalar_f32(0.797_884_6));
+        let (one, half) = (self.scalar_f32(1.0), self.scalar_f32(0.5));
+        let square = self.op("Mul", &[x, x], vec![]);
+        let inner = self.op("Mul", &[&square, &cubic], vec![]);
+        let inner = self.op("Add", &[&inner, &one], vec![]);
+        let scaled = self.op("Mul", &[x, &sqrt_2_over_pi], vec![]);
+        let inner = self.op("Mul", &[&scaled, &inner], vec![]);
+        let tanh = self.op("Tanh", &[&inner], vec![]);
+        let factor = self.op("Add", &[&tanh, &one], vec![]);
+        let halved = self.op("Mul", &[x, &half], vec![]);
+        self.op("Mul", &[&halved, &factor], vec![])
+    }
+
+    /// Gives the value `x` the name `name`: renames the output of the node added last if it is
+    /// `x` (nothing reads it yet), else adds an `Identity` node.
+    fn rename_last(&mut self, x: &str, name: &str) -> String {
+        if let Some(node) = self.nodes.last_mut()
+            && node.output.first().map(String::as_str) == Some(x)
+        {
+            node.output[0] = name.into();
+            node.name = name.into();
+            return name.into();
+        }
+        self.node("Identity", "", &[x], name, vec![]);
+        name.into()
+    }
+
     /// The additive causal mask `[1, S · group, T]` for the value cache `present_value` (`T`
     /// positions), each query position repeated for the `group` heads of a key/value head: key
     /// position t is hidden (−∞) from query position p when t > p.
-    fn causal_mask(&mut self, present_value: &str, group: i64) -> String {
+    /// With a `window`, key position t is also hidden from query position p when
+    /// `p − t ≥ window` (a sliding-window layer sees the last `window` positions).
+    fn causal_mask(&mut self, present_value: &str, group: i64, window: Option<usize>) -> String {
         let length = self.op(
             "Shape",
             &[present_value],
@@ -377,7 +419,13 @@ impl Builder<'_> {
         let query_positions = self.op("Expand", &[&query_positions, &repeat], vec![]);
         let rows = self.ints(&[0, -1, 1]);
         let query_positions = self.op("Reshape", &[&query_positions, &rows], vec![]);
-        let hidden = self.op("Greater", &[&key_positions, &query_positions], vec![]);
+        let mut hidden = self.op("Greater", &[&key_positions, &query_positions], vec![]);
+        if let Some(window) = window {
+            let window = self.scalar_i64(window as i64);
+            let shifted = self.op("Add", &[&key_positions, &window], vec![]);
+            let outside = self.op("LessOrEqual", &[&shifted, &query_positions], vec![]);
+            hidden = self.op("Or", &[&hidden, &outside], vec![]);
+        }
         let (minus_infinity, zero) = (self.scalar_f32(f32::NEG_INFINITY), self.scalar_f32(0.0));
         self.op("Where", &[&hidden, &minus_infinity, &zero], vec![])
     }
@@ -412,19 +460,26 @@ impl Builder<'_> {
     }
 }
 
-/// Cosines and sines of RoPE's angles for every position of the context: two
-/// `[context, rope_dim/2]` tables, computed in f64 like the reference.
-fn rope_tables(config: &Architecture) -> (Vec<u8>, Vec<u8>) {
+/// Cosines and sines of RoPE's angles (base frequency `base`) for every position of the
+/// context: two `[context, rope_dim/2]` tables, computed in f64 like the reference.
+fn rope_tables(config: &Architecture, base: f32) -> (Vec<u8>, Vec<u8>) {
     let (mut cos, mut sin) = (Vec::new(), Vec::new());
     for position in 0..config.context_length {
         for i in (0..config.rope_dim).step_by(2) {
-            let frequency = (config.rope_base as f64).powf(-(i as f64) / config.rope_dim as f64);
+            let frequency = (base as f64).powf(-(i as f64) / config.rope_dim as f64);
             let angle = position as f64 * frequency;
             cos.extend_from_slice(&(angle.cos() as f32).to_le_bytes());
             sin.extend_from_slice(&(angle.sin() as f32).to_le_bytes());
         }
     }
     (cos, sin)
+}
+
+/// The name of the value layer `layer`'s attention takes as its queries, keys or values
+/// (`kind`: `q`, `k` or `v`) in a graph where it is not a projection's output (a family with
+/// biases or head norms; a Llama graph has none).
+pub fn attention_input(layer: usize, kind: &str) -> String {
+    format!("attention_{kind}.{layer}")
 }
 
 /// Builds the ONNX model for `config` over the image tensors `tensors` (offsets relative to
@@ -481,23 +536,43 @@ pub fn build_proto(
         &x,
         gather_attrs,
     );
-    let (cos_table, sin_table) = rope_tables(c);
-    let table_dims = [c.context_length as i64, hd / 2];
-    let cos_table = g.inline("rope_cos", DataType::Float, &table_dims, cos_table);
-    let sin_table = g.inline("rope_sin", DataType::Float, &table_dims, sin_table);
-    let angle_shape = g.ints(&[0, 0, 1, -1, 1]);
-    let cos_rows = g.op(
-        "Gather",
-        &[&cos_table, "position_ids"],
-        vec![int_attr("axis", 0)],
-    );
-    let sin_rows = g.op(
-        "Gather",
-        &[&sin_table, "position_ids"],
-        vec![int_attr("axis", 0)],
-    );
-    let cos = g.op("Reshape", &[&cos_rows, &angle_shape], vec![]);
-    let sin = g.op("Reshape", &[&sin_rows, &angle_shape], vec![]);
+    let family = c.family();
+    if family.is_gemma() {
+        let scale = g.scalar_f32((c.n_embd as f32).sqrt());
+        x = g.op("Mul", &[&x, &scale], vec![]);
+    }
+    // The RoPE angles at the input positions, `[1, S, 1, head_dim/2, 1]`: the global layers'
+    // and, with sliding-window layers, theirs (own base frequency).
+    let angles = |g: &mut Builder, base: f32, hint: &str| {
+        let (cos_table, sin_table) = rope_tables(c, base);
+        let table_dims = [c.context_length as i64, hd / 2];
+        let cos_table = g.inline(
+            &format!("rope_cos{hint}"),
+            DataType::Float,
+            &table_dims,
+            cos_table,
+        );
+        let sin_table = g.inline(
+            &format!("rope_sin{hint}"),
+            DataType::Float,
+            &table_dims,
+            sin_table,
+        );
+        let angle_shape = g.ints(&[0, 0, 1, -1, 1]);
+        let rows = [cos_table, sin_table].map(|table| {
+            g.op(
+                "Gather",
+                &[&table, "position_ids"],
+                vec![int_attr("axis", 0)],
+            )
+        });
+        let [cos, sin] = rows.map(|rows| g.op("Reshape", &[&rows, &angle_shape], vec![]));
+        (cos, sin)
+    };
+    let global = angles(&mut g, c.rope_base, "");
+    let local = (0..c.n_layers)
+        .any(|layer| c.window(layer).is_some())
+        .then(|| angles(&mut g, c.variant.local_rope_base, "_local"));
 
     let eps = g.scalar_f32(c.rms_eps);
     let attention_scale = g.scalar_f32(1.0 / (c.head_dim() as f32).sqrt());
@@ -505,14 +580,45 @@ pub fn build_proto(
     let query_rows = g.ints(&[0, 0, -1, hd]);
     let split_rows = g.ints(&[0, 0, -1, group, hd]);
     let merge_heads = g.ints(&[0, 0, -1]);
-    let mut mask = None;
+    let mut masks: [Option<String>; 2] = [None, None];
     for layer in 0..c.n_layers {
         let t = |name: &str| format!("blk.{layer}.{name}.weight");
+        let window = c.window(layer);
+        let (cos, sin) = match (window, &local) {
+            (Some(_), Some(local)) => local.clone(),
+            _ => global.clone(),
+        };
         let norm = g.vector(&t("attn_norm"), c.n_embd)?;
         let h = g.rms_norm(&x, &norm, &eps);
-        let q = g.linear(&h, &t("attn_q"), c.n_embd, c.n_head * c.head_dim())?;
-        let k = g.linear(&h, &t("attn_k"), c.n_embd, c.n_head_kv * c.head_dim())?;
-        let v = g.linear(&h, &t("attn_v"), c.n_embd, c.n_head_kv * c.head_dim())?;
+        let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
+        let mut q = g.linear(&h, &t("attn_q"), c.n_embd, q_dim)?;
+        let mut k = g.linear(&h, &t("attn_k"), c.n_embd, kv_dim)?;
+        let mut v = g.linear(&h, &t("attn_v"), c.n_embd, kv_dim)?;
+        if family.has_qkv_bias() {
+            for (x, part, len) in [
+                (&mut q, "attn_q", q_dim),
+                (&mut k, "attn_k", kv_dim),
+                (&mut v, "attn_v", kv_dim),
+            ] {
+                let bias = g.vector(&format!("blk.{layer}.{part}.bias"), len)?;
+                *x = g.op("Add", &[x, &bias], vec![]);
+            }
+        }
+        if family.has_qk_norm() {
+            let (q_norm, k_norm) = (
+                g.vector(&t("attn_q_norm"), c.head_dim())?,
+                g.vector(&t("attn_k_norm"), c.head_dim())?,
+            );
+            q = g.head_norm(&q, c.n_head, &q_norm, &eps);
+            k = g.head_norm(&k, c.n_head_kv, &k_norm, &eps);
+        }
+        if family != Family::Llama {
+            // What attention takes, by name (`attention_input`): the projections' outputs
+            // are not, here.
+            for (x, kind) in [(&mut q, "q"), (&mut k, "k"), (&mut v, "v")] {
+                *x = g.rename_last(x, &attention_input(layer, kind));
+            }
+        }
         let q = g.rope(&q, c.n_head, &cos, &sin);
         // Queries [1, kv_heads, S · group, hd]: the `group` query heads that share a key/value
         // head become rows of one matrix product with that head's cache.
@@ -547,14 +653,16 @@ pub fn build_proto(
             &present_value,
             vec![int_attr("axis", 2)],
         );
-        let mask = match &mask {
-            Some(mask) => mask,
-            None => mask.insert(g.causal_mask(&present_value, group)),
+        let mask = match &mut masks[usize::from(window.is_some())] {
+            Some(mask) => mask.clone(),
+            slot => slot
+                .insert(g.causal_mask(&present_value, group, window))
+                .clone(),
         };
         // Scores [1, kv_heads, S · group, T].
         let scores = g.op("MatMul", &[&q, &present_key], vec![]);
         let scores = g.op("Mul", &[&scores, &attention_scale], vec![]);
-        let scores = g.op("Add", &[&scores, mask], vec![]);
+        let scores = g.op("Add", &[&scores, &mask], vec![]);
         let weights = g.op("Softmax", &[&scores], vec![int_attr("axis", -1)]);
         let mixed = g.op("MatMul", &[&weights, &present_value], vec![]);
         let mixed = g.op("Reshape", &[&mixed, &split_rows], vec![]);
@@ -564,17 +672,29 @@ pub fn build_proto(
             vec![ints_attr("perm", &[0, 2, 1, 3, 4])],
         );
         let mixed = g.op("Reshape", &[&mixed, &merge_heads], vec![]);
-        let attended = g.linear(&mixed, &t("attn_output"), c.n_head * c.head_dim(), c.n_embd)?;
+        let mut attended = g.linear(&mixed, &t("attn_output"), q_dim, c.n_embd)?;
+        if family.is_gemma() {
+            let norm = g.vector(&t("post_attention_norm"), c.n_embd)?;
+            attended = g.rms_norm(&attended, &norm, &eps);
+        }
         x = g.op("Add", &[&x, &attended], vec![]);
 
         let norm = g.vector(&t("ffn_norm"), c.n_embd)?;
         let h = g.rms_norm(&x, &norm, &eps);
         let gate = g.linear(&h, &t("ffn_gate"), c.n_embd, c.n_ff)?;
         let up = g.linear(&h, &t("ffn_up"), c.n_embd, c.n_ff)?;
-        let sigmoid = g.op("Sigmoid", &[&gate], vec![]);
-        let silu = g.op("Mul", &[&gate, &sigmoid], vec![]);
-        let product = g.op("Mul", &[&silu, &up], vec![]);
-        let down = g.linear(&product, &t("ffn_down"), c.n_ff, c.n_embd)?;
+        let activated = if family.is_gemma() {
+            g.gelu_tanh(&gate)
+        } else {
+            let sigmoid = g.op("Sigmoid", &[&gate], vec![]);
+            g.op("Mul", &[&gate, &sigmoid], vec![])
+        };
+        let product = g.op("Mul", &[&activated, &up], vec![]);
+        let mut down = g.linear(&product, &t("ffn_down"), c.n_ff, c.n_embd)?;
+        if family.is_gemma() {
+            let norm = g.vector(&t("post_ffw_norm"), c.n_embd)?;
+            down = g.rms_norm(&down, &norm, &eps);
+        }
         x = g.op("Add", &[&x, &down], vec![]);
     }
 
@@ -588,7 +708,14 @@ pub fn build_proto(
     } else {
         "token_embd.weight"
     };
-    let logits = g.linear(&last, output, c.n_embd, c.vocab_size)?;
+    let mut logits = g.linear(&last, output, c.n_embd, c.vocab_size)?;
+    let cap = c.variant.logit_softcap;
+    if cap > 0.0 {
+        let (inverse, cap) = (g.scalar_f32(1.0 / cap), g.scalar_f32(cap));
+        let scaled = g.op("Mul", &[&logits, &inverse], vec![]);
+        let squashed = g.op("Tanh", &[&scaled], vec![]);
+        logits = g.op("Mul", &[&squashed, &cap], vec![]);
+    }
     let logits_shape = g.ints(&[1, c.vocab_size as i64]);
     g.node("Reshape", "", &[&logits, &logits_shape], "logits", vec![]);
 

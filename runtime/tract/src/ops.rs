@@ -783,7 +783,8 @@ pub fn fuse_gated_units(graph: &mut GraphProto) {
 }
 
 /// Rewrites `graph` so that each `Add` of a residual and a single `MatMulNBits` output (a
-/// layer's attention output and feed-forward down projections) is made by the matmul: a
+/// layer's attention output and feed-forward down projections; not a bias, an initializer) is
+/// made by the matmul: a
 /// [`FUSED_MATMULS`] node of one matrix with the residual as its last input (`residual`), in the
 /// `Add`'s place, writing the sum as its output.
 pub fn fuse_residual_adds(graph: &mut GraphProto) {
@@ -818,6 +819,11 @@ pub fn fuse_residual_adds(graph: &mut GraphProto) {
             .find(|i| **i != product)
             .cloned()
             .unwrap_or_default();
+        // A bias (Qwen2's) is an initializer of one row, not a residual of the product's shape.
+        if graph.initializer.iter().any(|t| t.name == residual) {
+            index += 1;
+            continue;
+        }
         let node = &graph.node[index];
         let mut inputs = node.input.clone();
         inputs.push(residual);

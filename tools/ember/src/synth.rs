@@ -1,13 +1,17 @@
-//! `ember synth`: a tiny Llama-family GGUF with random weights, for tests that must run
-//! without downloading anything.
+//! `ember synth`: a tiny decoder GGUF with random weights, for tests that must run without
+//! downloading anything.
 //!
-//! The file is a function of the seed alone (integer arithmetic and exact f32 scaling, no
-//! platform maths), so every machine writes the same bytes. It has the shape of SmolLM2 in
-//! miniature: 2 blocks, width 64, 4 query heads sharing 2 KV heads, a SwiGLU FFN of 192,
-//! a tied Q8_0 embedding, a byte-level BPE vocabulary of 299 tokens (3 ChatML control tokens,
-//! 256 bytes, 40 English merges) and a ChatML template. Weights mix F32, F16, Q8_0, Q4_0 and
-//! Q4_1 so every reader path is exercised.
+//! The file is a function of the seed and the family alone (integer arithmetic and exact f32
+//! scaling, no platform maths), so every machine writes the same bytes. The Llama one has the
+//! shape of SmolLM2 in miniature: 2 blocks, width 64, 4 query heads sharing 2 KV heads, a SwiGLU
+//! FFN of 192, a tied Q8_0 embedding, a byte-level BPE vocabulary of 299 tokens (3 ChatML control
+//! tokens, 256 bytes, 40 English merges) and a ChatML template. Weights mix F32, F16, Q8_0, Q4_0
+//! and Q4_1 so every reader path is exercised. The other families add what sets them apart
+//! ([`Family`]): Qwen2 biases on Q/K/V; Qwen3 per-head Q/K norms and heads of 32 (wider than
+//! the width's share, as Qwen3's are); Gemma 3 those, norms after attention and FFN, 6 blocks
+//! (five within a window of 8 positions, the sixth global) and GeGLU.
 
+use ember_core::image::Family;
 use ember_core::sampler::SplitMix64;
 use ember_gguf::{GgufError, GgufWriter, TensorType, Value, ValueType, quantize};
 
@@ -125,29 +129,57 @@ fn uniform(rng: &mut SplitMix64, count: usize, center: f32, amplitude: f32) -> V
         .collect()
 }
 
-/// Writes the tiny model for `seed` as GGUF bytes.
-pub fn tiny_model(seed: u64) -> Result<Vec<u8>, GgufError> {
+/// Gemma 3's tiny model: blocks (every sixth attends globally, as in llama.cpp's Gemma 3).
+const GEMMA_LAYERS: usize = 6;
+/// Gemma 3's tiny model: positions a sliding-window layer sees (short enough that prompts and
+/// replies outgrow it).
+const GEMMA_WINDOW: usize = 8;
+/// Head width of the Qwen3 and Gemma 3 tiny models (given in the file, not the width's share).
+const WIDE_HEAD: usize = 32;
+
+/// Writes the tiny model of `family` for `seed` as GGUF bytes.
+pub fn tiny_model(seed: u64, family: Family) -> Result<Vec<u8>, GgufError> {
     let (tokens, types) = vocabulary();
     let vocab = tokens.len();
-    let head_dim = N_EMBD / N_HEAD;
-    let kv_dim = N_HEAD_KV * head_dim;
+    let arch = family.name();
+    let head_dim = match family {
+        Family::Llama | Family::Qwen2 => N_EMBD / N_HEAD,
+        Family::Qwen3 | Family::Gemma3 => WIDE_HEAD,
+    };
+    let (q_dim, kv_dim) = (N_HEAD * head_dim, N_HEAD_KV * head_dim);
+    let layers = if family.is_gemma() {
+        GEMMA_LAYERS
+    } else {
+        N_LAYERS
+    };
     let mut w = GgufWriter::new();
     let s = |v: &str| Value::String(v.into());
     let u = |v: usize| Value::U32(v as u32);
-    w.add_metadata("general.architecture", s("llama"))?
+    let key = |name: &str| format!("{arch}.{name}");
+    w.add_metadata("general.architecture", s(arch))?
         .add_metadata("general.name", s("ember-tiny"))?
         .add_metadata("general.license", s("Apache-2.0"))?
         .add_metadata("ember.synth_seed", Value::U64(seed))?
-        .add_metadata("llama.block_count", u(N_LAYERS))?
-        .add_metadata("llama.context_length", u(CONTEXT))?
-        .add_metadata("llama.embedding_length", u(N_EMBD))?
-        .add_metadata("llama.feed_forward_length", u(N_FF))?
-        .add_metadata("llama.attention.head_count", u(N_HEAD))?
-        .add_metadata("llama.attention.head_count_kv", u(N_HEAD_KV))?
-        .add_metadata("llama.rope.freq_base", Value::F32(10_000.0))?
-        .add_metadata("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5))?
-        .add_metadata("llama.rope.dimension_count", u(head_dim))?
-        .add_metadata("llama.vocab_size", u(vocab))?
+        .add_metadata(&key("block_count"), u(layers))?
+        .add_metadata(&key("context_length"), u(CONTEXT))?
+        .add_metadata(&key("embedding_length"), u(N_EMBD))?
+        .add_metadata(&key("feed_forward_length"), u(N_FF))?
+        .add_metadata(&key("attention.head_count"), u(N_HEAD))?
+        .add_metadata(&key("attention.head_count_kv"), u(N_HEAD_KV))?;
+    if family == Family::Llama {
+        w.add_metadata(&key("rope.freq_base"), Value::F32(10_000.0))?
+            .add_metadata(&key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5))?;
+    } else {
+        w.add_metadata(&key("rope.freq_base"), Value::F32(1_000_000.0))?
+            .add_metadata(&key("attention.layer_norm_rms_epsilon"), Value::F32(1e-6))?
+            .add_metadata(&key("attention.key_length"), u(head_dim))?
+            .add_metadata(&key("attention.value_length"), u(head_dim))?;
+    }
+    if family.is_gemma() {
+        w.add_metadata(&key("attention.sliding_window"), u(GEMMA_WINDOW))?;
+    }
+    w.add_metadata(&key("rope.dimension_count"), u(head_dim))?
+        .add_metadata(&key("vocab_size"), u(vocab))?
         .add_metadata("tokenizer.ggml.model", s("gpt2"))?
         .add_metadata("tokenizer.ggml.pre", s("smollm"))?
         .add_metadata(
@@ -177,6 +209,13 @@ pub fn tiny_model(seed: u64) -> Result<Vec<u8>, GgufError> {
 
     let mut rng = SplitMix64::new(seed);
     let embedding = uniform(&mut rng, N_EMBD * vocab, 0.0, EMBEDDING_AMPLITUDE);
+    // Gemma scales the embedding by √width (8, exactly) as it reads it: stored 8 times smaller,
+    // it enters the blocks at the size a Llama's does, so that context (and the sliding window)
+    // still weighs on the predictions.
+    let stored_embedding: Vec<f32> = match family.is_gemma() {
+        true => embedding.iter().map(|v| v / 8.0).collect(),
+        false => embedding.clone(),
+    };
     let mut tensor = |w: &mut GgufWriter,
                       name: &str,
                       dims: &[usize],
@@ -196,15 +235,15 @@ pub fn tiny_model(seed: u64) -> Result<Vec<u8>, GgufError> {
         "token_embd.weight",
         &embedding_dims,
         Q8_0,
-        quantize(Q8_0, &embedding)?,
+        quantize(Q8_0, &stored_embedding)?,
     )?;
-    for i in 0..N_LAYERS {
+    for i in 0..layers {
         let n = |part: &str| format!("blk.{i}.{part}.weight");
         tensor(&mut w, &n("attn_norm"), &[N_EMBD], F32, 1.0, 0.1)?;
         tensor(
             &mut w,
             &n("attn_q"),
-            &[N_EMBD, N_EMBD],
+            &[N_EMBD, q_dim],
             Q4_1,
             0.0,
             WEIGHT_AMPLITUDE,
@@ -225,14 +264,28 @@ pub fn tiny_model(seed: u64) -> Result<Vec<u8>, GgufError> {
             0.0,
             WEIGHT_AMPLITUDE,
         )?;
+        if family.has_qkv_bias() {
+            for (part, len) in [("attn_q", q_dim), ("attn_k", kv_dim), ("attn_v", kv_dim)] {
+                let name = format!("blk.{i}.{part}.bias");
+                tensor(&mut w, &name, &[len], F32, 0.0, WEIGHT_AMPLITUDE)?;
+            }
+        }
+        if family.has_qk_norm() {
+            tensor(&mut w, &n("attn_q_norm"), &[head_dim], F32, 1.0, 0.3)?;
+            tensor(&mut w, &n("attn_k_norm"), &[head_dim], F32, 1.0, 0.3)?;
+        }
         tensor(
             &mut w,
             &n("attn_output"),
-            &[N_EMBD, N_EMBD],
+            &[q_dim, N_EMBD],
             Q8_0,
             0.0,
             WEIGHT_AMPLITUDE,
         )?;
+        if family.is_gemma() {
+            tensor(&mut w, &n("post_attention_norm"), &[N_EMBD], F32, 1.0, 0.1)?;
+            tensor(&mut w, &n("post_ffw_norm"), &[N_EMBD], F32, 1.0, 0.1)?;
+        }
         tensor(&mut w, &n("ffn_norm"), &[N_EMBD], F32, 1.0, 0.1)?;
         tensor(
             &mut w,
@@ -312,7 +365,15 @@ mod tests {
 
     #[test]
     fn the_same_seed_writes_the_same_bytes() {
-        assert_eq!(tiny_model(7).unwrap(), tiny_model(7).unwrap());
-        assert_ne!(tiny_model(7).unwrap(), tiny_model(8).unwrap());
+        for family in [Family::Llama, Family::Qwen2, Family::Qwen3, Family::Gemma3] {
+            assert_eq!(
+                tiny_model(7, family).unwrap(),
+                tiny_model(7, family).unwrap()
+            );
+            assert_ne!(
+                tiny_model(7, family).unwrap(),
+                tiny_model(8, family).unwrap()
+            );
+        }
     }
 }

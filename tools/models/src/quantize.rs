@@ -287,13 +287,16 @@ pub fn quantize(
     } else {
         ProgressBar::hidden()
     };
+    let architecture = ember_reference::gguf::architecture(file.metadata())?;
     for info in file.tensors() {
         bar.set_message(info.name.clone());
-        writer.add_tensor(encode_tensor(info, file.tensor_data(info), scheme)?);
+        // Query and key rows in Ember's RoPE order (reordered for families stored rotate-half).
+        let data =
+            ember_reference::gguf::in_rope_order(&architecture, info, file.tensor_data(info))?;
+        writer.add_tensor(encode_tensor(info, &data, scheme)?);
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let architecture = ember_reference::gguf::architecture(file.metadata())?;
     writer.set_graph(ember_tract::graph::build(
         &architecture,
         &writer.tensor_entries(),

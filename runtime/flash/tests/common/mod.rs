@@ -35,6 +35,7 @@ pub fn versioned_image(name: &str, floats: usize, version: u32) -> Vec<u8> {
             rms_eps: 1e-5,
             context_length: 128,
             vocab_size: 3,
+            variant: Default::default(),
         },
         tokenizer: TokenizerSpec {
             model: "gpt2".into(),

@@ -25,6 +25,7 @@ fn manifest(quantization: &str) -> Manifest {
             rms_eps: 1e-5,
             context_length: 64,
             vocab_size: 3,
+            variant: Default::default(),
         },
         tokenizer: TokenizerSpec {
             model: "gpt2".into(),
