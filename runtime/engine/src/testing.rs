@@ -35,6 +35,8 @@ pub fn tokenizer() -> Tokenizer {
         tokens,
         token_types,
         merges: vec![],
+        scores: vec![],
+        add_space_prefix: false,
         bos: None,
         eos: Some(EOS),
     })

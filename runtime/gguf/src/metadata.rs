@@ -261,6 +261,22 @@ impl Metadata {
         }
     }
 
+    /// An array of `f32` (SentencePiece scores).
+    pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>, GgufError> {
+        let value = self.require(key)?;
+        match value {
+            Value::Array(_, items) => items
+                .iter()
+                .map(|v| match v {
+                    Value::F32(x) => Some(*x),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| Self::wrong(key, "an array of f32", value)),
+            other => Err(Self::wrong(key, "an array of f32", other)),
+        }
+    }
+
     /// An array of integers of any width, as `i64`.
     pub fn get_int_array(&self, key: &str) -> Result<Vec<i64>, GgufError> {
         let value = self.require(key)?;

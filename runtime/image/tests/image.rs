@@ -55,6 +55,7 @@ fn vocabulary() -> TokenizerData {
         tokens: vec!["a".into(), "<|im_start|>".into(), "<|im_end|>".into()],
         token_types: vec![1, 3, 3],
         merges: vec![],
+        scores: vec![],
     }
 }
 

@@ -173,7 +173,20 @@ pub fn vocabulary(metadata: &Metadata) -> Result<Vocabulary<'_>, GgufError> {
             .unwrap_or("default"),
         tokens,
         token_types,
-        merges: metadata.get_str_array("tokenizer.ggml.merges")?,
+        // SentencePiece vocabularies have scores instead of merges.
+        merges: metadata
+            .get_str_array("tokenizer.ggml.merges")
+            .optional()?
+            .unwrap_or_default(),
+        scores: metadata
+            .get_f32_array("tokenizer.ggml.scores")
+            .optional()?
+            .unwrap_or_default(),
+        // llama.cpp's default for SentencePiece (and meaningless for byte-level BPE).
+        add_space_prefix: metadata
+            .get_bool("tokenizer.ggml.add_space_prefix")
+            .optional()?
+            .unwrap_or(true),
         bos: metadata.get_u32("tokenizer.ggml.bos_token_id").optional()?,
         eos: metadata.get_u32("tokenizer.ggml.eos_token_id").optional()?,
     })

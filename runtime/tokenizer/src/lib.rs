@@ -3,11 +3,15 @@
 //! [`Vocabulary`] (`ember-reference` reads one from a GGUF file's `tokenizer.ggml.*` keys).
 //!
 //! Supported: byte-level BPE (`tokenizer.ggml.model = gpt2`) with the `smollm` pre-tokenizer
-//! (each digit on its own, then GPT-2's split) or the plain GPT-2 one (`gpt2`, `default`).
-//! Control and user-defined tokens (`<|im_start|>` …) are recognised in the text as single tokens.
+//! (each digit on its own, then GPT-2's split) or the plain GPT-2 one (`gpt2`, `default`); and
+//! SentencePiece BPE from token scores (`llama`, Gemma's; [`spm`]'s own code, as llama.cpp runs
+//! it), without a space prefix. Control and user-defined tokens (`<|im_start|>` …) are
+//! recognised in the text as single tokens.
 //! [`StreamDecoder`] turns generated ids into text piece by piece, whole characters only.
 
 #![warn(missing_docs)]
+
+mod spm;
 
 use ember_core::{
     image::{TokenizerData, TokenizerSpec},
@@ -24,12 +28,16 @@ use tokenizers::{
 const TOKEN_TYPE_CONTROL: i64 = 3;
 /// GGUF token type of a token added by the model's authors, matched verbatim in text.
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+/// GGUF token type of a SentencePiece byte token (`<0x41>`).
+const TOKEN_TYPE_BYTE: i64 = 6;
 
 /// Why a tokenizer could not be built or could not encode.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
-    /// The vocabulary is not byte-level BPE.
-    #[error("unsupported tokenizer model {0:?} (Ember supports byte-level BPE, \"gpt2\")")]
+    /// The vocabulary is neither byte-level BPE nor SentencePiece BPE.
+    #[error(
+        "unsupported tokenizer model {0:?} (Ember supports byte-level BPE, \"gpt2\", and SentencePiece BPE without a space prefix, \"llama\")"
+    )]
     UnsupportedModel(String),
     /// A pre-tokenizer Ember does not implement.
     #[error(
@@ -63,17 +71,32 @@ pub struct Vocabulary<'a> {
     pub tokens: Vec<&'a str>,
     /// GGUF token types by id (1 normal, 3 control, 4 user-defined, …).
     pub token_types: Vec<i64>,
-    /// Merge rules `"a b"` by rank.
+    /// Merge rules `"a b"` by rank (byte-level BPE).
     pub merges: Vec<&'a str>,
+    /// Scores by id (SentencePiece; empty for byte-level BPE).
+    pub scores: Vec<f32>,
+    /// Whether SentencePiece text starts with a space (llama.cpp's `add_space_prefix`; Ember
+    /// supports SentencePiece without it, as Gemma's).
+    pub add_space_prefix: bool,
     /// Beginning-of-sequence token.
     pub bos: Option<u32>,
     /// End-of-sequence token (required).
     pub eos: Option<u32>,
 }
 
+/// How text becomes ids.
+enum Encoder {
+    /// Byte-level BPE, by the `tokenizers` crate.
+    Bpe(Box<tokenizers::Tokenizer>),
+    /// SentencePiece BPE from scores.
+    SentencePiece(spm::SentencePiece),
+}
+
 /// A model's tokenizer and the facts about its special tokens.
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    encoder: Encoder,
+    /// Ids of tokens by their vocabulary string.
+    ids: ahash::AHashMap<String, u32>,
     /// Raw bytes of every token (special tokens: their text).
     token_bytes: Vec<Vec<u8>>,
     bos: Option<u32>,
@@ -117,6 +140,8 @@ impl Tokenizer {
             tokens: data.tokens.iter().map(String::as_str).collect(),
             token_types: data.token_types.iter().map(|&t| t as i64).collect(),
             merges: data.merges.iter().map(String::as_str).collect(),
+            scores: data.scores.clone(),
+            add_space_prefix: false,
             bos: spec.bos,
             eos: Some(spec.eos),
         })
@@ -130,12 +155,11 @@ impl Tokenizer {
             tokens,
             token_types: types,
             merges,
+            scores,
+            add_space_prefix,
             bos,
             eos,
         } = vocabulary;
-        if model != "gpt2" {
-            return Err(TokenizerError::UnsupportedModel(model.into()));
-        }
         if types.len() != tokens.len() {
             return Err(TokenizerError::Inconsistent(format!(
                 "{} tokens but {} token types",
@@ -143,67 +167,53 @@ impl Tokenizer {
                 types.len()
             )));
         }
-        let merges = merges
-            .into_iter()
-            .enumerate()
-            .map(|(index, rule)| match rule.split_once(' ') {
-                Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') => {
-                    Ok((a.to_string(), b.to_string()))
-                }
-                _ => Err(TokenizerError::BadMerge {
-                    index,
-                    rule: rule.into(),
-                }),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let vocab: ahash::AHashMap<String, u32> = tokens
+        let ids: ahash::AHashMap<String, u32> = tokens
             .iter()
             .enumerate()
             .map(|(id, token)| (token.to_string(), id as u32))
             .collect();
-        if vocab.len() != tokens.len() {
+        if ids.len() != tokens.len() {
             return Err(TokenizerError::Inconsistent(
                 "the vocabulary holds the same token twice".into(),
             ));
         }
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| TokenizerError::Library(e.to_string()))?;
-
-        let byte_level = ByteLevel::new(false, true, true);
-        let pre_tokenizer: PreTokenizerWrapper = match pre {
-            "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
-            "gpt2" | "default" => byte_level.into(),
-            other => return Err(TokenizerError::UnsupportedPreTokenizer(other.into())),
-        };
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        inner.with_pre_tokenizer(Some(pre_tokenizer));
-        inner.with_decoder(Some(DecoderWrapper::from(ByteLevelDecoder::default())));
-
-        let added: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&types)
-            .filter(|(_, ty)| matches!(**ty, TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED))
-            .map(|(token, ty)| AddedToken::from(token.to_string(), *ty == TOKEN_TYPE_CONTROL))
-            .collect();
-        inner.add_special_tokens(&added);
-
-        let byte_of_char = byte_level_decoding_table();
-        let token_bytes = tokens
-            .iter()
-            .zip(&types)
-            .map(|(token, ty)| match *ty {
-                TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED => token.as_bytes().to_vec(),
-                _ => token
-                    .chars()
-                    .flat_map(|c| match byte_of_char(c) {
-                        Some(b) => vec![b],
-                        None => c.to_string().into_bytes(),
+        let special = |ty: i64| matches!(ty, TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED);
+        let (encoder, token_bytes) = match model {
+            "gpt2" => {
+                let encoder = byte_level_bpe(&tokens, &types, merges, pre, ids.clone())?;
+                let byte_of_char = byte_level_decoding_table();
+                let token_bytes = tokens
+                    .iter()
+                    .zip(&types)
+                    .map(|(token, &ty)| match special(ty) {
+                        true => token.as_bytes().to_vec(),
+                        false => token
+                            .chars()
+                            .flat_map(|c| match byte_of_char(c) {
+                                Some(b) => vec![b],
+                                None => c.to_string().into_bytes(),
+                            })
+                            .collect(),
                     })
-                    .collect(),
-            })
-            .collect();
+                    .collect();
+                (Encoder::Bpe(Box::new(encoder)), token_bytes)
+            }
+            "llama" if add_space_prefix => {
+                return Err(TokenizerError::UnsupportedModel(
+                    "llama (SentencePiece) with a space prefix".into(),
+                ));
+            }
+            "llama" => {
+                let encoder = spm::SentencePiece::new(&tokens, &scores, |i| special(types[i]))?;
+                let token_bytes = tokens
+                    .iter()
+                    .zip(&types)
+                    .map(|(token, &ty)| spm::token_bytes(token, ty == TOKEN_TYPE_BYTE))
+                    .collect();
+                (Encoder::SentencePiece(encoder), token_bytes)
+            }
+            other => return Err(TokenizerError::UnsupportedModel(other.into())),
+        };
 
         let in_range = |what: &str, id: Option<u32>| match id {
             Some(id) if id as usize >= tokens.len() => Err(TokenizerError::Inconsistent(format!(
@@ -223,7 +233,8 @@ impl Tokenizer {
             .map(|(_, id)| id)
             .collect();
         Ok(Tokenizer {
-            inner,
+            encoder,
+            ids,
             token_bytes,
             bos,
             eos,
@@ -233,11 +244,14 @@ impl Tokenizer {
 
     /// Token ids of `text`; special tokens written in the text (`<|im_start|>`) become their ids.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let encoding = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| TokenizerError::Library(e.to_string()))?;
-        Ok(encoding.get_ids().to_vec())
+        match &self.encoder {
+            Encoder::Bpe(bpe) => Ok(bpe
+                .encode(text, false)
+                .map_err(|e| TokenizerError::Library(e.to_string()))?
+                .get_ids()
+                .to_vec()),
+            Encoder::SentencePiece(spm) => spm.encode(text),
+        }
     }
 
     /// The text of `ids` (special tokens included; invalid UTF-8 replaced by U+FFFD).
@@ -259,7 +273,7 @@ impl Tokenizer {
 
     /// The id of a token given by its vocabulary string (e.g. `<|im_end|>`).
     pub fn token_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
+        self.ids.get(token).copied()
     }
 
     /// Number of tokens in the vocabulary.
@@ -285,6 +299,51 @@ impl Tokenizer {
             utf8: Utf8Stream::new(),
         }
     }
+}
+
+/// The byte-level BPE tokenizer of `tokens` (ids `ids`) and its `merges`, with the pre-tokenizer
+/// `pre`.
+fn byte_level_bpe(
+    tokens: &[&str],
+    types: &[i64],
+    merges: Vec<&str>,
+    pre: &str,
+    ids: ahash::AHashMap<String, u32>,
+) -> Result<tokenizers::Tokenizer, TokenizerError> {
+    let merges = merges
+        .into_iter()
+        .enumerate()
+        .map(|(index, rule)| match rule.split_once(' ') {
+            Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') => {
+                Ok((a.to_string(), b.to_string()))
+            }
+            _ => Err(TokenizerError::BadMerge {
+                index,
+                rule: rule.into(),
+            }),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(ids, merges)
+        .build()
+        .map_err(|e| TokenizerError::Library(e.to_string()))?;
+    let byte_level = ByteLevel::new(false, true, true);
+    let pre_tokenizer: PreTokenizerWrapper = match pre {
+        "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        "gpt2" | "default" => byte_level.into(),
+        other => return Err(TokenizerError::UnsupportedPreTokenizer(other.into())),
+    };
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    inner.with_pre_tokenizer(Some(pre_tokenizer));
+    inner.with_decoder(Some(DecoderWrapper::from(ByteLevelDecoder::default())));
+    let added: Vec<AddedToken> = tokens
+        .iter()
+        .zip(types)
+        .filter(|(_, ty)| matches!(**ty, TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED))
+        .map(|(token, ty)| AddedToken::from(token.to_string(), *ty == TOKEN_TYPE_CONTROL))
+        .collect();
+    inner.add_special_tokens(&added);
+    Ok(inner)
 }
 
 /// Decodes generated tokens one at a time into whole UTF-8 characters.

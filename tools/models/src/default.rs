@@ -65,15 +65,21 @@ pub fn prepare(recipe: &Recipe, threads: usize) -> Result<Prepared> {
     let start = Instant::now();
     let file =
         GgufFile::open(&gguf).with_context(|| format!("cannot load model {}", gguf.display()))?;
-    quantize::quantize(&file, &image, quantize::Scheme::Int8, 0, true, threads).with_context(
-        || {
-            format!(
-                "cannot quantize {} into {}",
-                gguf.display(),
-                image.display()
-            )
-        },
-    )?;
+    quantize::quantize(
+        &file,
+        &image,
+        quantize::Scheme::Int8,
+        (0, None),
+        true,
+        threads,
+    )
+    .with_context(|| {
+        format!(
+            "cannot quantize {} into {}",
+            gguf.display(),
+            image.display()
+        )
+    })?;
     eprintln!(
         "made {} in {:.1} s",
         image.display(),

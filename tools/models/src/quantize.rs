@@ -18,8 +18,8 @@
 use anyhow::{Result, bail};
 use ember_core::blocks::{BLOCK, int8};
 use ember_core::image::{
-    Manifest, QUANT_INT8, QUANT_Q4, SamplingDefaults, SelfTest, TensorEncoding, TokenizerData,
-    TokenizerSpec,
+    Architecture, Manifest, QUANT_INT8, QUANT_Q4, SamplingDefaults, SelfTest, TensorEncoding,
+    TokenizerData, TokenizerSpec,
 };
 use ember_engine::{LanguageModel, SELF_TEST_PROMPT};
 use ember_gguf::{GgufError, GgufFile, TensorInfo, TensorType, dequantize};
@@ -159,16 +159,17 @@ pub fn encode_tensor(
 /// tokenizer section from the GGUF's metadata and its tokenizer `vocabulary`.
 fn manifest_and_vocabulary(
     file: &GgufFile,
+    architecture: Architecture,
     vocabulary: &Vocabulary<'_>,
     scheme: Scheme,
     image_version: u32,
 ) -> Result<(Manifest, TokenizerData)> {
     let m = file.metadata();
-    let architecture = ember_reference::gguf::architecture(m)?;
     let data = TokenizerData {
         tokens: vocabulary.tokens.iter().map(|s| s.to_string()).collect(),
         token_types: vocabulary.token_types.iter().map(|&t| t as i32).collect(),
         merges: vocabulary.merges.iter().map(|s| s.to_string()).collect(),
+        scores: vocabulary.scores.clone(),
     };
     let Some(eos) = vocabulary.eos else {
         bail!("the model has no end-of-sequence token (tokenizer.ggml.eos_token_id)");
@@ -261,8 +262,13 @@ pub fn measure_quality(gguf: &GgufFile, image: &Image, threads: usize) -> Result
     })
 }
 
+/// The longest context an image serves unless told otherwise: its RoPE tables (in the graph)
+/// and a device's cache grow with it.
+pub const DEFAULT_MAX_CONTEXT: usize = 8192;
+
 /// Writes the image of the GGUF `file` to `output` under `scheme`, stamped with
-/// `image_version`, and returns its size.
+/// `image_version`, serving at most `context` positions (default: the model's, at most
+/// [`DEFAULT_MAX_CONTEXT`]), and returns its size.
 ///
 /// The image is written twice: first without its self-test's tokens (to `<output>.trial`), so
 /// the int8 engine can run it and generate them, then with them under the final name.
@@ -270,14 +276,25 @@ pub fn quantize(
     file: &GgufFile,
     output: &Path,
     scheme: Scheme,
-    image_version: u32,
+    (image_version, context): (u32, Option<usize>),
     progress: bool,
     threads: usize,
 ) -> Result<u64> {
+    let mut architecture = ember_reference::gguf::architecture(file.metadata())?;
+    let trained = architecture.context_length;
+    architecture.context_length = match context {
+        Some(0) => bail!("--context must be at least 1"),
+        Some(asked) if asked > trained => {
+            bail!("--context {asked} is longer than the model was trained for ({trained})")
+        }
+        Some(asked) => asked,
+        None => trained.min(DEFAULT_MAX_CONTEXT),
+    };
     let vocabulary = ember_reference::gguf::vocabulary(file.metadata())?;
     // The tokenizer must build before anything is written.
     Tokenizer::from_vocabulary(vocabulary.clone())?;
-    let (manifest, data) = manifest_and_vocabulary(file, &vocabulary, scheme, image_version)?;
+    let (manifest, data) =
+        manifest_and_vocabulary(file, architecture, &vocabulary, scheme, image_version)?;
     let mut writer = ImageWriter::new(manifest, data);
     let bar = if progress {
         ProgressBar::new(file.tensors().len() as u64).with_style(
@@ -287,7 +304,6 @@ pub fn quantize(
     } else {
         ProgressBar::hidden()
     };
-    let architecture = ember_reference::gguf::architecture(file.metadata())?;
     for info in file.tensors() {
         bar.set_message(info.name.clone());
         // Query and key rows in Ember's RoPE order (reordered for families stored rotate-half).

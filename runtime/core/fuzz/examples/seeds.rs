@@ -241,6 +241,7 @@ fn main() {
             .to_vec(),
         token_types: vec![3, 1, 1, 1, 1],
         merges: vec!["a b".into()],
+        scores: vec![],
     };
     let mut bytes = header.to_bytes().to_vec();
     bytes.extend(vocabulary.encode());

@@ -65,6 +65,7 @@ pub fn versioned_image(name: &str, floats: usize, version: u32) -> Vec<u8> {
         tokens: vec!["a".into(), "<|im_start|>".into(), "<|im_end|>".into()],
         token_types: vec![1, 3, 3],
         merges: vec![],
+        scores: vec![],
     };
     let mut state = name.bytes().fold(0x9E37_79B9_7F4A_7C15u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01B3)

@@ -59,6 +59,7 @@ fn main() {
         tokens: vec!["a".into(), "b".into(), "<|im_end|>".into()],
         token_types: vec![1, 1, 3],
         merges: vec!["a b".into()],
+        scores: vec![],
     };
     let quants: Vec<u8> = (0..96).map(|i| (i * 37 % 256) as u8).collect();
     let norm: Vec<u8> = (0..32)

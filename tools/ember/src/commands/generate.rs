@@ -51,9 +51,13 @@ pub fn run(args: Args) -> Result<()> {
     let (file, tokenizer) = (&model.file, &model.tokenizer);
 
     let prompt_text = if args.chat {
-        let source = file
-            .chat_template()
-            .context("--chat needs a chat template in the model")?;
+        let source = file.chat_template().with_context(|| {
+            format!(
+                "{} has no chat template (a base model, not a chat one): --chat is \
+                     unavailable; give the text to continue without --chat",
+                path.display()
+            )
+        })?;
         let template = ChatTemplate::from_jinja(source)?;
         let mut messages = Vec::new();
         if let Some(system) = &args.system {

@@ -37,6 +37,10 @@ pub struct Args {
     /// (as images made before versions existed).
     #[arg(long, value_name = "N", default_value_t = 0)]
     image_version: u32,
+    /// Longest context the image serves, in tokens (default: the model's, at most 8192). The
+    /// graph's RoPE tables grow with it (Gemma 3's heads of 256: 4 MB per table at 8192).
+    #[arg(long, value_name = "TOKENS")]
+    context: Option<usize>,
     /// Skip the quality report.
     #[arg(long)]
     no_report: bool,
@@ -118,7 +122,7 @@ pub fn run(args: Args) -> Result<()> {
         &gguf,
         &args.output,
         scheme,
-        args.image_version,
+        (args.image_version, args.context),
         !args.quiet,
         threads,
     )?;
