@@ -112,7 +112,10 @@ fn int8_image_follows_llama_cpp() {
             continue;
         };
         let gap = case["top2_gaps"][step].as_f64().unwrap();
-        eprintln!("{:?}: int8 parts at step {step}, llama.cpp's gap {gap}", case["prompt"]);
+        eprintln!(
+            "{:?}: int8 parts at step {step}, llama.cpp's gap {gap}",
+            case["prompt"]
+        );
         assert!(gap < 0.5, "{:?} step {step}: gap {gap}", case["prompt"]);
     }
     eprintln!("int8: {identical}/6 continuations identical to llama.cpp's");
