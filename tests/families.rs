@@ -176,3 +176,74 @@ fn int8_engine_and_onnxruntime_track_the_f32_reference_for_each_family() {
         assert!(agree >= bar.0 && worst < bar.2 as f32, "{arch}");
     }
 }
+
+/// `bytes` with the first `from` replaced by `to` (of the same length).
+fn patched(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+        .unwrap_or_else(|| panic!("{from:?} is not in the file"));
+    let mut out = bytes.to_vec();
+    out[at..at + to.len()].copy_from_slice(to.as_bytes());
+    out
+}
+
+/// Files Ember cannot run get an error naming what is missing or unsupported, from `ember
+/// generate` and from `ember quantize` (which then writes nothing), never a panic.
+#[test]
+fn unsupported_or_incomplete_files_get_typed_errors() {
+    let qwen2 = std::fs::read(model("qwen2")).unwrap();
+    // The type of blk.0.attn_v.weight (F16, 2 dimensions): after its name, the dimension
+    // count (4 bytes) and the dimensions (2 × 8).
+    let name = b"blk.0.attn_v.weight";
+    let at = qwen2.windows(name.len()).position(|w| w == name).unwrap() + name.len() + 4 + 16;
+    assert_eq!(qwen2[at..at + 4], 1u32.to_le_bytes(), "F16");
+    let mut iq2 = qwen2.clone();
+    iq2[at..at + 4].copy_from_slice(&16u32.to_le_bytes());
+    let cases = [
+        (
+            patched(&qwen2, "qwen2", "mamba"),
+            "unsupported architecture \"mamba\"",
+        ),
+        (
+            patched(&qwen2, "blk.0.attn_q.bias", "blk.0.attn_q.bixs"),
+            "blk.0.attn_q.bias",
+        ),
+        (
+            patched(&qwen2, "tokenizer.ggml.tokens", "tokenizer.ggml.tokenz"),
+            "tokenizer.ggml.tokens",
+        ),
+        (iq2, "IQ2_XXS"),
+    ];
+    let dir = ember_e2e::fresh_temp_dir("families-bad");
+    for (i, (bytes, message)) in cases.into_iter().enumerate() {
+        let file = dir.join(format!("bad-{i}.gguf"));
+        std::fs::write(&file, bytes).unwrap();
+        let image = dir.join(format!("bad-{i}.ember"));
+        for args in [
+            vec![
+                "generate",
+                "--model",
+                file.to_str().unwrap(),
+                "--prompt",
+                "hi",
+            ],
+            vec![
+                "quantize",
+                file.to_str().unwrap(),
+                "-o",
+                image.to_str().unwrap(),
+            ],
+        ] {
+            let output = ember(&args);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+            assert!(
+                stderr.contains(message) && !stderr.contains("panicked"),
+                "{args:?}: expected {message:?} in {stderr:?}"
+            );
+        }
+        assert!(!image.exists(), "{} was written", image.display());
+    }
+}

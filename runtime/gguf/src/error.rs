@@ -66,7 +66,10 @@ pub enum GgufError {
     #[error("corrupt GGUF: general.alignment must be a power of two, found {0}")]
     BadAlignment(u64),
     /// A tensor type id this reader does not know.
-    #[error("tensor {name:?} has unknown or unsupported ggml type {id}")]
+    #[error(
+        "tensor {name:?} has ggml type {id}{}, which Ember does not read (it reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K–Q6_K, Q8_K, IQ4_NL and IQ4_XS)",
+        ggml_type_label(.id)
+    )]
     UnknownTensorType {
         /// The tensor.
         name: String,
@@ -122,4 +125,23 @@ pub enum GgufError {
         /// Its type.
         ty: TensorType,
     },
+}
+
+/// ` (NAME)` for the ggml types Ember does not read, by id; empty for ids ggml does not have.
+fn ggml_type_label(id: &u32) -> String {
+    let name = match id {
+        4 | 5 => "Q4_2/Q4_3, removed from ggml",
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => return String::new(),
+    };
+    format!(" ({name})")
 }

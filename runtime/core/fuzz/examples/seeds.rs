@@ -74,6 +74,7 @@ fn main() {
         manifest_len: 100,
         manifest_sha256: [0x5a; 32],
         file_len: 4096,
+        image_version: 0,
     };
     let begin = Request::FlashBegin(FlashBegin {
         image_len: 4096,

@@ -49,6 +49,7 @@ fn manifest(quantization: &str) -> Manifest {
             prompt: "a".into(),
             tokens: vec![1],
         },
+        image_version: 0,
     }
 }
 
