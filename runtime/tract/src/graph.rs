@@ -1,4 +1,5 @@
-//! The ONNX graph of a Llama-family decoder over an image's int8 weights.
+//! The ONNX graph of a decoder (Llama, Qwen2, Qwen3, Gemma 3: the blocks of
+//! `ember_reference`'s forward pass) over an image's int8 weights.
 //!
 //! Standard ONNX ops (opset 17) plus two `com.microsoft` contrib ops that onnxruntime implements:
 //! `MatMulNBits` (bits 8, or 4 for a 4-bit tensor; blocks of 32) for every linear layer and
