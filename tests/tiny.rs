@@ -3,8 +3,8 @@
 
 use ember_core::image::TensorEncoding;
 use ember_e2e::{
-    assert_greedy_matches_golden, ember, ids, last_json_line, stdout_of, tiny_golden, tiny_image,
-    tiny_model,
+    assert_greedy_matches_golden, compare_logits, ember, ids, last_json_line, stdout_of,
+    tiny_golden, tiny_image, tiny_model,
 };
 use ember_engine::LanguageModel;
 use ember_gguf::TensorType;
@@ -513,32 +513,7 @@ fn a_long_chat_outlives_the_context() {
 /// Teacher-forced logits after each token of `ember quantize`'s built-in text, from the f32
 /// reference on the GGUF.
 fn reference_logits() -> (Vec<u32>, Vec<Vec<f32>>) {
-    let file = ember_gguf::GgufFile::open(tiny_model()).unwrap();
-    let tokenizer = ember_reference::gguf::tokenizer(file.metadata()).unwrap();
-    let ids = tokenizer
-        .encode(ember_models::quantize::QUALITY_TEXT)
-        .unwrap();
-    let model = ember_reference::ReferenceModel::load(&file).unwrap();
-    let logits = ember_reference::ReferenceSession::new(&model, ids.len())
-        .logits_at_each(&ids)
-        .unwrap();
-    (ids, logits)
-}
-
-/// (share of positions with the same top-1, largest logit difference) between two runs.
-fn compare(ours: &[Vec<f32>], theirs: &[Vec<f32>]) -> (f64, f32) {
-    assert_eq!(ours.len(), theirs.len());
-    let same = ours
-        .iter()
-        .zip(theirs)
-        .filter(|(a, b)| ember_core::sampler::argmax(a) == ember_core::sampler::argmax(b))
-        .count();
-    let error = ours
-        .iter()
-        .zip(theirs)
-        .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
-        .fold(0.0, f32::max);
-    (same as f64 / ours.len() as f64, error)
+    ember_e2e::reference_logits(&tiny_model())
 }
 
 /// The int8 engine (int8 weights and activations, through tract) stays close to the f32
@@ -560,7 +535,7 @@ fn int8_engine_tracks_the_f32_reference() {
         .unwrap()
         .logits_at_each(&ids)
         .unwrap();
-    let (share, error) = compare(&int8, &reference);
+    let (share, error) = compare_logits(&int8, &reference);
     eprintln!("int8 engine vs f32 reference: top-1 {share:.3}, max logit error {error}");
     assert!(share >= 0.98 && error < 0.5);
 }
@@ -591,7 +566,7 @@ fn onnxruntime_computes_what_ember_computes(image: &std::path::Path, share: f64,
         return;
     };
     // onnxruntime's first logits follow the 5-token prefill batch.
-    let (agree, worst) = compare(&onnxruntime, &reference[4..]);
+    let (agree, worst) = compare_logits(&onnxruntime, &reference[4..]);
     eprintln!("onnxruntime vs f32 reference: top-1 {agree:.3}, max logit error {worst}");
     assert!(agree >= share && worst < error);
     let image = ember_image::Image::open(image).unwrap();
@@ -599,7 +574,7 @@ fn onnxruntime_computes_what_ember_computes(image: &std::path::Path, share: f64,
     let mut session = model.session(ids.len()).unwrap();
     let mut ours = vec![session.feed(&ids[..5]).unwrap()];
     ours.extend(session.logits_at_each(&ids[5..]).unwrap());
-    let (agree, worst) = compare(&onnxruntime, &ours);
+    let (agree, worst) = compare_logits(&onnxruntime, &ours);
     eprintln!("onnxruntime vs Ember's engine: top-1 {agree:.3}, max logit error {worst}");
     assert!(agree >= 0.98 && worst < 0.5);
 }

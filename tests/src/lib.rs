@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+use ember_engine::LanguageModel;
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -129,18 +130,55 @@ fn quantize_once(
         let dir = std::env::temp_dir().join(format!("ember-tests-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let image = dir.join(name);
-        let report = stdout_of(&ember(&[
-            "quantize",
-            gguf.to_str().expect("UTF-8 path"),
-            "-o",
-            image.to_str().expect("UTF-8 temp path"),
-            "--scheme",
-            scheme,
-            "--quiet",
-        ]));
+        let report = quantize(&gguf, &image, &["--scheme", scheme]);
         (image, report)
     })
     .clone()
+}
+
+/// `ember quantize GGUF -o IMAGE --quiet` with `extra` arguments; returns its report.
+pub fn quantize(gguf: &Path, image: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "quantize",
+        gguf.to_str().expect("UTF-8 path"),
+        "-o",
+        image.to_str().expect("UTF-8 path"),
+        "--quiet",
+    ];
+    args.extend(extra);
+    stdout_of(&ember(&args))
+}
+
+/// The f32 reference's logits after each token of `ember quantize`'s built-in text (its
+/// quality report's), on the model file `gguf`, with the text's ids.
+pub fn reference_logits(gguf: &Path) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let file = ember_reference::ModelFile::open(gguf).expect("a model file");
+    let ids = file
+        .tokenizer()
+        .expect("a tokenizer")
+        .encode(ember_models::quantize::QUALITY_TEXT)
+        .expect("the text encodes");
+    let model = ember_reference::ReferenceModel::load(file.weights()).expect("the model loads");
+    let logits = ember_reference::ReferenceSession::new(&model, ids.len())
+        .logits_at_each(&ids)
+        .expect("logits");
+    (ids, logits)
+}
+
+/// (share of positions with the same top-1, largest logit difference) between two runs.
+pub fn compare_logits(ours: &[Vec<f32>], theirs: &[Vec<f32>]) -> (f64, f32) {
+    assert_eq!(ours.len(), theirs.len());
+    let same = ours
+        .iter()
+        .zip(theirs)
+        .filter(|(a, b)| ember_core::sampler::argmax(a) == ember_core::sampler::argmax(b))
+        .count();
+    let error = ours
+        .iter()
+        .zip(theirs)
+        .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+        .fold(0.0, f32::max);
+    (same as f64 / ours.len() as f64, error)
 }
 
 /// SmolLM2 quantized to an Ember image once per test process, with `ember quantize`'s report.
