@@ -212,7 +212,7 @@ class Replies(ConformanceCase):
 
     def test_ctrl_c_during_reply(self):
         for attempt in range(3):
-            self.line.type("Tell me a long story\r")
+            self.line.type("Tell me a very long story\r")
             self.line.read_until(b"story\r\n", timeout=5)
             # Wait for some of the reply, then stop it.
             while not self.line.pending:
@@ -234,7 +234,7 @@ class Replies(ConformanceCase):
         # A 0x00 (and no greeting) during a reply: the reply goes on to its prompt, the wait
         # ends by itself, and line mode serves the next line.
         self.command("/system base")
-        self.line.type("Tell me a long story\r")
+        self.line.type("Tell me a very long story\r")
         self.line.read_until(b"story\r\n", timeout=5)
         self.line.write(b"\x00xyz")
         out = self.prompt()
@@ -251,7 +251,7 @@ class Replies(ConformanceCase):
     def test_typing_during_reply_is_ignored(self):
         self.command("/system base")
         self.command("/set max_tokens 200")
-        self.line.type("Tell me a long story\r")
+        self.line.type("Tell me a very long story\r")
         self.line.read_until(b"story\r\n", timeout=5)
         self.line.write(b"/system changed\r")
         out = self.prompt()
