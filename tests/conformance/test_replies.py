@@ -268,7 +268,7 @@ class Sentences(ConformanceCase):
 
     def test_cancelled_reply_still_stops_synthesis(self):
         self.greet()
-        seq = self.host.send(p.chat(PROMPT, sentences=True))
+        seq = self.host.send(p.chat(PROMPT, sentences=True, temperature=1.0, seed=LONG_SEED))
         first = self.host.next_event()
         self.assertEqual(first.kind, "SynthesizeStart")
         self.host.send(p.cancel())
