@@ -251,6 +251,9 @@ class Replies(ConformanceCase):
     def test_typing_during_reply_is_ignored(self):
         self.command("/system base")
         self.command("/set max_tokens 200")
+        # A sampled reply that runs to the limit (the greedy one ends after 78 tokens).
+        self.command("/set temperature 1")
+        self.command("/set seed 3")
         self.line.type("Tell me a very long story\r")
         self.line.read_until(b"story\r\n", timeout=5)
         self.line.write(b"/system changed\r")
