@@ -552,6 +552,9 @@ def main(argv=None):
         tok = None if a.skip_tokenizer else tokenizer_files(reader, h, a.merges)
         weights = hf_weights(h, tensors)
         os.makedirs(a.out_dir, exist_ok=True)
+        for stale in os.listdir(a.out_dir):  # weights of an earlier run with another --shards
+            if stale == "model.safetensors.index.json" or (stale.startswith("model") and stale.endswith(".safetensors")):
+                os.remove(os.path.join(a.out_dir, stale))
         write_json(os.path.join(a.out_dir, "config.json"), config)
         gen = {"bos_token_id": h["bos"], "eos_token_id": h["eos"]}
         if h["pad"] is not None:
