@@ -447,26 +447,38 @@ fn chat(lines: &str, extra: &[&str]) -> Vec<serde_json::Value> {
 /// the same reply as a fresh cache fed the whole conversation.
 #[test]
 fn chat_keeps_the_cache_across_turns() {
-    use ember_core::chat::{ChatTemplate, Message, Role};
     use ember_engine::{GenerateOptions, generate};
     use ember_reference::{ReferenceModel, ReferenceSession};
+    use ember_template::{ChatTemplate, Message, Role, SpecialTokens};
     let replies = chat("Hi there!\nWhat is the weather like?\n", &["-n", "12"]);
     assert_eq!(replies.len(), 2);
 
     let file = ember_gguf::GgufFile::open(tiny_model()).unwrap();
     let tokenizer = ember_reference::gguf::tokenizer(file.metadata()).unwrap();
-    let template =
-        ChatTemplate::from_jinja(file.metadata().get_str("tokenizer.chat_template").unwrap())
-            .unwrap();
-    let mut first = String::new();
-    template
-        .render(&[Message::new(Role::User, "Hi there!")], true, &mut first)
+    let template = ChatTemplate::new(
+        file.metadata().get_str("tokenizer.chat_template").unwrap(),
+        SpecialTokens::default(),
+    )
+    .unwrap();
+    let (hi, weather) = ("Hi there!", "What is the weather like?");
+    let reply = replies[0]["text"].as_str().unwrap();
+    let first = template
+        .render(&[Message::new(Role::User, hi)], true)
         .unwrap();
-    let mut next = String::new();
-    template
-        .render_next_turn("What is the weather like?", &mut next)
+    let both = template
+        .render(
+            &[
+                Message::new(Role::User, hi),
+                Message::new(Role::Assistant, reply),
+                Message::new(Role::User, weather),
+            ],
+            true,
+        )
         .unwrap();
-    let next_ids = tokenizer.encode(&next).unwrap();
+    let next = both
+        .strip_prefix(&format!("{first}{reply}"))
+        .expect("the first turn and its reply start the whole conversation");
+    let next_ids = tokenizer.encode(next).unwrap();
     // A reply cut by the length limit leaves its last token to be run with the next turn.
     let unfed = usize::from(replies[0]["finish"] == "length");
     assert_eq!(

@@ -473,7 +473,7 @@ impl Board {
         let plan = |context: usize| MemoryPlan {
             context,
             image_bytes: needs.image_bytes,
-            cache_bytes: (context as u64).saturating_mul(needs.cache_bytes_per_position),
+            cache_bytes: needs.cache_bytes(context),
             runtime_bytes: RUNTIME_BYTES,
             budget_bytes: budget,
         };
@@ -490,7 +490,11 @@ impl Board {
         if full.total_bytes() <= budget {
             return Ok(full);
         }
-        let fixed = needs.image_bytes.saturating_add(RUNTIME_BYTES);
+        // The sliding-window layers' caches at their largest, then the rest per position.
+        let fixed = needs
+            .image_bytes
+            .saturating_add(RUNTIME_BYTES)
+            .saturating_add(needs.windowed_cache_bytes(needs.context_length));
         let room = budget.saturating_sub(fixed) / needs.cache_bytes_per_position.max(1);
         let longest = (room as usize / CONTEXT_STEP * CONTEXT_STEP).min(needs.context_length);
         let longest = (longest >= CONTEXT_STEP).then_some(longest);
@@ -507,10 +511,30 @@ impl Board {
 pub struct ModelNeeds {
     /// Size of the image file (memory-mapped, so resident while the model runs).
     pub image_bytes: u64,
-    /// KV cache per context position (keys and values of every layer).
+    /// KV cache per context position of the layers that attend to the whole context (keys and
+    /// values).
     pub cache_bytes_per_position: u64,
+    /// KV cache per position of the sliding-window layers (0 without any).
+    pub windowed_cache_bytes_per_position: u64,
+    /// The most positions a sliding-window layer's cache holds, however long the context.
+    pub window_positions: usize,
     /// The model's own context length.
     pub context_length: usize,
+}
+
+impl ModelNeeds {
+    /// The KV cache of a full context of `context` positions.
+    pub fn cache_bytes(&self, context: usize) -> u64 {
+        (context as u64)
+            .saturating_mul(self.cache_bytes_per_position)
+            .saturating_add(self.windowed_cache_bytes(context))
+    }
+
+    /// The sliding-window layers' part of [`ModelNeeds::cache_bytes`].
+    fn windowed_cache_bytes(&self, context: usize) -> u64 {
+        (context.min(self.window_positions) as u64)
+            .saturating_mul(self.windowed_cache_bytes_per_position)
+    }
 }
 
 /// Memory a model takes on a board with a given context.
@@ -593,8 +617,41 @@ mod tests {
     const SMOLLM2: ModelNeeds = ModelNeeds {
         image_bytes: 154_691_968,
         cache_bytes_per_position: 30 * 2 * 3 * 64 * 4,
+        windowed_cache_bytes_per_position: 0,
+        window_positions: 0,
         context_length: 8192,
     };
+
+    /// Gemma 3 270M's int8 image: 3 global layers and 15 with a window of 512 (which hold at
+    /// most 512 + 352 positions), one KV head of 256.
+    const GEMMA3: ModelNeeds = ModelNeeds {
+        image_bytes: 322_636_800,
+        cache_bytes_per_position: 3 * 2 * 256 * 4,
+        windowed_cache_bytes_per_position: 15 * 2 * 256 * 4,
+        window_positions: 864,
+        context_length: 8192,
+    };
+
+    #[test]
+    fn sliding_window_layers_count_only_their_window() {
+        let board = Board::builtin("rpi4").unwrap();
+        let plan = board.plan_memory(&GEMMA3, None).unwrap();
+        assert_eq!(plan.context, 8192);
+        // 8192 positions of 3 layers and 864 of 15: 48 + 26.6 MiB, not 288 MiB.
+        assert_eq!(plan.cache_bytes, 8192 * 6144 + 864 * 30720);
+        // Short contexts: every layer holds every position.
+        let short = board.plan_memory(&GEMMA3, Some(256)).unwrap();
+        assert_eq!(short.cache_bytes, 256 * (6144 + 30720));
+        // A budget that holds the image, the windows and part of the context gets the longest
+        // whole step of it.
+        let tight = ModelNeeds {
+            image_bytes: board.budget_bytes() - RUNTIME_BYTES - 864 * 30720 - 1000 * 6144,
+            ..GEMMA3
+        };
+        let plan = board.plan_memory(&tight, None).unwrap();
+        assert!(plan.total_bytes() <= board.budget_bytes(), "{plan}");
+        assert_eq!(plan.context, 1000 / CONTEXT_STEP * CONTEXT_STEP);
+    }
 
     #[test]
     fn every_builtin_profile_parses_checks_and_is_named_after_its_file() {

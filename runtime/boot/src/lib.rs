@@ -7,13 +7,12 @@
 #![warn(missing_docs)]
 
 use ember_board::{Board, MemoryPlan, ModelNeeds};
-use ember_core::chat::ChatTemplate;
 use ember_core::device::{Model, Settings};
 use ember_core::flash::{FlashOutcome, Slot};
 use ember_core::image::ImageHeader;
 use ember_core::protocol::{self, ErrorCode, Event, Hello, MAX_FRAME, PROTOCOL_VERSION};
 use ember_core::sampler::{SamplingConfig, SamplingError};
-use ember_engine::ChatSession;
+use ember_engine::{ChatFormat, ChatSession};
 use ember_flash::{FlashError, SlotDir};
 use ember_image::Image;
 use ember_tokenizer::Tokenizer;
@@ -182,11 +181,12 @@ impl Boot<'_> {
         config.check().map_err(|e| load_error(path, e))?;
         let plan = match self.board {
             Some(board) => {
+                let cache = ember_tract::CacheNeeds::of(&config);
                 let needs = ModelNeeds {
                     image_bytes: image.file_size(),
-                    cache_bytes_per_position: config
-                        .cache_values_per_position()
-                        .saturating_mul(ember_tract::CACHE_BYTES_PER_VALUE),
+                    cache_bytes_per_position: cache.bytes_per_position,
+                    windowed_cache_bytes_per_position: cache.windowed_bytes_per_position,
+                    window_positions: cache.window_positions,
                     context_length: config.context_length,
                 };
                 let plan = board.plan_memory(&needs, self.context).map_err(|source| {
@@ -276,7 +276,7 @@ impl Boot<'_> {
     ) -> Result<T, BootError> {
         let engine = TractModel::load(&opened.image, self.threads).map_err(|e| opened.error(e))?;
         let tokenizer = opened.tokenizer()?;
-        let template = opened.template()?;
+        let format = opened.format(&tokenizer)?;
         ember_engine::memory::release_free_heap();
         let mut session = engine
             .session(opened.capacity)
@@ -292,7 +292,7 @@ impl Boot<'_> {
         Ok(serve(&mut ChatSession::new(
             &mut session,
             &tokenizer,
-            template,
+            format,
             system,
         )))
     }
@@ -409,12 +409,16 @@ impl Opened {
         Tokenizer::from_image(&self.image.manifest().tokenizer, &data).map_err(|e| self.error(e))
     }
 
-    /// The image's chat template (ChatML if it has none).
-    pub fn template(&self) -> Result<ChatTemplate<'_>, BootError> {
-        match self.image.manifest().chat_template.as_deref() {
-            Some(source) => ChatTemplate::from_jinja(source).map_err(|e| self.error(e)),
-            None => Ok(ChatTemplate::chatml(None)),
-        }
+    /// How the image's conversations become tokens: its chat template (plain text if it has
+    /// none) and its tokenizer's special tokens.
+    pub fn format(&self, tokenizer: &Tokenizer) -> Result<ChatFormat, BootError> {
+        let manifest = self.image.manifest();
+        ChatFormat::new(
+            manifest.chat_template.as_deref(),
+            tokenizer,
+            manifest.tokenizer.add_bos,
+        )
+        .map_err(|e| self.error(e))
     }
 
     /// SHA-256 of the image's manifest (which holds every section's).

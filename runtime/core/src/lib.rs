@@ -4,7 +4,6 @@
 //!   repetition penalty) with a seeded generator that gives the same tokens on every platform.
 //! - [`device`] (`alloc`): the device's side of the serial line as a state machine fed bytes
 //!   and time (line mode, frame mode, replies, flash and baud rules), for a thin driver.
-//! - [`chat`]: renders a conversation with the model's chat template (ChatML).
 //! - [`utf8`]: assembles streamed token bytes into whole UTF-8 characters.
 //! - [`flash`]: the device's model slots and the rules of flashing an image over the line.
 //! - [`blocks`]: the block formats of weights (int8, 4-bit) and activations, each defined once.
@@ -29,7 +28,6 @@ extern crate alloc;
 mod fmt;
 
 pub mod blocks;
-pub mod chat;
 #[cfg(feature = "alloc")]
 pub mod device;
 pub mod flash;

@@ -7,15 +7,14 @@
 //! without the line: what arrives must be what the engine generated.
 
 use embedded_io::Write;
-use ember_core::chat::ChatTemplate;
 use ember_core::device::{Device, LineConfig, Model, Settings};
 use ember_core::protocol::{
     self, ChatOptions, ChatRequest, EndReason, ErrorCode, Event, Hello, MAX_FRAME,
     PROTOCOL_VERSION, Request,
 };
 use ember_core::sampler::SamplingConfig;
-use ember_engine::testing::{Counting, tokenizer};
-use ember_engine::{ChatSession, GenerateOptions};
+use ember_engine::testing::{CHATML, Counting, chatml, tokenizer};
+use ember_engine::{ChatFormat, ChatSession, GenerateOptions};
 use ember_serial::{Client, ClientError, MemoryLine, Port};
 use ember_signals::{Delay, Status};
 use emberd::driver::{Driver, Exit, Panel};
@@ -70,13 +69,24 @@ fn device_with_panel(
     step: Duration,
     panel: Option<Panel>,
 ) -> (MemoryLine, JoinHandle<Exit>) {
+    device_with_template(config, step, panel, CHATML)
+}
+
+/// The same, with the chat template `template`.
+fn device_with_template(
+    config: LineConfig,
+    step: Duration,
+    panel: Option<Panel>,
+    template: &'static str,
+) -> (MemoryLine, JoinHandle<Exit>) {
     let (host, mut line) = MemoryLine::pair(config.baud);
     line.set_write_timeout(Duration::from_millis(100));
     let thread = std::thread::spawn(move || {
         let tokenizer = tokenizer();
         let mut fake = Counting::new(usize::MAX);
         fake.delay = step;
-        let mut chat = ChatSession::new(&mut fake, &tokenizer, ChatTemplate::chatml(None), None);
+        let format = ChatFormat::new(Some(template), &tokenizer, false).expect("the template");
+        let mut chat = ChatSession::new(&mut fake, &tokenizer, format, None);
         let device = Device::new(config, model(), Duration::ZERO);
         Driver::new(line, Delay, device, panel).serve(&mut chat, None)
     });
@@ -96,7 +106,7 @@ fn hang_up(host: impl Sized, thread: JoinHandle<Exit>) {
 fn expected(messages: &[&str], max_tokens: u32) -> Vec<String> {
     let tokenizer = tokenizer();
     let mut fake = Counting::new(usize::MAX);
-    let mut chat = ChatSession::new(&mut fake, &tokenizer, ChatTemplate::chatml(None), None);
+    let mut chat = ChatSession::new(&mut fake, &tokenizer, chatml(&tokenizer), None);
     let options = GenerateOptions {
         max_tokens: max_tokens as usize,
         sampling: SamplingConfig::default(),
@@ -196,6 +206,41 @@ fn frame_mode_conversation() {
     ));
     assert!(matches!(client.recv(PATIENCE).unwrap(), Event::End { .. }));
     assert_eq!(client.line_errors(), greeted);
+    let line = client.goodbye(PATIENCE).unwrap();
+    hang_up(line, thread);
+}
+
+/// A chat template that refuses the conversation (Gemma's refuses a system role) ends that reply
+/// with an `Engine` error carrying the template's message; the device goes on.
+#[test]
+fn a_template_that_refuses_the_conversation_is_an_engine_error() {
+    const NO_SYSTEM: &str = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}";
+    let (line, thread) = device_with_template(line_config(None), Duration::ZERO, None, NO_SYSTEM);
+    let mut client = Client::over(line, PATIENCE).unwrap();
+    assert_eq!(ask(&mut client, &chat("hi")).1, EndReason::Length);
+    client
+        .send(&Request::SetSystem {
+            text: protocol::truncated("Be brief."),
+        })
+        .unwrap();
+    assert_eq!(client.recv(PATIENCE).unwrap(), Event::Done);
+    client.send(&chat("hi")).unwrap();
+    match client.recv(PATIENCE).unwrap() {
+        Event::Error { code, detail, .. } => {
+            assert_eq!(code, ErrorCode::Engine);
+            assert!(detail.contains("System role not supported"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(client.recv(PATIENCE).unwrap(), Event::End { .. }));
+    // Without the system prompt the template renders again.
+    client
+        .send(&Request::SetSystem {
+            text: protocol::truncated(""),
+        })
+        .unwrap();
+    assert_eq!(client.recv(PATIENCE).unwrap(), Event::Done);
+    assert_eq!(ask(&mut client, &chat("hi")).1, EndReason::Length);
     let line = client.goodbye(PATIENCE).unwrap();
     hang_up(line, thread);
 }

@@ -1,26 +1,84 @@
 //! A multi-turn conversation over one KV cache: each turn prefills only its own new tokens.
-//! When the next turn would not fit, the oldest turns are dropped (the system prompt is kept)
-//! and the cache is rebuilt from what remains.
+//! The whole conversation is rendered with the model's chat template each turn; when the text
+//! the cache holds is a prefix of it, only the rest is fed, otherwise (a template that rewrites
+//! earlier turns) the cache is rebuilt. When the next turn would not fit, the oldest turns are
+//! dropped (the system prompt is kept) and the cache is rebuilt from what remains.
 
 use crate::{
     EngineError, FinishReason, GenerateOptions, Generation, LanguageModel, Progress, generate_until,
 };
-use ember_core::chat::{ChatTemplate, Message, Role};
 use ember_core::device::{Context, ReplyEnd, ReplyRequest};
 use ember_core::protocol::{EndReason, ErrorCode};
+use ember_template::{ChatTemplate, Message, Role, SpecialTokens, TemplateError};
 use ember_tokenizer::Tokenizer;
 use std::ops::ControlFlow;
+
+/// How a model's conversations become tokens: its chat template, and the beginning-of-sequence
+/// token when its prompts start with one.
+#[derive(Debug)]
+pub struct ChatFormat {
+    /// The model's template ([`ChatTemplate::plain`] when it has none).
+    pub template: ChatTemplate,
+    /// The token a fresh prompt starts with, unless the template wrote it already.
+    pub bos: Option<u32>,
+}
+
+impl ChatFormat {
+    /// The format of a model with the Jinja template `source` (`None`: plain text), its
+    /// `tokenizer` (whose special tokens the template may write) and whether its prompts start
+    /// with the beginning-of-sequence token.
+    pub fn new(
+        source: Option<&str>,
+        tokenizer: &Tokenizer,
+        add_bos: bool,
+    ) -> Result<Self, TemplateError> {
+        let text = |id: u32| tokenizer.decode(&[id]);
+        let template = match source {
+            Some(source) => ChatTemplate::new(
+                source,
+                SpecialTokens {
+                    bos: tokenizer.bos_id().map(text),
+                    eos: Some(text(tokenizer.eos_id())),
+                },
+            )?,
+            None => ChatTemplate::plain(),
+        };
+        Ok(ChatFormat {
+            template,
+            bos: tokenizer.bos_id().filter(|_| add_bos),
+        })
+    }
+
+    /// The text of `messages` (ending with the opening of the assistant's reply).
+    pub fn render(&self, messages: &[Message<'_>]) -> Result<String, EngineError> {
+        Ok(self.template.render(messages, true)?)
+    }
+
+    /// The tokens of a fresh prompt of `text`: the beginning-of-sequence token (if the model's
+    /// prompts start with one and the text does not) and the text's tokens.
+    pub fn encode(&self, tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, EngineError> {
+        let mut ids = tokenizer.encode(text)?;
+        if let Some(bos) = self.bos
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
+        }
+        Ok(ids)
+    }
+}
 
 /// A conversation with a model.
 pub struct ChatSession<'a> {
     model: &'a mut dyn LanguageModel,
     tokenizer: &'a Tokenizer,
-    template: ChatTemplate<'a>,
+    format: ChatFormat,
     system: Option<String>,
     /// Finished turns: (user, assistant).
     turns: Vec<(String, String)>,
     /// Whether the cache holds the conversation so far (ending inside the last reply).
     cached: bool,
+    /// The text the cache holds when `cached`: the rendered prompt and the reply.
+    rendered: String,
     /// The last reply's final token when generation stopped before end-of-sequence (length
     /// limit, stop sequence, cancel): it was sampled but not yet run through the model.
     unfed: Option<u32>,
@@ -33,17 +91,18 @@ impl<'a> ChatSession<'a> {
     pub fn new(
         model: &'a mut dyn LanguageModel,
         tokenizer: &'a Tokenizer,
-        template: ChatTemplate<'a>,
+        format: ChatFormat,
         system: Option<String>,
     ) -> Self {
         model.reset();
         ChatSession {
             model,
             tokenizer,
-            template,
+            format,
             system,
             turns: Vec::new(),
             cached: false,
+            rendered: String::new(),
             unfed: None,
             dropped: 0,
         }
@@ -88,8 +147,8 @@ impl<'a> ChatSession<'a> {
         &self.turns
     }
 
-    /// The whole conversation from `first_turn` on, plus `user`, rendered for a fresh cache.
-    fn render_from(&self, first_turn: usize, user: &str) -> Result<Vec<u32>, EngineError> {
+    /// The template's rendering of the conversation from `first_turn` on, plus `user`.
+    fn render_from(&self, first_turn: usize, user: &str) -> Result<String, EngineError> {
         let mut messages = Vec::new();
         if let Some(system) = &self.system {
             messages.push(Message::new(Role::System, system));
@@ -99,10 +158,7 @@ impl<'a> ChatSession<'a> {
             messages.push(Message::new(Role::Assistant, answer));
         }
         messages.push(Message::new(Role::User, user));
-        let mut text = String::new();
-        // Writing to a String cannot fail.
-        let _ = self.template.render(&messages, true, &mut text);
-        Ok(self.tokenizer.encode(&text)?)
+        self.format.render(&messages)
     }
 
     /// Generates the reply a device asked for ([`ember_core::device::Output::Reply`]), as
@@ -161,15 +217,16 @@ impl<'a> ChatSession<'a> {
         let room = |tokens: usize| tokens + reserve <= context;
         let mut prompt = None;
         if self.cached {
-            let mut text = String::new();
-            let _ = self.template.render_next_turn(user, &mut text);
-            let mut next: Vec<u32> = self.unfed.into_iter().collect();
-            next.extend(self.tokenizer.encode(&text)?);
-            if room(self.model.position() + next.len()) {
-                prompt = Some(next);
+            let whole = self.render_from(0, user)?;
+            if let Some(rest) = whole.strip_prefix(self.rendered.as_str()) {
+                let mut next: Vec<u32> = self.unfed.into_iter().collect();
+                next.extend(self.tokenizer.encode(rest)?);
+                if room(self.model.position() + next.len()) {
+                    prompt = Some((whole, next));
+                }
             }
         }
-        let prompt = match prompt {
+        let (text, prompt) = match prompt {
             Some(next) => next,
             None => {
                 // Start over from the recent turns that fit in half the context, leaving the
@@ -179,11 +236,12 @@ impl<'a> ChatSession<'a> {
                 self.model.reset();
                 self.cached = false;
                 let mut first = 0;
-                let ids = loop {
-                    let ids = self.render_from(first, user)?;
+                let (text, ids) = loop {
+                    let text = self.render_from(first, user)?;
+                    let ids = self.format.encode(self.tokenizer, &text)?;
                     let last_chance = first == self.turns.len();
                     if room(ids.len() + context / 2) || (last_chance && room(ids.len())) {
-                        break ids;
+                        break (text, ids);
                     }
                     if last_chance {
                         return Err(EngineError::PromptTooLong {
@@ -195,7 +253,7 @@ impl<'a> ChatSession<'a> {
                 };
                 self.turns.drain(..first);
                 self.dropped = first;
-                ids
+                (text, ids)
             }
         };
         // Until the reply is complete the cache holds a partial turn.
@@ -207,6 +265,7 @@ impl<'a> ChatSession<'a> {
             return Ok(generation);
         }
         self.turns.push((user.to_string(), generation.text.clone()));
+        self.rendered = text + &generation.text;
         self.cached = true;
         if generation.finish != FinishReason::Eos {
             self.unfed = generation.tokens.last().copied();
@@ -218,7 +277,7 @@ impl<'a> ChatSession<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{Counting, tokenizer};
+    use crate::testing::{Counting, chatml, tokenizer};
     use ember_core::sampler::SamplingConfig;
 
     fn options() -> GenerateOptions {
@@ -235,7 +294,7 @@ mod tests {
         let tokenizer = tokenizer();
         let mut model = Counting::new(usize::MAX);
         let long = "tell me everything about the sea and the ships on it ".repeat(3);
-        let mut chat = ChatSession::new(&mut model, &tokenizer, ChatTemplate::chatml(None), None);
+        let mut chat = ChatSession::new(&mut model, &tokenizer, chatml(&tokenizer), None);
         let first = chat
             .say("hello", &options(), &mut |_| ControlFlow::Continue(()))
             .unwrap();
@@ -253,7 +312,8 @@ mod tests {
             chat.context_used() < first.stats.prompt_tokens + 4 + cancelled.stats.prompt_tokens
         );
 
-        let expected = chat.render_from(0, "and then?").unwrap().len();
+        let text = chat.render_from(0, "and then?").unwrap();
+        let expected = chat.format.encode(&tokenizer, &text).unwrap().len();
         let next = chat
             .say("and then?", &options(), &mut |_| ControlFlow::Continue(()))
             .unwrap();
@@ -261,5 +321,44 @@ mod tests {
         // Rebuilt from position 0: the first turn, its reply and the new message.
         assert_eq!(next.stats.prompt_tokens, expected);
         assert_eq!(chat.context_used(), expected + 3);
+    }
+
+    /// A template that renders earlier turns differently from how they were generated (here,
+    /// like DeepSeek-R1's, a generation prompt that the finished turn does not keep): the next
+    /// turn rebuilds the cache from the whole conversation instead of feeding a wrong suffix.
+    #[test]
+    fn a_template_that_rewrites_earlier_turns_rebuilds_the_cache() {
+        let tokenizer = tokenizer();
+        let mut model = Counting::new(usize::MAX);
+        let template = "{% for m in messages %}{{ m.role }}:{{ m.content }};{% endfor %}\
+                        {% if add_generation_prompt %}assistant:<think>{% endif %}";
+        let format = ChatFormat::new(Some(template), &tokenizer, false).unwrap();
+        let mut chat = ChatSession::new(&mut model, &tokenizer, format, None);
+        let first = chat
+            .say("hi", &options(), &mut |_| ControlFlow::Continue(()))
+            .unwrap();
+        let text = chat.render_from(0, "more").unwrap();
+        assert!(text.starts_with(&format!("user:hi;assistant:{};", first.text)));
+        let whole = chat.format.encode(&tokenizer, &text).unwrap().len();
+        let next = chat
+            .say("more", &options(), &mut |_| ControlFlow::Continue(()))
+            .unwrap();
+        assert_eq!(next.stats.prompt_tokens, whole);
+        assert_eq!(chat.context_used(), whole + 3);
+
+        // ChatML keeps every turn as it was generated: the next turn feeds only its own text.
+        let mut model = Counting::new(usize::MAX);
+        let mut chat = ChatSession::new(&mut model, &tokenizer, chatml(&tokenizer), None);
+        chat.say("hi", &options(), &mut |_| ControlFlow::Continue(()))
+            .unwrap();
+        let next = chat
+            .say("more", &options(), &mut |_| ControlFlow::Continue(()))
+            .unwrap();
+        let own = "<|im_end|>\n<|im_start|>user\nmore<|im_end|>\n<|im_start|>assistant\n";
+        // The reply's last token (cut by the length limit) is fed with the next turn.
+        assert_eq!(
+            next.stats.prompt_tokens,
+            1 + tokenizer.encode(own).unwrap().len()
+        );
     }
 }

@@ -11,6 +11,9 @@ pub enum EngineError {
     /// The tokenizer could not be built or refused the text.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    /// The model's chat template does not parse or refuses the conversation.
+    #[error(transparent)]
+    Template(#[from] ember_template::TemplateError),
     /// The model's shape is inconsistent.
     #[error(transparent)]
     BadConfig(#[from] ArchitectureError),

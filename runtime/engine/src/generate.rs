@@ -147,6 +147,10 @@ pub const PREFILL_SLICE: std::time::Duration = std::time::Duration::from_millis(
 /// The fewest prompt tokens a slice takes (the first slice takes this many): each slice reads
 /// all the weights once more. A prompt with fewer than twice as many is fed in one slice.
 pub const MIN_PREFILL_SLICE: usize = 16;
+/// The most prompt tokens a slice takes (the last one up to [`MIN_PREFILL_SLICE`] more): it
+/// bounds a prefill's activations and how far past its window a sliding-window layer's cache
+/// reaches.
+pub const MAX_PREFILL_SLICE: usize = 256;
 
 /// What one [`Generator::step`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,7 +321,8 @@ impl<'m> Generator<'m> {
         } else {
             // Tokens per slice at the speed so far.
             let rate = self.fed as f64 / self.prefill_seconds.max(1e-6);
-            ((rate * PREFILL_SLICE.as_secs_f64()) as usize).max(MIN_PREFILL_SLICE)
+            ((rate * PREFILL_SLICE.as_secs_f64()) as usize)
+                .clamp(MIN_PREFILL_SLICE, MAX_PREFILL_SLICE)
         };
         // Never leave a last slice shorter than the shortest.
         let size = if left < size + MIN_PREFILL_SLICE {

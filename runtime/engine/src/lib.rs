@@ -16,10 +16,10 @@ pub mod memory;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use chat::ChatSession;
+pub use chat::{ChatFormat, ChatSession};
 pub use error::EngineError;
 pub use generate::{
-    FinishReason, GenerateOptions, Generation, Generator, LanguageModel, MIN_PREFILL_SLICE,
-    PREFILL_SLICE, Progress, SELF_TEST_CONTEXT, SELF_TEST_PROMPT, SELF_TEST_TOKENS, Stats, Step,
-    generate, generate_until, self_test_tokens,
+    FinishReason, GenerateOptions, Generation, Generator, LanguageModel, MAX_PREFILL_SLICE,
+    MIN_PREFILL_SLICE, PREFILL_SLICE, Progress, SELF_TEST_CONTEXT, SELF_TEST_PROMPT,
+    SELF_TEST_TOKENS, Stats, Step, generate, generate_until, self_test_tokens,
 };

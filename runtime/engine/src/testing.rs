@@ -43,6 +43,14 @@ pub fn tokenizer() -> Tokenizer {
     .expect("a byte-level tokenizer")
 }
 
+/// ChatML without a default system prompt, as SmolLM2's template renders it otherwise.
+pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// [`CHATML`] for `tokenizer`'s model.
+pub fn chatml(tokenizer: &Tokenizer) -> crate::ChatFormat {
+    crate::ChatFormat::new(Some(CHATML), tokenizer, false).expect("ChatML compiles")
+}
+
 /// A deterministic model: after position p its most likely token is the byte `a` + p mod 4,
 /// or the end of the sequence once `eos_at` positions are in the cache. Records every batch it
 /// is fed.

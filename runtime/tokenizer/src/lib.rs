@@ -286,6 +286,11 @@ impl Tokenizer {
         self.bos
     }
 
+    /// End-of-sequence token.
+    pub fn eos_id(&self) -> u32 {
+        self.eos
+    }
+
     /// Whether `token` ends a reply: the end-of-sequence token or another of llama.cpp's
     /// end-of-generation tokens in the vocabulary.
     pub fn ends_generation(&self, token: u32) -> bool {

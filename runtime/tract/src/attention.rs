@@ -187,6 +187,10 @@ struct LayerCache {
 /// multiple of [`LANES`]), so that moving the rest forward is rare.
 const DROP_POSITIONS: usize = 64;
 
+/// The most positions a sliding-window cache holds beyond its window and the positions being
+/// fed: those gathered for the next drop.
+pub(crate) const WINDOW_SLACK: usize = DROP_POSITIONS + LANES;
+
 impl Op for CachedAttention {
     fn name(&self) -> StaticName {
         OP_TYPE.into()

@@ -33,6 +33,45 @@ pub const ENGINE_REVISION: u32 = 5;
 /// Bytes the int8 engine's KV cache takes per key or value number (f32).
 pub const CACHE_BYTES_PER_VALUE: u64 = 4;
 
+/// What a model's KV cache takes in the int8 engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheNeeds {
+    /// Bytes per context position of the layers that attend to the whole context.
+    pub bytes_per_position: u64,
+    /// Bytes per position of the sliding-window layers (0 without any).
+    pub windowed_bytes_per_position: u64,
+    /// The most positions a sliding-window layer's cache holds: its window, the positions it
+    /// drops together and a prefill slice.
+    pub window_positions: usize,
+}
+
+impl CacheNeeds {
+    /// The cache of `architecture`'s model.
+    pub fn of(architecture: &ember_core::image::Architecture) -> Self {
+        let per_layer = (architecture.kv_dim() as u64).saturating_mul(2 * CACHE_BYTES_PER_VALUE);
+        let (mut global, mut windowed, mut window) = (0u64, 0u64, 0usize);
+        for layer in 0..architecture.n_layers {
+            match architecture.window(layer) {
+                Some(w) => {
+                    windowed = windowed.saturating_add(per_layer);
+                    window = window.max(w);
+                }
+                None => global = global.saturating_add(per_layer),
+            }
+        }
+        CacheNeeds {
+            bytes_per_position: global,
+            windowed_bytes_per_position: windowed,
+            window_positions: match window {
+                0 => 0,
+                w => w.saturating_add(attention::WINDOW_SLACK).saturating_add(
+                    ember_engine::MAX_PREFILL_SLICE + ember_engine::MIN_PREFILL_SLICE,
+                ),
+            },
+        }
+    }
+}
+
 pub use cpu::CpuReport;
 pub use engine::{OpProfile, TractModel, TractSession, self_test};
 pub use graph::GraphError;

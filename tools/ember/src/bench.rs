@@ -6,12 +6,10 @@
 
 use crate::model::{Engine, LoadedModel};
 use anyhow::{Context, Result, bail};
-use ember_core::{
-    chat::{ChatTemplate, Message, Role},
-    sampler::argmax,
-};
-use ember_engine::memory;
+use ember_core::sampler::argmax;
+use ember_engine::{ChatFormat, memory};
 use ember_reference::ModelFile;
+use ember_template::{Message, Role};
 use ember_tract::TractModel;
 use serde::Serialize;
 use std::{
@@ -201,18 +199,9 @@ fn measure(model: &LoadedModel, prompt: &[u32], decode_tokens: usize) -> Result<
 /// [`LONG_PROMPT_TOKENS`] tokens of running text.
 fn prompts(file: &ModelFile) -> Result<Vec<Vec<u32>>> {
     let tokenizer = file.tokenizer()?;
-    let short_text = match file.chat_template() {
-        Some(source) => {
-            let mut text = String::new();
-            ChatTemplate::from_jinja(source)?.render(
-                &[Message::new(Role::User, SHORT_PROMPT)],
-                true,
-                &mut text,
-            )?;
-            text
-        }
-        None => SHORT_PROMPT.to_string(),
-    };
+    // Without the beginning-of-sequence token, as the peers are given the same ids.
+    let format = ChatFormat::new(file.chat_template(), &tokenizer, false)?;
+    let short_text = format.render(&[Message::new(Role::User, SHORT_PROMPT)])?;
     let short = tokenizer.encode(&short_text)?;
     let mut long = Vec::new();
     while long.len() < LONG_PROMPT_TOKENS {

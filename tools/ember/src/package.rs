@@ -161,11 +161,12 @@ fn check_model_fits(model: &Path, board: &Board) -> Result<()> {
     let image = Image::open(model).with_context(context)?;
     image.verify().with_context(context)?;
     let config = image.architecture().with_context(context)?;
+    let cache = ember_tract::CacheNeeds::of(&config);
     let needs = ModelNeeds {
         image_bytes: image.file_size(),
-        cache_bytes_per_position: config
-            .cache_values_per_position()
-            .saturating_mul(ember_tract::CACHE_BYTES_PER_VALUE),
+        cache_bytes_per_position: cache.bytes_per_position,
+        windowed_cache_bytes_per_position: cache.windowed_bytes_per_position,
+        window_positions: cache.window_positions,
         context_length: config.context_length,
     };
     let plan = board

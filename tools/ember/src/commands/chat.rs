@@ -1,10 +1,9 @@
 //! `ember chat`: a conversation in the terminal, with a model run here or with a device.
 
 use super::{DeviceArgs, SamplingArgs};
-use anyhow::{Context, Result};
-use ember_core::chat::ChatTemplate;
+use anyhow::{Context, Result, bail};
 use ember_core::protocol::ChatOptions;
-use ember_engine::{ChatSession, FinishReason, GenerateOptions, Progress};
+use ember_engine::{ChatFormat, ChatSession, FinishReason, GenerateOptions, Progress};
 use ember_serial::{Client, Recovery};
 use ember_tools::{model::LoadedModel, remote};
 use std::io::{BufRead, IsTerminal, Write};
@@ -97,18 +96,25 @@ pub fn run(args: Args) -> Result<()> {
     let threads = super::use_threads(args.threads)?;
     let path = super::model_or_default(args.model.as_deref(), threads)?;
     let model = LoadedModel::open(&path, threads)?;
-    let source = model
-        .file
-        .chat_template()
-        .context("ember chat needs a model with a chat template")?;
-    let template = ChatTemplate::from_jinja(source)?;
+    if model.file.chat_template().is_none() {
+        bail!(
+            "{} has no chat template (a base model, not a chat one): ember chat is unavailable; \
+             give it text to continue with `ember generate`",
+            path.display()
+        );
+    }
+    let format = ChatFormat::new(
+        model.file.chat_template(),
+        &model.tokenizer,
+        model.file.add_bos(),
+    )?;
     let context = args.context.unwrap_or(model.architecture().context_length);
     let mut session = model.session(context)?;
     let mut local = Local {
         chat: ChatSession::new(
             session.as_mut(),
             &model.tokenizer,
-            template,
+            format,
             args.system.clone(),
         ),
         options: GenerateOptions {

@@ -1,9 +1,9 @@
 //! `ember generate`: text from a prompt, streamed to stdout.
 
 use super::SamplingArgs;
-use anyhow::{Context, Result};
-use ember_core::chat::{ChatTemplate, Message, Role};
-use ember_engine::{GenerateOptions, generate};
+use anyhow::{Result, bail};
+use ember_engine::{ChatFormat, GenerateOptions, generate};
+use ember_template::{Message, Role};
 use ember_tools::model::LoadedModel;
 use std::io::Write;
 use std::path::PathBuf;
@@ -50,33 +50,24 @@ pub fn run(args: Args) -> Result<()> {
     let load_seconds = load_start.elapsed().as_secs_f64();
     let (file, tokenizer) = (&model.file, &model.tokenizer);
 
-    let prompt_text = if args.chat {
-        let source = file.chat_template().with_context(|| {
-            format!(
+    let format = ChatFormat::new(file.chat_template(), tokenizer, file.add_bos())?;
+    let prompt = if args.chat {
+        if format.template.is_plain() {
+            bail!(
                 "{} has no chat template (a base model, not a chat one): --chat is \
-                     unavailable; give the text to continue without --chat",
+                 unavailable; give the text to continue without --chat",
                 path.display()
-            )
-        })?;
-        let template = ChatTemplate::from_jinja(source)?;
+            );
+        }
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
             messages.push(Message::new(Role::System, system));
         }
         messages.push(Message::new(Role::User, &args.prompt));
-        let mut text = String::new();
-        template.render(&messages, true, &mut text)?;
-        text
+        format.encode(tokenizer, &format.render(&messages)?)?
     } else {
-        args.prompt.clone()
+        format.encode(tokenizer, &args.prompt)?
     };
-    let mut prompt = Vec::new();
-    if file.add_bos()
-        && let Some(bos) = tokenizer.bos_id()
-    {
-        prompt.push(bos);
-    }
-    prompt.extend(tokenizer.encode(&prompt_text)?);
 
     let mut session = model.session(prompt.len() + args.max_tokens)?;
     let options = GenerateOptions {

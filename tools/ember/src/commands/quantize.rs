@@ -1,15 +1,22 @@
-//! `ember quantize`: a GGUF model → an Ember image, and how closely the int8 engine follows the
-//! f32 reference on it.
+//! `ember quantize`: a GGUF model or a Hugging Face model directory → an Ember image, and how
+//! closely the int8 engine follows the f32 reference on it.
 
 use anyhow::{Context, Result};
 use ember_gguf::GgufFile;
 use ember_image::Image;
 use ember_models::quantize::{self, Quality};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Turn a GGUF model into an Ember image: quantized weights + the ONNX graph that runs them.
+/// Turn a GGUF model or a Hugging Face model directory into an Ember image: quantized weights +
+/// the ONNX graph that runs them.
+///
+/// A directory holds config.json, model.safetensors (or model.safetensors.index.json and its
+/// shards; F32, F16 or BF16), tokenizer.json and tokenizer_config.json (chat template, special
+/// tokens). It is read as llama.cpp's converter would write its GGUF (kept beside the output
+/// while the image is made, then removed).
 ///
 /// --scheme int8 (default): Q8_0 and Q4_0 weights are stored exactly; other matrices (Q4_1, F16,
 /// F32, …) are re-quantized to symmetric int8 per block of 32.
@@ -24,7 +31,7 @@ use std::time::Instant;
 /// logit error.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The GGUF model.
+    /// The model: a GGUF file, or a Hugging Face model directory.
     model: PathBuf,
     /// The image to write (written to a `.part` file, renamed when complete).
     #[arg(short, long)]
@@ -111,10 +118,50 @@ impl std::fmt::Display for Quantized {
     }
 }
 
+/// A GGUF file that is removed when dropped.
+struct Converted(PathBuf);
+
+impl Drop for Converted {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Writes the Hugging Face model in `dir` as a GGUF file beside `output`.
+fn convert(dir: &Path, output: &Path, quiet: bool) -> Result<Converted> {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("reading {prefix} {pos}/{len} tensors {wide_bar}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )
+    };
+    bar.set_prefix(dir.display().to_string());
+    let gguf = ember_hf::to_gguf(dir, &mut |done, all| {
+        bar.set_length(all as u64);
+        bar.set_position(done as u64);
+    })
+    .with_context(|| format!("cannot read the Hugging Face model in {}", dir.display()))?;
+    bar.finish_and_clear();
+    let mut path = output.as_os_str().to_owned();
+    path.push(".source.gguf");
+    let converted = Converted(PathBuf::from(path));
+    std::fs::write(&converted.0, gguf.to_bytes())
+        .with_context(|| format!("cannot write {}", converted.0.display()))?;
+    Ok(converted)
+}
+
 /// Runs `ember quantize`.
 pub fn run(args: Args) -> Result<()> {
     let start = Instant::now();
-    let gguf = GgufFile::open(&args.model)
+    let converted = if args.model.is_dir() {
+        Some(convert(&args.model, &args.output, args.quiet)?)
+    } else {
+        None
+    };
+    let source = converted.as_ref().map_or(args.model.as_path(), |c| &c.0);
+    let gguf = GgufFile::open(source)
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
     let threads = super::use_threads(args.threads)?;
     let scheme = quantize::Scheme::from(args.scheme);
