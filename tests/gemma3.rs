@@ -113,5 +113,26 @@ fn int8_image_follows_llama_cpp() {
         assert!(gap < 0.5, "{:?} step {step}: gap {gap}", case["prompt"]);
     }
     eprintln!("int8: {identical}/6 continuations identical to llama.cpp's");
+
+    // The board plan from the image's real size: its 15 sliding-window layers keep at most
+    // 512 + 344 positions (2 KiB each per layer), the 3 global ones all 8,192, so the whole
+    // context fits a 512 MiB budget (counting every layer at 8,192 would take 288 MiB more).
+    let output = std::process::Command::new(ember_e2e::binary("emberd"))
+        .args([
+            "--board",
+            "rpi3-armv7",
+            "--model",
+            image.to_str().unwrap(),
+            "--dry-run",
+        ])
+        .output()
+        .expect("emberd runs");
+    let stdout = stdout_of(&output);
+    let memory = ember_e2e::dry_run_field(&stdout, "memory").expect("a memory line");
+    // (3 × 8192 + 15 × 856) positions × 2 KiB = 73.1 MiB.
+    assert!(
+        memory.contains("KV cache for 8192 positions 73.1 MiB"),
+        "{memory}"
+    );
     let _ = std::fs::remove_file(&image);
 }

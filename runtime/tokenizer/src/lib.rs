@@ -18,10 +18,15 @@ use ember_core::{
     utf8::Utf8Stream,
 };
 use tokenizers::{
-    AddedToken, DecoderWrapper, PreTokenizerWrapper,
+    AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
     decoders::byte_level::ByteLevel as ByteLevelDecoder,
     models::bpe::BPE,
-    pre_tokenizers::{byte_level::ByteLevel, digits::Digits, sequence::Sequence},
+    pre_tokenizers::{
+        byte_level::ByteLevel,
+        digits::Digits,
+        sequence::Sequence,
+        split::{Split, SplitPattern},
+    },
 };
 
 /// GGUF token type of a control token such as `<|im_end|>`.
@@ -41,7 +46,7 @@ pub enum TokenizerError {
     UnsupportedModel(String),
     /// A pre-tokenizer Ember does not implement.
     #[error(
-        "unsupported pre-tokenizer {0:?} (Ember supports \"smollm\", \"gpt2\" and \"default\")"
+        "unsupported pre-tokenizer {0:?} (Ember supports \"smollm\", \"gpt2\", \"qwen2\", \"llama-bpe\" and \"default\")"
     )]
     UnsupportedPreTokenizer(String),
     /// A merge rule that is not two tokens separated by one space.
@@ -306,6 +311,20 @@ impl Tokenizer {
     }
 }
 
+/// Qwen2's split (Qwen2/2.5/3 GGUFs' `qwen2`), as its `tokenizer.json` writes it: contractions
+/// in any case, letters with one sign before them, each digit alone, signs with the newlines
+/// after them, newline runs, spaces.
+pub const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Llama 3's split (`llama-bpe`): Qwen2's with digits in runs of up to three.
+pub const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// llama.cpp's splits for a byte-level BPE that names no pre-tokenizer (`default`), in turn.
+const DEFAULT_SPLITS: [&str; 4] = [
+    r"[\p{P}\$\+<=>\^~\|]+",
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
+    r"\p{N}+",
+    r"[0-9][0-9][0-9]",
+];
+
 /// The byte-level BPE tokenizer of `tokens` (ids `ids`) and its `merges`, with the pre-tokenizer
 /// `pre`.
 fn byte_level_bpe(
@@ -333,9 +352,29 @@ fn byte_level_bpe(
         .build()
         .map_err(|e| TokenizerError::Library(e.to_string()))?;
     let byte_level = ByteLevel::new(false, true, true);
+    // Splits by llama.cpp's regular expressions (in turn), then bytes to GPT-2's characters.
+    let splits = |patterns: &[&str]| -> Result<PreTokenizerWrapper, TokenizerError> {
+        let mut steps = patterns
+            .iter()
+            .map(|pattern| {
+                Split::new(
+                    SplitPattern::Regex(pattern.to_string()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map(PreTokenizerWrapper::from)
+                .map_err(|e| TokenizerError::Library(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        steps.push(ByteLevel::new(false, true, false).into());
+        Ok(Sequence::new(steps).into())
+    };
     let pre_tokenizer: PreTokenizerWrapper = match pre {
         "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
-        "gpt2" | "default" => byte_level.into(),
+        "gpt2" | "gpt-2" => byte_level.into(),
+        "default" => splits(&DEFAULT_SPLITS)?,
+        "qwen2" | "deepseek-r1-qwen" => splits(&[QWEN2_SPLIT])?,
+        "llama3" | "llama-v3" | "llama-bpe" => splits(&[LLAMA3_SPLIT])?,
         other => return Err(TokenizerError::UnsupportedPreTokenizer(other.into())),
     };
     let mut inner = tokenizers::Tokenizer::new(bpe);

@@ -3,6 +3,7 @@
 
 use crate::{Config, HfError, read_json};
 use ember_gguf::{GgufWriter, Value, ValueType};
+use ember_tokenizer::{LLAMA3_SPLIT, QWEN2_SPLIT};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use std::collections::BTreeMap;
@@ -79,16 +80,32 @@ fn pre_tokenizer_name(pre: Option<&Json>) -> Result<&'static str, HfError> {
     if is_byte_level(pre) {
         return Ok("gpt2");
     }
+    let steps = pre["pretokenizers"].as_array().map(Vec::as_slice);
     if pre["type"] == "Sequence"
-        && let Some([digits, last]) = pre["pretokenizers"].as_array().map(Vec::as_slice)
+        && let Some([digits, last]) = steps
         && digits["type"] == "Digits"
         && digits["individual_digits"] == true
         && is_byte_level(last)
     {
         return Ok("smollm");
     }
+    // Qwen2's and Llama 3's: a regular expression, then bytes without GPT-2's own split.
+    if pre["type"] == "Sequence"
+        && let Some([split, last]) = steps
+        && split["type"] == "Split"
+        && split["behavior"] == "Isolated"
+        && split["invert"] != true
+        && last["type"] == "ByteLevel"
+        && last["use_regex"] == false
+    {
+        match split["pattern"]["Regex"].as_str() {
+            Some(QWEN2_SPLIT) => return Ok("qwen2"),
+            Some(LLAMA3_SPLIT) => return Ok("llama-bpe"),
+            _ => {}
+        }
+    }
     Err(HfError::Unsupported(format!(
-        "the pre-tokenizer {pre} (Ember runs GPT-2's byte-level split, alone or after single digits as SmolLM2's)"
+        "the pre-tokenizer {pre} (Ember runs GPT-2's byte-level split, alone or after single digits as SmolLM2's, and Qwen2's and Llama 3's splits)"
     )))
 }
 
@@ -242,4 +259,35 @@ fn chat_template(template: Option<&Json>) -> Option<&str> {
             .get("template")?
             .as_str()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `pre_tokenizer` of Qwen2.5's tokenizer.json, as transformers writes it.
+    fn qwen2() -> Json {
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated",
+             "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false,
+             "use_regex": false}]})
+    }
+
+    #[test]
+    fn pre_tokenizers_are_told_apart_by_their_structure() {
+        assert_eq!(pre_tokenizer_name(Some(&qwen2())).unwrap(), "qwen2");
+        let mut llama3 = qwen2();
+        llama3["pretokenizers"][0]["pattern"]["Regex"] = json!(LLAMA3_SPLIT);
+        assert_eq!(pre_tokenizer_name(Some(&llama3)).unwrap(), "llama-bpe");
+        let gpt2 = json!({"type": "ByteLevel", "add_prefix_space": false, "use_regex": true});
+        assert_eq!(pre_tokenizer_name(Some(&gpt2)).unwrap(), "gpt2");
+        let mut other = qwen2();
+        other["pretokenizers"][0]["pattern"]["Regex"] = json!("\\s+");
+        assert!(matches!(
+            pre_tokenizer_name(Some(&other)),
+            Err(HfError::Unsupported(_))
+        ));
+        assert!(pre_tokenizer_name(None).is_err());
+    }
 }
