@@ -129,6 +129,7 @@ fn hf_directories_give_the_image_of_their_gguf() {
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// SmolLM2-135M-Instruct written as a Hugging Face directory (f32, three shards, as its
@@ -146,6 +147,8 @@ fn smollm2_as_a_hugging_face_directory_gives_the_image_of_its_gguf() {
     let (from_gguf, _) = smollm2_image();
     assert_same_model(&image, &from_gguf);
     assert_eq!(replies(&image), replies(&from_gguf));
+    // 700 MB.
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// BF16 and F16 directories (transformers 5's config spelling, merges as strings) are read too:
@@ -182,6 +185,7 @@ fn half_precision_directories_are_read() {
         let largest = y.iter().map(|v| v.abs()).fold(0.0, f32::max);
         assert!(error <= largest / 64.0, "{dtype}: {error} of {largest}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `ember quantize DIR` on a broken directory: a typed error naming what is wrong, exit code 1,
@@ -283,4 +287,5 @@ fn broken_directories_get_typed_errors() {
         ),
         "RoPE scaling \"yarn\"",
     );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,8 +5,8 @@
 
 use ember_core::sampler::argmax;
 use ember_e2e::{
-    binary, ember, ember_at, emberd_on_pty, last_json_line, serve_on_pty, smollm2, smollm2_image,
-    smollm2_k_quant, smollm2_reference, stdout_of,
+    binary, ember, ember_at, emberd_on_pty, k_quant_dir, last_json_line, serve_on_pty, smollm2,
+    smollm2_image, smollm2_k_quant, smollm2_reference, stdout_of,
 };
 use ember_engine::LanguageModel;
 use ember_gguf::GgufFile;
@@ -132,6 +132,7 @@ fn k_quant_files_give_llama_cpp_f32_replies() {
         }
     }
     eprintln!("replies that part at a float tie: {parted:?}");
+    let _ = std::fs::remove_dir_all(k_quant_dir());
 }
 
 /// Log-probability gap (nats) below which two f32 computations of the same model that add in

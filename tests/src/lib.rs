@@ -269,7 +269,7 @@ pub fn onnxruntime_logits(image: &Path, ids: &[u32], prefill: usize) -> Option<V
 /// installed and [`peers_required`] is off.
 pub fn smollm2_k_quant(kind: &str) -> Option<PathBuf> {
     static F32: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let dir = std::env::temp_dir().join(format!("ember-kquants-{}", std::process::id()));
+    let dir = k_quant_dir();
     let python = std::env::var("EMBER_PYTHON").unwrap_or_else(|_| "python3".into());
     let run = |script: &str, args: &[&Path], extra: Option<&str>| {
         let output = Command::new(&python)
@@ -301,6 +301,11 @@ pub fn smollm2_k_quant(kind: &str) -> Option<PathBuf> {
         Some(kind),
     ))
     .then_some(output)
+}
+
+/// Where [`smollm2_k_quant`] writes its files (about 1 GB: remove it when done).
+pub fn k_quant_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("ember-kquants-{}", std::process::id()))
 }
 
 /// `tests/fixtures/tiny/golden.json`: llama.cpp's tokens for the tiny model (see its README).
