@@ -169,6 +169,20 @@ pub struct Opened {
     path: PathBuf,
 }
 
+/// What the image (its architecture checked) needs from a board's memory: the mapped file and
+/// the int8 engine's KV cache.
+pub fn model_needs(image: &Image) -> ModelNeeds {
+    let architecture = image.manifest().architecture;
+    let cache = ember_tract::CacheNeeds::of(&architecture);
+    ModelNeeds {
+        image_bytes: image.file_size(),
+        cache_bytes_per_position: cache.bytes_per_position,
+        windowed_cache_bytes_per_position: cache.windowed_bytes_per_position,
+        window_positions: cache.window_positions,
+        context_length: architecture.context_length,
+    }
+}
+
 impl Boot<'_> {
     /// Opens the image at `path` and plans its memory on the board.
     pub fn open(&self, path: &Path) -> Result<Opened, BootError> {
@@ -181,21 +195,13 @@ impl Boot<'_> {
         config.check().map_err(|e| load_error(path, e))?;
         let plan = match self.board {
             Some(board) => {
-                let cache = ember_tract::CacheNeeds::of(&config);
-                let needs = ModelNeeds {
-                    image_bytes: image.file_size(),
-                    cache_bytes_per_position: cache.bytes_per_position,
-                    windowed_cache_bytes_per_position: cache.windowed_bytes_per_position,
-                    window_positions: cache.window_positions,
-                    context_length: config.context_length,
-                };
-                let plan = board.plan_memory(&needs, self.context).map_err(|source| {
-                    BootError::DoesNotFit {
+                let plan = board
+                    .plan_memory(&model_needs(&image), self.context)
+                    .map_err(|source| BootError::DoesNotFit {
                         path: path.to_owned(),
                         board: board.name.clone(),
                         source: Box::new(source),
-                    }
-                })?;
+                    })?;
                 log::info!("board {}: {plan}", board.name);
                 Some(plan)
             }

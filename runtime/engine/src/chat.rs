@@ -18,9 +18,9 @@ use std::ops::ControlFlow;
 #[derive(Debug)]
 pub struct ChatFormat {
     /// The model's template ([`ChatTemplate::plain`] when it has none).
-    pub template: ChatTemplate,
+    template: ChatTemplate,
     /// The token a fresh prompt starts with, unless the template wrote it already.
-    pub bos: Option<u32>,
+    bos: Option<u32>,
 }
 
 impl ChatFormat {
@@ -75,10 +75,9 @@ pub struct ChatSession<'a> {
     system: Option<String>,
     /// Finished turns: (user, assistant).
     turns: Vec<(String, String)>,
-    /// Whether the cache holds the conversation so far (ending inside the last reply).
-    cached: bool,
-    /// The text the cache holds when `cached`: the rendered prompt and the reply.
-    rendered: String,
+    /// The text the cache holds when it holds the conversation so far (the rendered prompt and
+    /// the last reply).
+    cached: Option<String>,
     /// The last reply's final token when generation stopped before end-of-sequence (length
     /// limit, stop sequence, cancel): it was sampled but not yet run through the model.
     unfed: Option<u32>,
@@ -101,8 +100,7 @@ impl<'a> ChatSession<'a> {
             format,
             system,
             turns: Vec::new(),
-            cached: false,
-            rendered: String::new(),
+            cached: None,
             unfed: None,
             dropped: 0,
         }
@@ -138,7 +136,7 @@ impl<'a> ChatSession<'a> {
     pub fn reset(&mut self) {
         self.turns.clear();
         self.model.reset();
-        self.cached = false;
+        self.cached = None;
         self.unfed = None;
     }
 
@@ -216,9 +214,9 @@ impl<'a> ChatSession<'a> {
         let reserve = options.max_tokens.clamp(1, (context / 2).max(1));
         let room = |tokens: usize| tokens + reserve <= context;
         let mut prompt = None;
-        if self.cached {
+        if let Some(cached) = &self.cached {
             let whole = self.render_from(0, user)?;
-            if let Some(rest) = whole.strip_prefix(self.rendered.as_str()) {
+            if let Some(rest) = whole.strip_prefix(cached.as_str()) {
                 let mut next: Vec<u32> = self.unfed.into_iter().collect();
                 next.extend(self.tokenizer.encode(rest)?);
                 if room(self.model.position() + next.len()) {
@@ -234,7 +232,7 @@ impl<'a> ChatSession<'a> {
                 // instead of rebuilding it every time).
                 // The cache is empty from here on, even if no turn fits below.
                 self.model.reset();
-                self.cached = false;
+                self.cached = None;
                 let mut first = 0;
                 let (text, ids) = loop {
                     let text = self.render_from(first, user)?;
@@ -257,7 +255,7 @@ impl<'a> ChatSession<'a> {
             }
         };
         // Until the reply is complete the cache holds a partial turn.
-        self.cached = false;
+        self.cached = None;
         self.unfed = None;
         let generation = generate_until(self.model, self.tokenizer, &prompt, options, on_progress)?;
         if generation.finish == FinishReason::Cancelled && generation.tokens.is_empty() {
@@ -265,8 +263,7 @@ impl<'a> ChatSession<'a> {
             return Ok(generation);
         }
         self.turns.push((user.to_string(), generation.text.clone()));
-        self.rendered = text + &generation.text;
-        self.cached = true;
+        self.cached = Some(text + &generation.text);
         if generation.finish != FinishReason::Eos {
             self.unfed = generation.tokens.last().copied();
         }

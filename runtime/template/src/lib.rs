@@ -11,7 +11,7 @@
 
 #![warn(missing_docs)]
 
-use minijinja::{Environment, ErrorKind, Value, context};
+use minijinja::{Environment, ErrorKind, context};
 use serde::Serialize;
 
 /// Who wrote a message.
@@ -72,8 +72,6 @@ const NAME: &str = "chat";
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
-    special: SpecialTokens,
-    plain: bool,
 }
 
 /// The moment `strftime_now` formats: now, or a fixed one ([`ChatTemplate::at`]).
@@ -81,10 +79,7 @@ type Clock = Option<chrono::NaiveDateTime>;
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate")
-            .field("special", &self.special)
-            .field("plain", &self.plain)
-            .finish_non_exhaustive()
+        f.debug_struct("ChatTemplate").finish_non_exhaustive()
     }
 }
 
@@ -97,21 +92,21 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now(None));
+        // As transformers: a token the model lacks is undefined, not an empty string.
+        if let Some(bos) = special.bos {
+            env.add_global("bos_token", bos);
+        }
+        if let Some(eos) = special.eos {
+            env.add_global("eos_token", eos);
+        }
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| TemplateError::Syntax(describe(&e)))?;
-        Ok(ChatTemplate {
-            env,
-            special,
-            plain: false,
-        })
+        Ok(ChatTemplate { env })
     }
 
     /// The template of a model that has none: each message's content as it is, no markers.
     pub fn plain() -> Self {
-        let mut template =
-            ChatTemplate::new(PLAIN, SpecialTokens::default()).expect("the plain template parses");
-        template.plain = true;
-        template
+        ChatTemplate::new(PLAIN, SpecialTokens::default()).expect("the plain template parses")
     }
 
     /// The same template, rendering as if it were `moment` (`strftime_now` in Llama 3's
@@ -121,11 +116,6 @@ impl ChatTemplate {
         self.env
             .add_function("strftime_now", strftime_now(Some(moment)));
         self
-    }
-
-    /// Whether this is [`ChatTemplate::plain`] (the model has no chat template of its own).
-    pub fn is_plain(&self) -> bool {
-        self.plain
     }
 
     /// The prompt for `messages`; with `add_generation_prompt` it ends with the opening of the
@@ -139,19 +129,10 @@ impl ChatTemplate {
             .env
             .get_template(NAME)
             .map_err(|e| TemplateError::Syntax(describe(&e)))?;
-        // As transformers: a token the model lacks is undefined, not an empty string.
-        let mut tokens = std::collections::BTreeMap::new();
-        if let Some(bos) = &self.special.bos {
-            tokens.insert("bos_token", bos.as_str());
-        }
-        if let Some(eos) = &self.special.eos {
-            tokens.insert("eos_token", eos.as_str());
-        }
         template
             .render(context! {
                 messages => messages,
                 add_generation_prompt => add_generation_prompt,
-                ..Value::from_serialize(tokens)
             })
             .map_err(|e| TemplateError::Render(describe(&e)))
     }
@@ -251,7 +232,6 @@ mod tests {
     #[test]
     fn plain_chat_is_the_contents_in_order() {
         let template = ChatTemplate::plain();
-        assert!(template.is_plain());
         let messages = [
             Message::new(Role::User, "Once upon"),
             Message::new(Role::Assistant, " a time"),

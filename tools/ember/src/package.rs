@@ -3,7 +3,7 @@
 //! optionally a model image that was checked against the board's memory budget.
 
 use anyhow::{Context, Result, bail};
-use ember_board::{Board, ModelNeeds, Serial};
+use ember_board::{Board, Serial};
 use ember_image::Image;
 use ember_reference::WeightSource;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -160,17 +160,9 @@ fn check_model_fits(model: &Path, board: &Board) -> Result<()> {
     let context = || format!("cannot package model {}", model.display());
     let image = Image::open(model).with_context(context)?;
     image.verify().with_context(context)?;
-    let config = image.architecture().with_context(context)?;
-    let cache = ember_tract::CacheNeeds::of(&config);
-    let needs = ModelNeeds {
-        image_bytes: image.file_size(),
-        cache_bytes_per_position: cache.bytes_per_position,
-        windowed_cache_bytes_per_position: cache.windowed_bytes_per_position,
-        window_positions: cache.window_positions,
-        context_length: config.context_length,
-    };
+    image.architecture().with_context(context)?;
     let plan = board
-        .plan_memory(&needs, None)
+        .plan_memory(&ember_boot::model_needs(&image), None)
         .with_context(|| format!("{} does not fit board {}", model.display(), board.name))?;
     eprintln!("{} on {}: {plan}", model.display(), board.name);
     Ok(())

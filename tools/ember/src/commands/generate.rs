@@ -52,7 +52,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let format = ChatFormat::new(file.chat_template(), tokenizer, file.add_bos())?;
     let prompt = if args.chat {
-        if format.template.is_plain() {
+        if file.chat_template().is_none() {
             bail!(
                 "{} has no chat template (a base model, not a chat one): --chat is \
                  unavailable; give the text to continue without --chat",
