@@ -21,8 +21,8 @@ use crate::frame::{DELIMITER, FrameDecoder, FrameError};
 use crate::line::{self, Command, LineEditor, LineEvent, Setting};
 use crate::protocol::{
     self, BAUD_TRIAL_MS, CHAT_VARIANT, ChatOptions, ChatRequest, EndReason, ErrorCode, Event,
-    FrameWriter, Hello, MAX_DELTA, MAX_FRAME, MAX_SENTENCE, PROTOCOL_VERSION, ProtocolError,
-    ReplyStats, Request, Status,
+    FrameWriter, Hello, MAX_DELTA, MAX_FRAME, MAX_SENTENCE, MessageRequest, PROTOCOL_VERSION,
+    ProtocolError, ReplyStats, Request, Role, Status,
 };
 use crate::sampler::SamplingConfig;
 use crate::sentence::SentenceSplitter;
@@ -89,12 +89,24 @@ pub struct LineConfig {
 pub enum Output {
     /// Bytes for the line. If writing them times out, call [`Device::write_stalled`].
     Write(Vec<u8>),
-    /// Generate the reply to a user's message.
+    /// Generate the reply to a user's message (joined to a user message held from
+    /// [`Output::Remember`], if any).
     Reply(ReplyRequest),
     /// Forget the conversation (the system prompt stays).
     Reset,
     /// Set the system prompt (`None`: the model's own) and forget the conversation.
     SetSystem(Option<String>),
+    /// Add a message to the conversation without generating ([`Request::Message`]): a user
+    /// message starts a held user message or continues it; an assistant message answers the
+    /// held user message (a finished turn) or continues the answer taken just before it. The
+    /// device has checked the order: an assistant message comes only after a user message or
+    /// an assistant message taken since the last reply or reset.
+    Remember {
+        /// Who said it.
+        role: Role,
+        /// The text to add.
+        text: String,
+    },
     /// Carry out a flash request ([`Request::FlashBegin`], `FlashChunk`, `FlashAbort` or
     /// `FlashCommit`) on the model slots and answer it with events ([`Device::send`]).
     Flash(Box<Request>),
@@ -106,7 +118,7 @@ pub enum Output {
 /// A reply to generate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplyRequest {
-    /// The user's message.
+    /// The user's message (or, after a held user message, the rest of it).
     pub text: String,
     /// Most tokens to generate.
     pub max_tokens: u32,
@@ -179,6 +191,16 @@ pub enum Mode {
     Frame,
 }
 
+/// The [`Request::Message`]s the device has taken in the current conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Messages {
+    /// How many (the index the next one must have).
+    taken: u32,
+    /// The role of the last one, while it is held: `None` once a reply started or the
+    /// conversation did.
+    last: Option<Role>,
+}
+
 /// A reply being generated.
 struct Reply {
     /// The sequence number of the chat's frame (frame mode).
@@ -240,6 +262,7 @@ pub struct Device {
     last_request: Duration,
     model: Model,
     context: Context,
+    messages: Messages,
     session: u32,
     last: Option<ReplyStats>,
     replies: u32,
@@ -271,6 +294,7 @@ impl Device {
             last_request: now,
             model: model.clone(),
             context: Context::default(),
+            messages: Messages::default(),
             session: 0,
             last: None,
             replies: 0,
@@ -290,6 +314,7 @@ impl Device {
         model.hello.max_baud = self.config.max_baud.max(self.config.baud);
         self.model = model;
         self.context = Context::default();
+        self.messages = Messages::default();
         self.session = 0;
         self.last = None;
         self.replies = 0;
@@ -816,11 +841,55 @@ impl Device {
                 self.text(&format!("\n{PROMPT}"));
             }
             Request::SetBaud { baud } => self.set_baud(baud),
+            Request::Message(message) => self.message(message),
             flash @ (Request::FlashBegin(_)
             | Request::FlashChunk(_)
             | Request::FlashAbort
             | Request::FlashCommit) => self.flash(flash),
         }
+    }
+
+    /// Takes a message for the conversation's history, by the index and order rules of
+    /// [`MessageRequest`].
+    fn message(&mut self, message: MessageRequest) {
+        if message.session != self.session {
+            self.session = message.session;
+            self.reset();
+        }
+        let taken = self.messages.taken;
+        if message.index < taken {
+            // A copy of a message already taken: its `Done` was lost.
+            return self.send_frame(&Event::Done);
+        }
+        if message.index > taken {
+            let detail = format!(
+                "message {} is out of order (one was lost?): the conversation has taken {taken}, \
+                 so message {taken} is next",
+                message.index
+            );
+            return self.error(ErrorCode::OutOfOrder, &detail);
+        }
+        match (message.role, self.messages.last) {
+            (Role::User, _) | (Role::Assistant, Some(Role::Assistant)) => {}
+            (Role::Assistant, Some(Role::User)) => {
+                self.context.turns = self.context.turns.saturating_add(1)
+            }
+            (Role::Assistant, None) => {
+                return self.error(
+                    ErrorCode::OutOfOrder,
+                    "an assistant message must follow a user message",
+                );
+            }
+        }
+        self.messages = Messages {
+            taken: taken.saturating_add(1),
+            last: Some(message.role),
+        };
+        self.out.push_back(Output::Remember {
+            role: message.role,
+            text: message.text.to_string(),
+        });
+        self.send_frame(&Event::Done);
     }
 
     fn chat(&mut self, now: Duration, seq: u16, chat: ChatRequest) {
@@ -871,11 +940,13 @@ impl Device {
 
     fn reset(&mut self) {
         self.context = Context::default();
+        self.messages = Messages::default();
         self.out.push_back(Output::Reset);
     }
 
     fn set_system(&mut self, system: Option<String>) {
         self.context = Context::default();
+        self.messages = Messages::default();
         self.model.system = system.clone();
         self.out.push_back(Output::SetSystem(system));
     }
@@ -913,6 +984,9 @@ impl Device {
             abandoned: false,
             status: self.status(),
         });
+        // The reply takes a held user message (joined with this text); the next message
+        // starts a new user message.
+        self.messages.last = None;
         self.out.push_back(Output::Reply(ReplyRequest {
             text: text.to_string(),
             max_tokens: settings.max_tokens,

@@ -16,10 +16,10 @@ use heapless::{String, Vec};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this core speaks. A peer with another version must say goodbye.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Most encoded bytes in one frame, delimiter included, in either direction.
 pub const MAX_FRAME: usize = 2048;
-/// Most bytes of text in a chat request or a system prompt.
+/// Most bytes of text in a chat request, a message or a system prompt.
 pub const MAX_TEXT: usize = 1024;
 /// Most bytes of text in one [`Event::Token`].
 pub const MAX_DELTA: usize = 128;
@@ -43,7 +43,8 @@ pub enum Request {
         /// The host's [`PROTOCOL_VERSION`].
         protocol_version: u16,
     },
-    /// Adds a user message to the conversation and generates the reply.
+    /// Adds a user message to the conversation and generates the reply (a user message held
+    /// from [`Request::Message`] is joined with it first).
     Chat(ChatRequest),
     /// Stops the reply in progress; always answered with [`Event::CancelAck`].
     Cancel,
@@ -78,6 +79,10 @@ pub enum Request {
         /// The new rate.
         baud: u32,
     },
+    /// Adds a message to the conversation's history without generating (a host rebuilding a
+    /// conversation it holds); answered with [`Event::Done`], or an [`Event::Error`] with
+    /// [`ErrorCode::OutOfOrder`]. See [`MessageRequest`] for the rules.
+    Message(MessageRequest),
 }
 
 /// How long a device waits for a frame at a new baud rate before it returns to the old one.
@@ -148,10 +153,49 @@ pub struct ChatRequest {
     /// Names the conversation; a request with another session than the last one starts a new
     /// conversation (the system prompt stays).
     pub session: u32,
-    /// The user's message.
+    /// The user's message (appended to a user message held from [`Request::Message`]s, if
+    /// any: see [`MessageRequest`]).
     pub text: String<MAX_TEXT>,
     /// Settings for this reply; unset fields keep the device's current settings.
     pub options: ChatOptions,
+}
+
+/// A message for the conversation's history, taken without generating a reply.
+///
+/// The device counts the messages it takes in a conversation (from its start: a new session,
+/// [`Request::Reset`], [`Request::SetSystem`]); a [`Request::Chat`]'s reply neither resets nor
+/// advances the count. `index` is the count the host expects: equal, the message is taken;
+/// lower, it is a copy of one already taken (its answer was lost) and is answered
+/// [`Event::Done`] without changing anything; higher, a message was lost on the line and the
+/// device answers [`ErrorCode::OutOfOrder`], changing nothing.
+///
+/// Consecutive messages of the same role join into one (the text appended with no separator):
+/// so a message longer than [`MAX_TEXT`] bytes is sent in pieces. A [`Role::User`] message is
+/// always taken; a [`Role::Assistant`] message only right after a user message or an assistant
+/// message taken since the last reply (it answers the user message, or continues that answer),
+/// otherwise [`ErrorCode::OutOfOrder`]. A [`Request::Chat`] while a user message is held (no
+/// answer after it) appends its text to that message, which becomes the user's turn.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct MessageRequest {
+    /// Names the conversation, as in [`ChatRequest::session`]: another session than the last
+    /// one starts a new conversation first (the system prompt stays).
+    pub session: u32,
+    /// How many messages the host has had taken in this conversation before this one.
+    pub index: u32,
+    /// Who said it.
+    pub role: Role,
+    /// The message, or a piece of it.
+    pub text: BoundedText<MAX_TEXT>,
+}
+
+/// Who said a [`MessageRequest`]'s text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Role {
+    /// The person (or program) talking to the model.
+    #[default]
+    User = 0,
+    /// The model.
+    Assistant = 1,
 }
 
 /// Per-request overrides of the device's settings.
@@ -208,7 +252,8 @@ pub enum Event {
         /// Whether a reply was in progress (its [`Event::End`] with reason `Cancelled` came first).
         was_generating: bool,
     },
-    /// Answers [`Request::Reset`] and [`Request::SetSystem`].
+    /// Answers [`Request::Reset`], [`Request::SetSystem`], [`Request::FlashAbort`] and
+    /// [`Request::Message`].
     Done,
     /// Answers [`Request::Status`].
     Status(Status),
@@ -385,6 +430,9 @@ pub enum ErrorCode {
     /// The image's version is lower than the active image's and the device does not allow
     /// downgrades (its operator can, on the device: `SLOT_DIR/allow-downgrade`).
     Downgrade,
+    /// A [`Request::Message`] out of order: its index is past the messages the device has
+    /// taken (one was lost on the line), or an assistant message follows no user message.
+    OutOfOrder,
 }
 
 /// Why a message could not be encoded or decoded.
@@ -487,7 +535,7 @@ pub fn decode<'a, M: Deserialize<'a>>(payload: &'a [u8]) -> Result<M, ProtocolEr
 
 /// How many variants [`Request`] has: a payload starting with a smaller index names a known
 /// request.
-pub const REQUEST_VARIANTS: u32 = 12;
+pub const REQUEST_VARIANTS: u32 = 13;
 /// [`Request`]'s variant names, by index.
 const REQUEST_NAMES: [&str; REQUEST_VARIANTS as usize] = [
     "Hello",
@@ -502,6 +550,7 @@ const REQUEST_NAMES: [&str; REQUEST_VARIANTS as usize] = [
     "FlashCommit",
     "FlashAbort",
     "SetBaud",
+    "Message",
 ];
 /// [`Request`]'s variant index of [`Request::Chat`].
 pub const CHAT_VARIANT: u32 = 1;
@@ -579,7 +628,7 @@ mod tests {
 
     impl Arbitrary for Request {
         fn arbitrary(g: &mut Gen) -> Self {
-            match u8::arbitrary(g) % 12 {
+            match u8::arbitrary(g) % 13 {
                 0 => Request::Hello {
                     protocol_version: u16::arbitrary(g),
                 },
@@ -616,9 +665,15 @@ mod tests {
                 }),
                 9 => Request::FlashCommit,
                 10 => Request::FlashAbort,
-                _ => Request::SetBaud {
+                11 => Request::SetBaud {
                     baud: u32::arbitrary(g),
                 },
+                _ => Request::Message(MessageRequest {
+                    session: u32::arbitrary(g),
+                    index: u32::arbitrary(g),
+                    role: *g.choose(&[Role::User, Role::Assistant]).unwrap(),
+                    text: text(g),
+                }),
             }
         }
     }
@@ -653,6 +708,7 @@ mod tests {
                 ErrorCode::ChunkRejected,
                 ErrorCode::BadField,
                 ErrorCode::Downgrade,
+                ErrorCode::OutOfOrder,
             ];
             let slot = |g: &mut Gen| if bool::arbitrary(g) { Slot::A } else { Slot::B };
             let outcomes = [
@@ -825,6 +881,13 @@ mod tests {
             }),
         });
         assert!(writer.encode(&begin).unwrap().len() <= MAX_FRAME);
+        let message = Request::Message(MessageRequest {
+            session: u32::MAX,
+            index: u32::MAX,
+            role: Role::Assistant,
+            text: truncated(&"\u{7ff}".repeat(MAX_TEXT)),
+        });
+        assert!(writer.encode(&message).unwrap().len() <= MAX_FRAME);
     }
 
     /// The bytes `docs/PROTOCOL.md` shows, computed independently with Python (`zlib.crc32`
@@ -837,7 +900,7 @@ mod tests {
         };
         assert_eq!(
             writer.encode(&hello).unwrap(),
-            [0x01, 0x01, 0x01, 0x06, 0x03, 0xa6, 0x8e, 0x4d, 0xb8, 0x00]
+            [0x01, 0x01, 0x01, 0x06, 0x04, 0x05, 0x1b, 0x29, 0x26, 0x00]
         );
         let mut writer = FrameWriter::new();
         assert_eq!(
@@ -879,5 +942,37 @@ mod tests {
                 variant: CHAT_VARIANT
             })
         );
+    }
+
+    /// The documented encoding of a `Message`: variant 12, session, index, role (0 `User`,
+    /// 1 `Assistant`), text; another role value is a bad field of a known request.
+    #[test]
+    fn a_message_encodes_as_documented_and_an_unknown_role_is_a_bad_field() {
+        let message = Request::Message(MessageRequest {
+            session: 1,
+            index: 300,
+            role: Role::Assistant,
+            text: truncated("ok"),
+        });
+        let mut buf = [0u8; 16];
+        let bytes = postcard::to_slice(&message, &mut buf).unwrap().to_vec();
+        assert_eq!(bytes, [12, 1, 0xAC, 0x02, 1, 2, b'o', b'k']);
+        assert_eq!(decode_request(&bytes), Ok(message));
+        let mut unknown = bytes.clone();
+        unknown[4] = 2;
+        assert_eq!(
+            decode_request(&unknown),
+            Err(ProtocolError::BadFields { variant: 12 })
+        );
+        // A text one byte over the limit.
+        let mut long = std::vec![12, 1, 0, 0];
+        let len = MAX_TEXT + 1;
+        long.extend([(len as u8 & 0x7F) | 0x80, (len >> 7) as u8]);
+        long.extend(std::iter::repeat_n(b'a', len));
+        assert_eq!(
+            decode_request(&long),
+            Err(ProtocolError::BadFields { variant: 12 })
+        );
+        assert_eq!(decode_request(&[13]), Err(ProtocolError::BadMessage));
     }
 }

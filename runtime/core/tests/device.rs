@@ -10,7 +10,7 @@ use ember_core::device::{
 use ember_core::frame::{DELIMITER, FrameDecoder};
 use ember_core::protocol::{
     self, BAUD_TRIAL_MS, ChatOptions, ChatRequest, EndReason, ErrorCode, Event, FrameWriter, Hello,
-    MAX_FRAME, PROTOCOL_VERSION, Request,
+    MAX_FRAME, MessageRequest, PROTOCOL_VERSION, Request, Role,
 };
 use ember_core::sampler::SamplingConfig;
 use quickcheck::{QuickCheck, TestResult};
@@ -186,6 +186,15 @@ fn chat(text: &str, options: ChatOptions) -> Request {
         session: 0,
         text: protocol::truncated(text),
         options,
+    })
+}
+
+fn message(index: u32, role: Role, text: &str) -> Request {
+    Request::Message(MessageRequest {
+        session: 0,
+        index,
+        role,
+        text: protocol::truncated(text),
     })
 }
 
@@ -800,7 +809,7 @@ fn drive(b: &mut Bench, step: &[u8], now: &mut Duration) {
         4 => b.device.handle_timeout(*now),
         5 => {
             let text = String::from_utf8_lossy(rest);
-            let request = match rest.first().map_or(0, |r| r % 9) {
+            let request = match rest.first().map_or(0, |r| r % 10) {
                 0 => chat(&text, ChatOptions::default()),
                 1 => Request::Cancel,
                 2 => Request::Status,
@@ -811,6 +820,11 @@ fn drive(b: &mut Bench, step: &[u8], now: &mut Duration) {
                 },
                 6 => Request::FlashAbort,
                 7 => Request::FlashCommit,
+                8 => message(
+                    u32::from(op >> 4),
+                    [Role::User, Role::Assistant][usize::from(op & 1)],
+                    &text,
+                ),
                 _ => Request::Hello {
                     protocol_version: PROTOCOL_VERSION,
                 },
@@ -1066,4 +1080,196 @@ fn typing_before_frame_mode_is_gone_after_it() {
     b.typed(ms(3), "\r");
     assert!(b.work().is_empty());
     assert_eq!(b.screen(), "\r\n> ");
+}
+
+fn remember(role: Role, text: &str) -> Output {
+    Output::Remember {
+        role,
+        text: text.into(),
+    }
+}
+
+fn turns(b: &mut Bench, now: Duration) -> u32 {
+    b.send(now, &Request::Status);
+    match b.events().as_slice() {
+        [Event::Status(status)] => status.turns,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Messages are taken by index: the next one is taken (`Remember`, `Done`), a copy of one taken
+/// is answered `Done` and changes nothing, one past the next is `OutOfOrder` and changes
+/// nothing. An assistant message must follow a user message (or continue an answer).
+#[test]
+fn messages_are_taken_in_order_and_copies_change_nothing() {
+    let mut b = Bench::new(false);
+    b.greet(ms(0));
+    // An assistant message with nothing to answer.
+    b.send(ms(1), &message(0, Role::Assistant, "no"));
+    match b.events().as_slice() {
+        [Event::Error { code, request, .. }] => {
+            assert_eq!((*code, *request), (ErrorCode::OutOfOrder, Some(1)));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(b.work().is_empty());
+    b.send(ms(2), &message(0, Role::User, "What is "));
+    assert_eq!(b.events(), [Event::Done]);
+    assert_eq!(b.work(), [remember(Role::User, "What is ")]);
+    // Its Done was lost: the copy is answered and changes nothing.
+    b.send(ms(3), &message(0, Role::User, "What is "));
+    assert_eq!(b.events(), [Event::Done]);
+    assert!(b.work().is_empty());
+    b.send(ms(4), &message(1, Role::User, "2 + 2?"));
+    assert_eq!(b.events(), [Event::Done]);
+    assert_eq!(b.work(), [remember(Role::User, "2 + 2?")]);
+    assert_eq!(turns(&mut b, ms(4)), 0);
+    // Message 2 was lost: 3 is refused, naming how many were taken.
+    b.send(ms(5), &message(3, Role::Assistant, "4"));
+    match b.events().as_slice() {
+        [
+            Event::Error {
+                code,
+                detail,
+                request,
+            },
+        ] => {
+            assert_eq!((*code, *request), (ErrorCode::OutOfOrder, Some(6)));
+            assert!(detail.contains("has taken 2,"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(b.work().is_empty());
+    b.send(ms(6), &message(2, Role::Assistant, "Fo"));
+    b.send(ms(6), &message(3, Role::Assistant, "ur."));
+    assert_eq!(b.events(), [Event::Done, Event::Done]);
+    assert_eq!(
+        b.work(),
+        [
+            remember(Role::Assistant, "Fo"),
+            remember(Role::Assistant, "ur.")
+        ]
+    );
+    assert_eq!(turns(&mut b, ms(7)), 1, "a user message and its answer");
+    // A chat's reply does not advance the count, and the next message must be a user's.
+    b.send(ms(8), &chat("And 3 + 3?", ChatOptions::default()));
+    assert_eq!(b.reply_asked().text, "And 3 + 3?");
+    b.run_model(ms(8), &["Six."], EndReason::Eos);
+    b.events();
+    b.send(ms(20), &message(4, Role::Assistant, "x"));
+    assert!(matches!(
+        b.events().as_slice(),
+        [Event::Error {
+            code: ErrorCode::OutOfOrder,
+            ..
+        }]
+    ));
+    b.send(ms(21), &message(4, Role::User, "Thanks"));
+    assert_eq!(b.events(), [Event::Done]);
+    assert_eq!(b.work(), [remember(Role::User, "Thanks")]);
+}
+
+/// A chat after a held user message: the engine joins them (the device only passes the chat's
+/// text on); a refused chat (a bad setting) leaves the user message held.
+#[test]
+fn a_chat_after_a_held_user_message_completes_it() {
+    let mut b = Bench::new(false);
+    b.greet(ms(0));
+    b.send(ms(1), &message(0, Role::User, "Hello, "));
+    assert_eq!(b.events(), [Event::Done]);
+    b.work();
+    let bad = ChatOptions {
+        top_p: Some(2.0),
+        ..ChatOptions::default()
+    };
+    b.send(ms(2), &chat("x", bad));
+    assert!(b.work().is_empty());
+    b.events();
+    // Still held: an assistant message may answer it.
+    b.send(ms(3), &message(1, Role::Assistant, "Hi."));
+    assert_eq!(b.events(), [Event::Done]);
+    b.send(ms(4), &message(2, Role::User, "How "));
+    b.events();
+    b.work();
+    b.send(ms(5), &chat("are you?", ChatOptions::default()));
+    assert_eq!(b.reply_asked().text, "are you?");
+    // During the reply a message is refused as busy, and changes nothing.
+    b.send(ms(5), &message(3, Role::User, "more"));
+    match b.events().as_slice() {
+        [Event::Error { code, request, .. }] => {
+            assert_eq!((*code, *request), (ErrorCode::Busy, Some(6)));
+        }
+        other => panic!("{other:?}"),
+    }
+    b.run_model(ms(6), &["Fine."], EndReason::Eos);
+    b.events();
+    assert!(b.work().is_empty());
+    b.send(ms(10), &message(3, Role::User, "Good."));
+    assert_eq!(b.events(), [Event::Done]);
+}
+
+/// A new session, `Reset` and `SetSystem` start a new conversation: the count starts at 0 and
+/// nothing is held.
+#[test]
+fn a_new_conversation_forgets_the_messages() {
+    let mut b = Bench::new(false);
+    b.greet(ms(0));
+    b.send(ms(1), &message(0, Role::User, "a"));
+    b.send(ms(1), &message(1, Role::Assistant, "b"));
+    b.send(ms(1), &message(2, Role::User, "c"));
+    assert_eq!(b.events(), [Event::Done, Event::Done, Event::Done]);
+    b.work();
+    for (i, forget) in [
+        Request::Reset,
+        Request::SetSystem {
+            text: protocol::truncated("Be brief."),
+        },
+    ]
+    .iter()
+    .enumerate()
+    {
+        b.send(ms(2), forget);
+        assert_eq!(b.events(), [Event::Done]);
+        b.work();
+        // Index 1 would be a copy before; now it is past the count of 0.
+        b.send(ms(3), &message(1, Role::User, "x"));
+        assert!(
+            matches!(
+                b.events().as_slice(),
+                [Event::Error {
+                    code: ErrorCode::OutOfOrder,
+                    ..
+                }]
+            ),
+            "after request {i}"
+        );
+        b.send(ms(3), &message(0, Role::Assistant, "x"));
+        assert!(matches!(
+            b.events().as_slice(),
+            [Event::Error {
+                code: ErrorCode::OutOfOrder,
+                ..
+            }]
+        ));
+        b.send(ms(4), &message(0, Role::User, "a"));
+        assert_eq!(b.events(), [Event::Done]);
+        assert_eq!(b.work(), [remember(Role::User, "a")]);
+    }
+    // Another session: a new conversation first (as a chat starts one), then the message.
+    b.send(
+        ms(5),
+        &Request::Message(MessageRequest {
+            session: 4,
+            index: 0,
+            role: Role::User,
+            text: protocol::truncated("new"),
+        }),
+    );
+    assert_eq!(b.events(), [Event::Done]);
+    assert_eq!(b.work(), [Output::Reset, remember(Role::User, "new")]);
+    b.send(ms(6), &Request::Status);
+    match b.events().as_slice() {
+        [Event::Status(status)] => assert_eq!((status.session, status.turns), (4, 0)),
+        other => panic!("{other:?}"),
+    }
 }

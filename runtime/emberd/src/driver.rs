@@ -102,6 +102,7 @@ impl<P: Port, D: DelayNs> Driver<P, D> {
                     }
                     (Output::Reset, Some(chat)) => chat.reset(),
                     (Output::SetSystem(system), Some(chat)) => chat.set_system(system),
+                    (Output::Remember { role, text }, Some(chat)) => chat.remember(role, &text),
                     (Output::Flash(request), _) => {
                         if let Some(slot) = self.flash(slots.as_deref_mut(), &request) {
                             return Some(Ok(slot));

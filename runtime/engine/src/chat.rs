@@ -3,12 +3,17 @@
 //! the cache holds is a prefix of it, only the rest is fed, otherwise (a template that rewrites
 //! earlier turns) the cache is rebuilt. When the next turn would not fit, the oldest turns are
 //! dropped (the system prompt is kept) and the cache is rebuilt from what remains.
+//!
+//! Messages can also join the conversation without generating ([`ChatSession::remember`]): a
+//! host rebuilding a conversation it holds sends the earlier messages as they are, then says
+//! the last user message. Remembered turns are appended, so the cache stays a prefix of the
+//! conversation and the next turn prefills only them and its own text.
 
 use crate::{
     EngineError, FinishReason, GenerateOptions, Generation, LanguageModel, Progress, generate_until,
 };
 use ember_core::device::{Context, ReplyEnd, ReplyRequest};
-use ember_core::protocol::{EndReason, ErrorCode};
+use ember_core::protocol::{self, EndReason, ErrorCode};
 use ember_template::{ChatTemplate, Message, Role, SpecialTokens, TemplateError};
 use ember_tokenizer::Tokenizer;
 use std::ops::ControlFlow;
@@ -75,6 +80,11 @@ pub struct ChatSession<'a> {
     system: Option<String>,
     /// Finished turns: (user, assistant).
     turns: Vec<(String, String)>,
+    /// A remembered user message no answer has followed yet.
+    held: Option<String>,
+    /// The last turn's reply was remembered just before: more remembered assistant text
+    /// continues it.
+    answering: bool,
     /// The text the cache holds when it holds the conversation so far (the rendered prompt and
     /// the last reply).
     cached: Option<String>,
@@ -100,6 +110,8 @@ impl<'a> ChatSession<'a> {
             format,
             system,
             turns: Vec::new(),
+            held: None,
+            answering: false,
             cached: None,
             unfed: None,
             dropped: 0,
@@ -132,17 +144,50 @@ impl<'a> ChatSession<'a> {
         self.dropped
     }
 
-    /// Forgets the conversation (the system prompt stays).
+    /// Forgets the conversation, remembered messages included (the system prompt stays).
     pub fn reset(&mut self) {
         self.turns.clear();
+        self.held = None;
+        self.answering = false;
         self.model.reset();
         self.cached = None;
         self.unfed = None;
     }
 
-    /// Finished turns, oldest first.
+    /// Finished turns, oldest first (remembered ones too; not a held user message).
     pub fn turns(&self) -> &[(String, String)] {
         &self.turns
+    }
+
+    /// Adds a message to the conversation without generating (a device's
+    /// [`ember_core::device::Output::Remember`]); the model sees it with the next
+    /// [`ChatSession::say`].
+    ///
+    /// Consecutive messages of one role join into one (the text appended with no separator):
+    /// a user message is held until an assistant message answers it (a finished turn) or
+    /// [`ChatSession::say`] does (its message is appended to the held one); an assistant
+    /// message answers the held user message, or continues the answer remembered just before
+    /// it. An assistant message with neither (an order a device refuses) answers an empty user
+    /// message.
+    pub fn remember(&mut self, role: protocol::Role, text: &str) {
+        match role {
+            protocol::Role::User => {
+                self.answering = false;
+                self.held.get_or_insert_default().push_str(text);
+            }
+            protocol::Role::Assistant => {
+                if let Some(user) = self.held.take() {
+                    self.turns.push((user, text.to_string()));
+                } else if self.answering
+                    && let Some((_, reply)) = self.turns.last_mut()
+                {
+                    reply.push_str(text);
+                } else {
+                    self.turns.push((String::new(), text.to_string()));
+                }
+                self.answering = true;
+            }
+        }
     }
 
     /// The template's rendering of the conversation from `first_turn` on, plus `user`.
@@ -200,13 +245,18 @@ impl<'a> ChatSession<'a> {
     /// Sends the user's message and generates the reply, reporting its prefill and streaming
     /// its text to `on_progress`, which may end the reply early (see [`generate_until`]): the
     /// reply so far stays in the conversation, unless it was cancelled before its first token
-    /// (then the turn is dropped, as if it had not been said).
+    /// (then the turn is dropped, as if it had not been said). A user message held by
+    /// [`ChatSession::remember`] comes first: the user's message is it with `user` appended
+    /// (it is used up, whatever becomes of the reply).
     pub fn say(
         &mut self,
         user: &str,
         options: &GenerateOptions,
         on_progress: &mut dyn FnMut(Progress<'_>) -> ControlFlow<FinishReason>,
     ) -> Result<Generation, EngineError> {
+        self.answering = false;
+        let joined = self.held.take().map(|held| held + user);
+        let user = joined.as_deref().unwrap_or(user);
         self.dropped = 0;
         let context = self.model.context_length();
         // Room kept for the reply: all of `max_tokens` if it fits in half the context; a longer
@@ -357,5 +407,76 @@ mod tests {
             next.stats.prompt_tokens,
             1 + tokenizer.encode(own).unwrap().len()
         );
+    }
+
+    /// Remembered messages join by role: user pieces into one message, assistant pieces into
+    /// its answer (a turn), and a held user message takes the next `say`'s text.
+    #[test]
+    fn remembered_messages_join_into_turns() {
+        use protocol::Role::{Assistant, User};
+        let tokenizer = tokenizer();
+        let mut model = Counting::new(usize::MAX);
+        let mut chat = ChatSession::new(&mut model, &tokenizer, chatml(&tokenizer), None);
+        chat.remember(User, "What is ");
+        chat.remember(User, "2 + 2?");
+        assert!(chat.turns().is_empty(), "a user message alone is no turn");
+        chat.remember(Assistant, "Fo");
+        chat.remember(Assistant, "ur.");
+        chat.remember(User, "And ");
+        chat.remember(User, "3 + ");
+        assert_eq!(
+            chat.turns(),
+            [("What is 2 + 2?".to_string(), "Four.".to_string())]
+        );
+        let reply = chat
+            .say("3?", &options(), &mut |_| ControlFlow::Continue(()))
+            .unwrap();
+        assert_eq!(chat.turns().len(), 2);
+        assert_eq!(chat.turns()[1], ("And 3 + 3?".to_string(), reply.text));
+        // After a reply nothing is held or answered: an assistant message now answers an
+        // empty user message, and a reset forgets a held one.
+        chat.remember(Assistant, "unasked");
+        assert_eq!(chat.turns()[2], (String::new(), "unasked".to_string()));
+        chat.remember(User, "forgotten");
+        chat.reset();
+        assert!(chat.turns().is_empty());
+        chat.say("hi", &options(), &mut |_| ControlFlow::Continue(()))
+            .unwrap();
+        assert_eq!(chat.turns()[0].0, "hi");
+    }
+
+    /// A remembered conversation is what the model sees: the next turn prefills the template's
+    /// rendering of it, and remembered turns after a reply extend the cache (only they and the
+    /// new message are fed).
+    #[test]
+    fn remembered_turns_render_into_the_conversation_and_extend_the_cache() {
+        use protocol::Role::{Assistant, User};
+        let tokenizer = tokenizer();
+        let mut model = Counting::new(usize::MAX);
+        let mut chat = ChatSession::new(&mut model, &tokenizer, chatml(&tokenizer), None);
+        chat.remember(User, "A");
+        chat.remember(Assistant, "B");
+        let whole = "<|im_start|>user\nA<|im_end|>\n<|im_start|>assistant\nB<|im_end|>\n\
+                     <|im_start|>user\nC<|im_end|>\n<|im_start|>assistant\n";
+        assert_eq!(chat.render_from(0, "C").unwrap(), whole);
+        let first = chat
+            .say("C", &options(), &mut |_| ControlFlow::Continue(()))
+            .unwrap();
+        let fed = tokenizer.encode(whole).unwrap().len();
+        assert_eq!(first.stats.prompt_tokens, fed);
+        chat.remember(User, "D");
+        chat.remember(Assistant, "E");
+        let next = chat
+            .say("F", &options(), &mut |_| ControlFlow::Continue(()))
+            .unwrap();
+        let rest = "<|im_end|>\n<|im_start|>user\nD<|im_end|>\n<|im_start|>assistant\nE\
+                    <|im_end|>\n<|im_start|>user\nF<|im_end|>\n<|im_start|>assistant\n";
+        // The first reply's last token (cut by the length limit) is fed with this turn.
+        assert_eq!(
+            next.stats.prompt_tokens,
+            1 + tokenizer.encode(rest).unwrap().len()
+        );
+        assert_eq!(chat.context_used(), fed + 3 + next.stats.prompt_tokens + 3);
+        assert_eq!(chat.turns().len(), 4);
     }
 }

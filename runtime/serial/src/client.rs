@@ -666,6 +666,7 @@ fn request_name(request: &Request) -> &'static str {
         Request::FlashCommit => "FlashCommit",
         Request::FlashAbort => "FlashAbort",
         Request::SetBaud { .. } => "SetBaud",
+        Request::Message(_) => "Message",
     }
 }
 

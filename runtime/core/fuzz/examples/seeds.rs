@@ -11,7 +11,7 @@ use ember_core::flash::{
 use ember_core::image::{IMAGE_VERSION, ImageHeader, Manifest, TokenizerData};
 use ember_core::protocol::{
     self, ChatOptions, ChatRequest, Event, FlashBegin, FlashChunk, FrameWriter, Hello,
-    PROTOCOL_VERSION, Request, Status,
+    MessageRequest, PROTOCOL_VERSION, Request, Role, Status,
 };
 use std::fs;
 use std::path::Path;
@@ -100,6 +100,14 @@ fn main() {
         last_flash: Some(FlashOutcome::Activated),
         max_baud: 921_600,
     });
+    let message = |index, role, text| {
+        Request::Message(MessageRequest {
+            session: 7,
+            index,
+            role,
+            text: protocol::truncated(text),
+        })
+    };
     let requests = [
         (
             "hello",
@@ -117,6 +125,10 @@ fn main() {
         ("flash_begin", begin.clone()),
         ("flash_chunk", chunk.clone()),
         ("set_baud", Request::SetBaud { baud: 921_600 }),
+        (
+            "message",
+            message(0, Role::User, "What is Rayleigh scattering?"),
+        ),
     ];
     let events = [
         ("event_hello", hello),
@@ -177,6 +189,10 @@ fn main() {
         b"\x02".to_vec(),
         receive(&[0]),
         receive(&frame(&requests[0].1)),
+        receive(&frame(&requests[6].1)),
+        receive(&frame(&message(1, Role::Assistant, "Light scattered by "))),
+        receive(&frame(&message(2, Role::Assistant, "molecules."))),
+        receive(&frame(&message(3, Role::User, "And "))),
         receive(&frame(&chat)),
         b"\x01The sky scatters light.\n\nMore".to_vec(),
         b"\x02".to_vec(),
