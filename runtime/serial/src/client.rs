@@ -5,8 +5,8 @@ use crate::tty::{Tty, TtyError};
 use ember_core::device::IDLE_TIMEOUT;
 use ember_core::frame::{DELIMITER, FrameDecoder};
 use ember_core::protocol::{
-    self, EndReason, ErrorCode, Event, FrameWriter, Hello, MAX_FRAME, PROTOCOL_VERSION, ReplyStats,
-    Request,
+    self, BoundedText, EndReason, ErrorCode, Event, FrameWriter, Hello, MAX_FRAME, MAX_TEXT,
+    MessageRequest, PROTOCOL_VERSION, ReplyStats, Request, Role,
 };
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -64,6 +64,14 @@ pub enum ClientError {
         /// How many times it was sent.
         sent: u32,
     },
+    /// The device refused a request with an [`Event::Error`] naming it.
+    #[error("{}", describe_error(*code, detail))]
+    Device {
+        /// What kind of problem.
+        code: ErrorCode,
+        /// The device's sentence.
+        detail: String,
+    },
 }
 
 /// How the host recovers a chat whose answer was lost on the line (see `docs/PROTOCOL.md`,
@@ -110,10 +118,12 @@ impl Recovery {
     /// How long to wait for the answer to a request the device answers at once (`Status`,
     /// `Reset`, …) before sending it again.
     fn answer_wait(&self) -> Duration {
-        self.silence.min(Duration::from_secs(2))
+        self.silence.min(ANSWER_WAIT)
     }
 }
 
+/// How long [`Client::remember`] waits for a message's `Done` before sending it again.
+const ANSWER_WAIT: Duration = Duration::from_secs(2);
 /// How often a request the device answers at once is sent before giving up.
 const ANSWER_ATTEMPTS: u32 = 4;
 /// How often a waiting chat checks whether to cancel.
@@ -157,6 +167,9 @@ pub struct Client<P: Port = Tty> {
     quiet_since: Option<Instant>,
     /// How many replies the device has run (`Status.replies`), when known.
     replies: Option<u32>,
+    /// `Done`s that may still come for copies of messages already answered
+    /// ([`Client::remember`] skips them, so a late one is not taken for the next message's).
+    owed_done: u32,
 }
 
 impl Client<Tty> {
@@ -196,6 +209,7 @@ impl<P: Port> Client<P> {
             baud: 0,
             quiet_since: None,
             replies: None,
+            owed_done: 0,
         };
         client.greet(timeout, HELLO_ATTEMPTS)?;
         Ok(client)
@@ -467,6 +481,92 @@ impl<P: Port> Client<P> {
             match self.until(wait, &answer, &mut |_| {}) {
                 Err(ClientError::Timeout(_)) => continue,
                 answered => return answered,
+            }
+        }
+        Err(ClientError::Unanswered {
+            request: request_name(request),
+            sent: ANSWER_ATTEMPTS,
+        })
+    }
+
+    /// Adds `text` to the device's conversation `session` as a message of `role`, without
+    /// generating a reply ([`Request::Message`]); returns the index of the next message.
+    ///
+    /// `index` is how many messages the device has taken in this conversation (0 after a new
+    /// session, `Reset` or `SetSystem`; replies do not count). A text over [`MAX_TEXT`] bytes
+    /// goes in pieces cut at character boundaries, which the device joins (consecutive messages
+    /// of one role are one message); an empty text is one empty piece. Each piece waits for its
+    /// `Done` and is sent again, with the same index, when none came within 2 s (or the device
+    /// could not read a frame): the device answers a copy of a message it took with `Done` and
+    /// does not take it twice. The order rules (an assistant message follows a user message, no
+    /// index skipped) are the device's: its refusal is [`ClientError::Device`]
+    /// ([`ErrorCode::OutOfOrder`], or `Busy` during a reply).
+    pub fn remember(
+        &mut self,
+        session: u32,
+        index: u32,
+        role: Role,
+        text: &str,
+    ) -> Result<u32, ClientError> {
+        let mut index = index;
+        let mut rest = text;
+        loop {
+            let piece: BoundedText<MAX_TEXT> = protocol::truncated(rest);
+            rest = &rest[piece.len()..];
+            self.message(&Request::Message(MessageRequest {
+                session,
+                index,
+                role,
+                text: piece,
+            }))?;
+            index = index.wrapping_add(1);
+            if rest.is_empty() {
+                return Ok(index);
+            }
+        }
+    }
+
+    /// Sends a `Message` until the device answers it: `Done`, or an error naming one of its
+    /// copies.
+    fn message(&mut self, request: &Request) -> Result<(), ClientError> {
+        // The frames of this message's copies.
+        let mut sent = Vec::new();
+        while sent.len() < ANSWER_ATTEMPTS as usize {
+            self.send(request)?;
+            // The frame just written (a greeting `send` may have sent comes before it).
+            sent.push(self.writer.next_seq().wrapping_sub(1));
+            let deadline = Instant::now() + ANSWER_WAIT;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.recv(left) {
+                    // A `Done` names no request: one owed to an earlier copy is skipped.
+                    Ok(Event::Done) if self.owed_done > 0 => self.owed_done -= 1,
+                    Ok(Event::Done) => {
+                        // The other copies' answers may still come.
+                        self.owed_done += sent.len() as u32 - 1;
+                        return Ok(());
+                    }
+                    Ok(Event::Error {
+                        code,
+                        detail,
+                        request: Some(r),
+                    }) if sent.contains(&r) => {
+                        return Err(ClientError::Device {
+                            code,
+                            detail: detail.to_string(),
+                        });
+                    }
+                    // A frame the device could not read, maybe this one: send it again now.
+                    Ok(Event::Error {
+                        code: ErrorCode::BadFrame | ErrorCode::Oversized,
+                        request: None,
+                        ..
+                    })
+                    | Err(ClientError::Timeout(_)) => break,
+                    // Leftovers of earlier requests.
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Err(ClientError::Unanswered {

@@ -20,6 +20,10 @@ struct Script {
     prefill: Duration,
     /// Replies it ran (each chat it read and did not refuse).
     ran: Vec<u16>,
+    /// Message frames (counted from 0) it never receives.
+    lose_messages: Vec<usize>,
+    /// The messages it took, by the index rule: (role, text), one per piece.
+    messages: Vec<(Role, String)>,
 }
 
 fn hello() -> Hello {
@@ -41,6 +45,7 @@ fn fake_device(mut line: MemoryLine, script: Arc<Mutex<Script>>) {
     let mut writer = FrameWriter::new();
     let mut events = 0usize;
     let mut chats = 0usize;
+    let mut messages = 0usize;
     let mut replies = 0u32;
     // A reply prefilling: its chat's number and when its tokens go out.
     let mut running: Option<(u16, Instant)> = None;
@@ -124,6 +129,29 @@ fn fake_device(mut line: MemoryLine, script: Arc<Mutex<Script>>) {
                     script.ran.push(seq);
                     running = Some((seq, Instant::now() + script.prefill));
                     continue;
+                }
+            }
+            Request::Message(message) => {
+                let n = messages;
+                messages += 1;
+                let mut script = script.lock().unwrap();
+                if script.lose_messages.contains(&n) {
+                    continue;
+                }
+                let taken = script.messages.len() as u32;
+                if message.index > taken {
+                    Event::Error {
+                        code: ErrorCode::OutOfOrder,
+                        detail: protocol::truncated("a message was lost"),
+                        request: Some(seq),
+                    }
+                } else {
+                    if message.index == taken {
+                        script
+                            .messages
+                            .push((message.role, message.text.to_string()));
+                    }
+                    Event::Done
                 }
             }
             Request::Status => Event::Status(Status {
@@ -290,4 +318,66 @@ fn a_lost_status_is_asked_again() {
     assert_eq!(text, "Hello");
     assert_eq!(outcome.end.map(|e| e.0), Some(EndReason::Eos));
     assert_eq!(script.lock().unwrap().ran.len(), 1);
+}
+
+#[test]
+fn a_long_message_goes_in_pieces_at_character_boundaries() {
+    let (mut client, script) = client(Script::default());
+    // 1 + 2 × 700 bytes: the first piece cannot end inside an "é".
+    let text = format!("x{}", "é".repeat(700));
+    assert_eq!(client.remember(1, 0, Role::User, &text).unwrap(), 2);
+    assert_eq!(client.remember(1, 2, Role::Assistant, "").unwrap(), 3);
+    let taken = script.lock().unwrap().messages.clone();
+    let pieces: Vec<usize> = taken.iter().map(|(_, t)| t.len()).collect();
+    assert_eq!(pieces, [MAX_TEXT - 1, 1401 - (MAX_TEXT - 1), 0]);
+    let user: String = taken[..2].iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(user, text);
+    assert_eq!(taken[2].0, Role::Assistant);
+}
+
+#[test]
+fn a_lost_message_or_done_is_sent_again_and_taken_once() {
+    // Message frame 1 never arrives; the Done of the message taken third (event 2) is lost.
+    let (mut client, script) = client(Script {
+        lose_messages: vec![1],
+        lose_events: vec![2],
+        ..Script::default()
+    });
+    let start = Instant::now();
+    let mut index = 0;
+    for (role, text) in [
+        (Role::User, "a"),
+        (Role::User, "b"),
+        (Role::Assistant, "c"),
+        (Role::User, "d"),
+    ] {
+        index = client.remember(1, index, role, text).unwrap();
+    }
+    assert_eq!(index, 4);
+    assert!(
+        start.elapsed() >= 2 * ANSWER_WAIT,
+        "two waits for an answer"
+    );
+    let taken: Vec<String> = script
+        .lock()
+        .unwrap()
+        .messages
+        .iter()
+        .map(|(_, t)| t.clone())
+        .collect();
+    assert_eq!(taken, ["a", "b", "c", "d"]);
+}
+
+#[test]
+fn a_refused_message_is_a_typed_error() {
+    let (mut client, script) = client(Script::default());
+    match client.remember(1, 5, Role::User, "late") {
+        Err(ClientError::Device { code, detail }) => {
+            assert_eq!(code, ErrorCode::OutOfOrder);
+            assert!(detail.contains("lost"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(script.lock().unwrap().messages.is_empty());
+    assert_eq!(client.remember(1, 0, Role::User, "first").unwrap(), 1);
 }
