@@ -9,8 +9,8 @@
 use embedded_io::Write;
 use ember_core::device::{Device, LineConfig, Model, Settings};
 use ember_core::protocol::{
-    self, ChatOptions, ChatRequest, EndReason, ErrorCode, Event, Hello, MAX_FRAME,
-    PROTOCOL_VERSION, Request,
+    self, ChatOptions, ChatRequest, EndReason, ErrorCode, Event, Hello, MAX_FRAME, MessageRequest,
+    PROTOCOL_VERSION, ReplyStats, Request, Role,
 };
 use ember_core::sampler::SamplingConfig;
 use ember_engine::testing::{CHATML, Counting, chatml, tokenizer};
@@ -121,12 +121,56 @@ fn expected(messages: &[&str], max_tokens: u32) -> Vec<String> {
         .collect()
 }
 
+/// The replies the fake model gives to `messages`, one turn after another, after the system
+/// prompt `system` and the `remembered` messages, without the line: their texts and the
+/// tokens prefilled for each.
+fn expected_after(
+    system: &str,
+    remembered: &[(Role, &str)],
+    messages: &[&str],
+) -> Vec<(String, u32)> {
+    let tokenizer = tokenizer();
+    let mut fake = Counting::new(usize::MAX);
+    let system = Some(system.to_string());
+    let mut chat = ChatSession::new(&mut fake, &tokenizer, chatml(&tokenizer), system);
+    for (role, text) in remembered {
+        chat.remember(*role, text);
+    }
+    let options = GenerateOptions {
+        max_tokens: MAX_TOKENS as usize,
+        sampling: SamplingConfig::default(),
+    };
+    messages
+        .iter()
+        .map(|m| {
+            let reply = chat
+                .say(m, &options, &mut |_| ControlFlow::Continue(()))
+                .unwrap();
+            (reply.text, reply.stats.prompt_tokens as u32)
+        })
+        .collect()
+}
+
 fn chat(text: &str) -> Request {
     Request::Chat(ChatRequest {
         session: 0,
         text: protocol::truncated(text),
         options: ChatOptions::default(),
     })
+}
+
+/// Sends `request` and collects the reply's text and stats.
+fn ask_stats<P: Port>(client: &mut Client<P>, request: &Request) -> (String, ReplyStats) {
+    client.send(request).unwrap();
+    let mut text = String::new();
+    let (_, stats) = client
+        .reply(PATIENCE, &mut |event| {
+            if let Event::Token { text: piece } = event {
+                text.push_str(piece);
+            }
+        })
+        .unwrap();
+    (text, stats)
 }
 
 /// Sends `request` and collects the reply's text and end.
@@ -491,4 +535,82 @@ fn the_boards_button_stops_a_reply_and_its_led_shows_the_status() {
         [Status::Ready, Status::Generating, Status::Ready]
     );
     hang_up(client, thread);
+}
+
+fn turns<P: Port>(client: &mut Client<P>) -> u32 {
+    match client.ask(&Request::Status, PATIENCE, |e| {
+        matches!(e, Event::Status(_))
+    }) {
+        Ok(Event::Status(status)) => status.turns,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A host rebuilds a conversation: `SetSystem`, then the earlier messages as they are (in
+/// pieces, without generating), then a chat. The reply is the engine's to the same
+/// conversation; copies of taken messages change nothing; a lost message and an answer to no
+/// user message are refused.
+#[test]
+fn remembered_messages_rebuild_a_conversation() {
+    use Role::{Assistant, User};
+    let (line, thread) = device(line_config(None), Duration::ZERO);
+    let mut client = Client::over(line, PATIENCE).unwrap();
+    let system = "Be brief.";
+    let set_system = Request::SetSystem {
+        text: protocol::truncated(system),
+    };
+    client
+        .ask(&set_system, PATIENCE, |e| matches!(e, Event::Done))
+        .unwrap();
+    let history = [
+        (User, "What is "),
+        (User, "two plus two?"),
+        (Assistant, "It is "),
+        (Assistant, "four."),
+        (User, "And "),
+    ];
+    let mut index = 0;
+    for (role, text) in history {
+        index = client.remember(0, index, role, text).unwrap();
+    }
+    assert_eq!(index, 5);
+    assert_eq!(turns(&mut client), 1, "a user message and its answer");
+    // The held "And " and the chat's text are one user message.
+    let want = expected_after(system, &history, &["three?", "more"]);
+    let (text, stats) = ask_stats(&mut client, &chat("three?"));
+    assert_eq!((text.clone(), stats.prompt_tokens), want[0]);
+    let plain = expected_after(system, &[], &["And three?"]);
+    assert_ne!(plain[0].0, text, "the remembered turn changed the reply");
+    assert_eq!(turns(&mut client), 2);
+
+    // A copy of a message taken (its Done lost) is answered and changes nothing.
+    let message = |index, role, text| {
+        Request::Message(MessageRequest {
+            session: 0,
+            index,
+            role,
+            text: protocol::truncated(text),
+        })
+    };
+    client.send(&message(1, User, "two plus two?")).unwrap();
+    assert_eq!(client.recv(PATIENCE).unwrap(), Event::Done);
+    // A lost message: the next index is 5, not 7.
+    match client.remember(0, 7, User, "x") {
+        Err(ClientError::Device { code, detail }) => {
+            assert_eq!(code, ErrorCode::OutOfOrder);
+            assert!(detail.contains("has taken 5,"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // After a reply the next message must be a user's.
+    match client.remember(0, 5, Assistant, "x") {
+        Err(ClientError::Device { code, .. }) => assert_eq!(code, ErrorCode::OutOfOrder),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(turns(&mut client), 2);
+    // Nothing of the refused or copied messages is in the conversation.
+    let (text, stats) = ask_stats(&mut client, &chat("more"));
+    assert_eq!((text, stats.prompt_tokens), want[1]);
+    let line = client.goodbye(PATIENCE).unwrap();
+    hang_up(line, thread);
 }
