@@ -1,4 +1,4 @@
-"""A small, independent client of Ember's serial protocol (docs/PROTOCOL.md, version 3).
+"""A small, independent client of Ember's serial protocol (docs/PROTOCOL.md, version 4).
 
 Written from the document alone: COBS, CRC-32, postcard, every Request and Event, a raw PTY
 line with timeouts, and a launcher for the real `emberd`. Standard library only.
@@ -23,9 +23,9 @@ import time
 import tty
 import zlib
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 MAX_FRAME = 2048  # encoded bytes per frame, including the 0x00 delimiter
-MAX_TEXT = 1024  # Chat.text, SetSystem.text
+MAX_TEXT = 1024  # Chat.text, Message.text, SetSystem.text
 MAX_STOPS = 4
 MAX_STOP = 32
 MAX_TOKEN = 128
@@ -270,8 +270,10 @@ REQUESTS = [
     "FlashCommit",
     "FlashAbort",
     "SetBaud",
+    "Message",
 ]
 REQ = {name: i for i, name in enumerate(REQUESTS)}
+ROLES = ["User", "Assistant"]
 
 
 def hello(version=PROTOCOL_VERSION):
@@ -355,6 +357,12 @@ def set_baud(baud):
     return Writer().varint(REQ["SetBaud"]).u32(baud).done()
 
 
+def message(index, role, text, session=1):
+    """A Message: `role` is "User", "Assistant" or a raw variant index; `text` may be bytes."""
+    role = ROLES.index(role) if isinstance(role, str) else role
+    return Writer().varint(REQ["Message"]).u32(session).u32(index).varint(role).string(text).done()
+
+
 # ---------------------------------------------------------------------------------------------
 # Events (device → host)
 
@@ -399,7 +407,8 @@ ERROR_CODES = [
     "Storage",
     "ChunkRejected",
     "BadField",
-    "Downgrade",  # 19: may be added by another change; accepted when decoding
+    "Downgrade",
+    "OutOfOrder",
 ]
 
 

@@ -16,10 +16,10 @@ class Codecs(unittest.TestCase):
         self.assertEqual(p.crc32(b"123456789"), 0xCBF43926)
 
     def test_documented_example_bytes(self):
-        # docs/PROTOCOL.md "Example": Hello { protocol_version: 3 }, then Cancel, both seq 0.
-        self.assertEqual(p.hello(), bytes([0x00, 0x03]))
-        self.assertEqual(p.crc32(bytes([0, 0, 0, 3])), 0xB84D8EA6)
-        self.assertEqual(p.encode_frame(0, p.hello()).hex(" "), "01 01 01 06 03 a6 8e 4d b8 00")
+        # docs/PROTOCOL.md "Example": Hello { protocol_version: 4 }, then Cancel, both seq 0.
+        self.assertEqual(p.hello(), bytes([0x00, 0x04]))
+        self.assertEqual(p.crc32(bytes([0, 0, 0, 4])), 0x26291B05)
+        self.assertEqual(p.encode_frame(0, p.hello()).hex(" "), "01 01 01 06 04 05 1b 29 26 00")
         self.assertEqual(p.encode_frame(0, p.cancel()).hex(" "), "01 01 06 02 3e b8 4f 11 00")
 
     def test_cobs_round_trip(self):
@@ -78,7 +78,7 @@ class Greeting(ConformanceCase):
         self.assertEqual(self.alive_in_frame_mode().context_length, 192)
 
     def test_unsupported_version(self):
-        for version in (2, 4, 0xFFFF):
+        for version in (p.PROTOCOL_VERSION - 1, p.PROTOCOL_VERSION + 1, 0xFFFF):
             with self.subTest(version=version):
                 ev = self.host.greet(version=version)
                 self.assertEqual(ev.protocol_version, p.PROTOCOL_VERSION)
@@ -150,7 +150,7 @@ class BadFrames(ConformanceCase):
         self.assert_goes_on()
 
     def test_unknown_message(self):
-        for payload in (bytes([12]), bytes([0x80, 0x01]), bytes([0xFF, 0xFF, 0xFF, 0xFF, 0x0F]), b""):
+        for payload in (bytes([13]), bytes([0x80, 0x01]), bytes([0xFF, 0xFF, 0xFF, 0xFF, 0x0F]), b""):
             with self.subTest(payload=payload):
                 seq = self.host.send(payload)
                 self.host.expect_error("UnknownMessage", request=seq)
