@@ -6,7 +6,7 @@
 use embedded_io::Write as _;
 use ember_core::frame::{DELIMITER, encode_frame};
 use ember_core::protocol::{
-    self, ChatOptions, ChatRequest, EndReason, ErrorCode, Event, FrameWriter, Request,
+    self, ChatOptions, ChatRequest, EndReason, ErrorCode, Event, FrameWriter, Request, Role,
 };
 use ember_e2e::{Running, binary, ember_at, emberd_on_pty, tiny_image};
 use ember_serial::{Client, Port, PtyPair, Tty};
@@ -497,6 +497,45 @@ fn assert_error(client: &mut Client, code: ErrorCode) {
     match next(client) {
         Event::Error { code: got, .. } if got == code => {}
         other => panic!("expected error {code:?}, got {other:?}"),
+    }
+}
+
+/// A conversation rebuilt with `Message`s: a user message sent in pieces and completed by a
+/// chat is the whole message (the golden reply); remembered turns are prefilled with the next
+/// chat; a copy of a message taken changes nothing, a gap is refused.
+#[test]
+fn messages_rebuild_a_conversation() {
+    let device = Device::start(&[]);
+    let (_child, mut client) = device.client();
+    let next = client.remember(9, 0, Role::User, "What is ").unwrap();
+    assert_eq!(client.remember(9, next, Role::User, "the ").unwrap(), 2);
+    let (text, reason, first) = chat(&mut client, 9, "weather like?", ChatOptions::default());
+    assert_eq!(text, golden_reply("What is the weather like?"));
+    assert_eq!(reason, EndReason::Length);
+    // A new conversation holding that turn as remembered messages, then a new message.
+    let mut index = 0;
+    for (role, text) in [
+        (Role::User, "What is the weather like?"),
+        (Role::Assistant, text.as_str()),
+    ] {
+        index = client.remember(10, index, role, text).unwrap();
+    }
+    assert_eq!(index, 2);
+    // A copy of the first (as when its Done is lost) is answered.
+    client
+        .remember(10, 0, Role::User, "What is the weather like?")
+        .unwrap();
+    let (_, reason, stats) = chat(&mut client, 10, "And tomorrow?", ChatOptions::default());
+    assert_eq!(reason, EndReason::Length);
+    assert!(
+        stats.prompt_tokens > first.prompt_tokens,
+        "{stats:?} vs {first:?}"
+    );
+    match client.remember(10, index + 1, Role::User, "lost") {
+        Err(ember_serial::ClientError::Device { code, .. }) => {
+            assert_eq!(code, ErrorCode::OutOfOrder)
+        }
+        other => panic!("{other:?}"),
     }
 }
 
