@@ -9,7 +9,7 @@ mod commands;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use commands::{
     ask, bench, chat, completions, export_onnx, fetch, flash, generate, inspect, keygen, line,
-    package, quantize, sign, synth,
+    package, quantize, serve, sign, synth,
 };
 use std::process::ExitCode;
 
@@ -42,6 +42,7 @@ enum Command {
     Sign(sign::Args),
     Package(package::Args),
     Line(line::Args),
+    Serve(serve::Args),
     Completions(completions::Args),
 }
 
@@ -81,6 +82,10 @@ const GROUPS: commands::Groups = &[
             ("line", None),
         ],
     ),
+    (
+        "Other tools' protocols (OpenAI API, Wyoming)",
+        &[("serve", None)],
+    ),
     ("Shell", &[("completions", None)]),
 ];
 
@@ -113,6 +118,7 @@ fn main() -> ExitCode {
         Command::Sign(args) => sign::run(args),
         Command::Package(args) => package::run(args),
         Command::Line(args) => line::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Completions(args) => completions::run(args, cli()),
     };
     match result {

@@ -15,6 +15,7 @@ pub mod keygen;
 pub mod line;
 pub mod package;
 pub mod quantize;
+pub mod serve;
 pub mod sign;
 pub mod synth;
 
