@@ -1,24 +1,23 @@
-//! A voice kiosk on Ember: each line on stdin is an utterance (what speech-to-text heard), the
-//! device's reply comes back sentence by sentence and is spoken as each sentence arrives, and a
-//! new utterance during a reply barges in: cancel, wait for the device's acknowledgement, then
-//! silence the speech still queued.
+//! A voice kiosk on Ember's Wyoming service (`ember serve --wyoming`), the way Home Assistant's
+//! voice pipeline uses it: each line on stdin is an utterance (what speech-to-text heard), sent
+//! as a Wyoming `transcript`; the reply comes back as `handled-start`, one `handled-chunk` per
+//! sentence and `handled-stop`, and each sentence is spoken as it arrives. A new utterance during
+//! a reply barges in: the service cancels the reply on the device and ends it, and the speech
+//! still queued is silenced.
 //!
-//! Stdout carries the events shaped like Wyoming's streaming TTS (one JSON object per line:
-//! `synthesize-start`, `synthesize-chunk` with the sentence, `synthesize-stop`), so it can feed a
-//! Wyoming TTS service. Speech: `espeak-ng` (Debian package `espeak-ng`) through the sound card,
-//! or one WAV file per sentence with `--wav-dir`, or none with `--no-speech`.
+//! Stdout carries the Wyoming events received, one JSON object per line. Speech: `espeak-ng`
+//! (Debian package `espeak-ng`) through the sound card, or one WAV file per sentence with
+//! `--wav-dir`, or none with `--no-speech`.
 //!
 //! ```sh
-//! emberd --model smollm2.ember --pty          # prints /dev/pts/N
-//! cargo run --release -p ember-tools --example voice_kiosk -- --port /dev/pts/N
+//! ember serve --port /dev/ttyUSB0 --wyoming tcp://127.0.0.1:10400     # or --model smollm2.ember
+//! cargo run --release -p ember-tools --example voice_kiosk -- --wyoming tcp://127.0.0.1:10400
 //! ```
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use ember_core::protocol::{ChatOptions, Event, Request};
-use ember_serial::ClientError;
-use ember_tools::remote;
-use std::io::BufRead;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -27,21 +26,15 @@ use std::time::Duration;
 /// Speak Ember's replies as they stream; a new line on stdin interrupts.
 #[derive(Parser)]
 struct Args {
-    /// Serial port of a device running `emberd`.
-    #[arg(long)]
-    port: PathBuf,
-    /// Baud rate.
-    #[arg(long, default_value_t = 115_200)]
-    baud: u32,
+    /// The Wyoming handle service (`ember serve --wyoming`): tcp://HOST:PORT.
+    #[arg(long, value_name = "tcp://HOST:PORT")]
+    wyoming: String,
     /// Write each sentence as a WAV file here (`espeak-ng -w`) instead of playing it.
     #[arg(long, conflicts_with = "no_speech")]
     wav_dir: Option<PathBuf>,
     /// Do not speak; only print the events.
     #[arg(long)]
     no_speech: bool,
-    /// Longest reply, in tokens (default: the device's).
-    #[arg(short = 'n', long)]
-    max_tokens: Option<u32>,
 }
 
 /// Speaks sentences one after the other; can be silenced at once.
@@ -106,12 +99,37 @@ impl Speaker {
     }
 }
 
-fn wyoming(kind: &str, text: Option<&str>) {
-    let event = match text {
-        Some(text) => serde_json::json!({ "type": kind, "data": { "text": text } }),
-        None => serde_json::json!({ "type": kind }),
-    };
-    println!("{event}");
+/// Writes a Wyoming event: its header line, then its data.
+fn send_event(stream: &mut TcpStream, kind: &str, data: serde_json::Value) -> Result<()> {
+    let data = data.to_string();
+    let header = serde_json::json!({"type": kind, "version": "1.10.2", "data_length": data.len()});
+    stream.write_all(format!("{header}\n{data}").as_bytes())?;
+    Ok(())
+}
+
+/// Reads Wyoming events (header line, data, payload) until the stream ends.
+fn read_events(stream: TcpStream, events: mpsc::Sender<serde_json::Value>) -> Result<()> {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 0 {
+        let mut event: serde_json::Value = serde_json::from_str(&line)?;
+        line.clear();
+        let length = |field: &str| event[field].as_u64().unwrap_or(0) as usize;
+        let (data_length, payload_length) = (length("data_length"), length("payload_length"));
+        if data_length > 0 {
+            let mut data = vec![0; data_length];
+            reader.read_exact(&mut data)?;
+            event["data"] = serde_json::from_slice(&data)?;
+        }
+        std::io::copy(
+            &mut (&mut reader).take(payload_length as u64),
+            &mut std::io::sink(),
+        )?;
+        if events.send(event).is_err() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -119,7 +137,16 @@ fn main() -> Result<()> {
     if let Some(dir) = &args.wav_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let mut client = remote::connect(&args.port, args.baud, false)?;
+    let address = args.wyoming.strip_prefix("tcp://").unwrap_or(&args.wyoming);
+    let mut stream = TcpStream::connect(address)
+        .with_context(|| format!("cannot connect to the Wyoming service at {address}"))?;
+    let (events, arrived) = mpsc::channel();
+    let reader = stream.try_clone()?;
+    std::thread::spawn(move || {
+        if let Err(e) = read_events(reader, events) {
+            eprintln!("voice_kiosk: {e:#}");
+        }
+    });
     let mut speaker = Speaker {
         wav_dir: args.wav_dir.clone(),
         enabled: !args.no_speech,
@@ -136,30 +163,18 @@ fn main() -> Result<()> {
             }
         }
     });
-    let session = remote::new_session();
     let mut replying = false;
     let mut input_open = true;
     loop {
         match heard.try_recv() {
             Ok(utterance) if !utterance.trim().is_empty() => {
                 if replying {
-                    // Barge-in: stop the model first, wait for its word, then flush speech.
-                    client.send(&Request::Cancel)?;
-                    client.until(
-                        Duration::from_secs(5),
-                        |e| matches!(e, Event::CancelAck { .. }),
-                        &mut |_| {},
-                    )?;
-                    wyoming("synthesize-stop", None);
+                    // Barge-in: the service cancels the reply and ends it; flush the speech.
                     eprintln!("voice_kiosk: interrupted");
                 }
                 speaker.silence();
-                let options = ChatOptions {
-                    sentences: true,
-                    max_tokens: args.max_tokens,
-                    ..ChatOptions::default()
-                };
-                client.send(&remote::chat_request(session, utterance.trim(), options)?)?;
+                let transcript = serde_json::json!({"text": utterance.trim(), "language": "en"});
+                send_event(&mut stream, "transcript", transcript)?;
                 replying = true;
             }
             Ok(_) => {}
@@ -169,30 +184,29 @@ fn main() -> Result<()> {
         if !input_open && !replying && !speaker.busy() {
             break;
         }
-        match client.recv(Duration::from_millis(20)) {
-            Ok(Event::SynthesizeStart) => wyoming("synthesize-start", None),
-            Ok(Event::SynthesizeChunk { text }) => {
-                wyoming("synthesize-chunk", Some(&text));
-                speaker.say(&text);
+        match arrived.recv_timeout(Duration::from_millis(20)) {
+            Ok(event) => {
+                println!("{event}");
+                let text = event["data"]["text"].as_str().unwrap_or_default();
+                match event["type"].as_str().unwrap_or_default() {
+                    "handled-chunk" => speaker.say(text),
+                    "handled" => {
+                        speaker.say(text);
+                        replying = false;
+                    }
+                    "handled-stop" => replying = false,
+                    "not-handled" => {
+                        eprintln!("voice_kiosk: not handled: {text}");
+                        replying = false;
+                    }
+                    _ => {}
+                }
             }
-            Ok(Event::SynthesizeStop) => wyoming("synthesize-stop", None),
-            Ok(Event::End { reason, .. }) => {
-                replying = false;
-                eprintln!("voice_kiosk: reply ended ({})", reason.as_str());
-            }
-            Ok(Event::Error { code, detail, .. }) => {
-                eprintln!(
-                    "voice_kiosk: {}",
-                    ember_serial::describe_error(code, &detail)
-                )
-            }
-            Ok(_) => {}
-            Err(ClientError::Timeout(_)) => {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = speaker.busy();
             }
-            Err(e) => bail!(e),
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the Wyoming service closed"),
         }
     }
-    client.goodbye(Duration::from_secs(5))?;
     Ok(())
 }
