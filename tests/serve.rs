@@ -504,7 +504,13 @@ fn an_api_key_is_required_when_given() {
 fn bad_command_lines_get_clear_errors() {
     let image = tiny_image().0;
     let image = image.to_str().unwrap();
+    let gguf = ember_e2e::tiny_model();
+    let gguf = gguf.to_str().unwrap();
     for (args, says) in [
+        (
+            vec!["serve", "--model", gguf, "--http", "0"],
+            "make one with `ember quantize`",
+        ),
         (vec!["serve", "--model", image], "give --http"),
         (
             vec!["serve", "--model", "/nonexistent.ember", "--http", "0"],
@@ -600,4 +606,26 @@ fn voice_kiosk_example_speaks_sentences() {
         }
         let _ = std::fs::remove_dir_all(&wav_dir);
     }
+}
+
+/// A device that stops answering: the request gets 502 `device_unavailable`, the server lives
+/// on and says the same to the next request (it tries the line again each time).
+#[test]
+fn a_device_that_stops_answering_gets_502() {
+    if !clients_installed() {
+        return;
+    }
+    let mut server = Server::device(&tiny_image().0, "gone", &[]);
+    let answered = server.openai("ask", &["Hi there!"]);
+    assert_eq!(answered["finish_reason"], "length");
+    if let Some((emberd, _)) = &mut server.device {
+        let _ = emberd.0.kill();
+        let _ = emberd.0.wait();
+    }
+    for _ in 0..2 {
+        let out = server.openai("ask-status", &["Hi there!"]);
+        assert_eq!(out["status"], 502, "{out}");
+        assert_eq!(out["code"], "device_unavailable", "{out}");
+    }
+    assert!(server.alive());
 }

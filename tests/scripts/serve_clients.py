@@ -8,6 +8,7 @@ recorded replies.
     python3 serve_clients.py conversation URL                  continued, then replayed
     python3 serve_clients.py auth URL KEY                      no key, a wrong key, the key
     python3 serve_clients.py ask URL PROMPT                    one chat
+    python3 serve_clients.py ask-status URL PROMPT             one chat that must fail: its error
     python3 serve_clients.py load URL CLIENTS                  CLIENTS concurrent chats
     python3 serve_clients.py wyoming HOST PORT PROMPT          describe, one transcript
     python3 serve_clients.py barge-in HOST PORT FIRST SECOND   a transcript during a reply
@@ -259,6 +260,9 @@ def main():
         result = conversation(args[0])
     elif command == "disconnect":
         result = disconnect(args[0], args[1])
+    elif command == "ask-status":
+        result = refusal(lambda: client(args[0]).chat.completions.create(
+            model="ember", messages=[{"role": "user", "content": args[1]}], max_tokens=8))
     elif command == "ask":
         result = chat(client(args[0]), [{"role": "user", "content": args[1]}], max_tokens=8)
     elif command == "auth":

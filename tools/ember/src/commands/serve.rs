@@ -1,7 +1,7 @@
 //! `ember serve`: the OpenAI chat API and a Wyoming handle service in front of a model run here
 //! or a device on a serial line.
 
-use super::{MODEL_HELP, model_or_default, use_threads};
+use super::{model_or_default, use_threads};
 use anyhow::{Context, Result, bail};
 use ember_boot::Defaults;
 use ember_serve::backend::{Backend, LocalDevice};
@@ -36,7 +36,9 @@ pub struct Args {
     /// Require `Authorization: Bearer KEY` on every HTTP request.
     #[arg(long, env = "EMBER_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    #[arg(long, help = MODEL_HELP, conflicts_with = "port")]
+    /// The Ember image to run here (from `ember quantize`). Default: SmolLM2-135M-Instruct,
+    /// fetched and quantized into $EMBER_HOME on first use.
+    #[arg(long, conflicts_with = "port")]
     model: Option<PathBuf>,
     /// Serial port of a device running `emberd` (instead of --model).
     #[arg(long)]
