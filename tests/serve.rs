@@ -362,13 +362,20 @@ fn wyoming_on_tiny(server: &Server) {
     assert!(info["version"].is_string() && info["description"].is_string());
     let events = out["events"].as_array().unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    // Wyoming's streamed answer: start, chunks, the whole reply again (for clients that do not
+    // stream), stop.
     assert_eq!(kinds.first(), Some(&"handled-start"), "{out}");
-    assert_eq!(kinds.last(), Some(&"handled-stop"), "{out}");
+    assert_eq!(
+        kinds[kinds.len() - 2..],
+        ["handled", "handled-stop"],
+        "{out}"
+    );
     assert!(
-        kinds[1..kinds.len() - 1]
+        kinds[1..kinds.len() - 2]
             .iter()
             .all(|k| *k == "handled-chunk")
     );
+    assert_eq!(events[kinds.len() - 2]["text"], golden.as_str(), "{out}");
     let chunks: Vec<&str> = events
         .iter()
         .filter(|e| e["type"] == "handled-chunk")
@@ -401,8 +408,8 @@ fn wyoming_clients_against_a_device_on_a_serial_line() {
     assert!(server.alive());
 }
 
-/// A transcript during a reply: the reply stops (`handled-stop` after what was said, the
-/// device's log says `cancelled`), and the new transcript gets a whole reply.
+/// A transcript during a reply: the reply stops (`handled` with what was said and
+/// `handled-stop`, the device's log says `cancelled`), and the new transcript gets a whole reply.
 fn barge_in(server: &Server, image: &Path) {
     let first = "Tell me a long story about a dragon and a knight.";
     let out = server.wyoming("barge-in", &[first, "What is the capital of France?"]);
@@ -414,12 +421,17 @@ fn barge_in(server: &Server, image: &Path) {
         .map(|e| e["text"].as_str().unwrap())
         .collect();
     assert_eq!(out["first"][0]["type"], "handled-start", "{out}");
-    assert_eq!(
-        out["first"].as_array().unwrap().last().unwrap()["type"],
-        "handled-stop"
-    );
+    let first_events = out["first"].as_array().unwrap();
+    assert_eq!(first_events.last().unwrap()["type"], "handled-stop");
+    // The cut reply's `handled` is what was said.
+    let handled = &first_events[first_events.len() - 2];
+    assert_eq!(handled["type"], "handled", "{out}");
     let whole = generated(image, first, 256);
     let said = said.join(" ");
+    assert!(
+        words(handled["text"].as_str().unwrap()).starts_with(&words(&said)),
+        "{out}"
+    );
     assert!(
         words(&said).len() < words(&whole).len() && words(&whole).starts_with(&words(&said)),
         "the first reply was not cut short: {said:?} vs {whole:?}"
@@ -587,8 +599,9 @@ fn voice_kiosk_example_speaks_sentences() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(events.first().unwrap()["type"], "handled-start");
+    assert_eq!(events[events.len() - 2]["type"], "handled");
     assert_eq!(events.last().unwrap()["type"], "handled-stop");
-    let sentences: Vec<&str> = events[1..events.len() - 1]
+    let sentences: Vec<&str> = events[1..events.len() - 2]
         .iter()
         .map(|e| {
             assert_eq!(e["type"], "handled-chunk");

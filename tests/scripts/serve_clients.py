@@ -221,8 +221,9 @@ async def wyoming_checks(host, port, prompt):
     }
 
 
-async def until_done(c):
-    """Reads one reply's events, up to handled-stop, handled or not-handled."""
+async def until_done(c, streamed=False):
+    """Reads one reply's events: up to handled-stop when streamed (handled-start came, maybe
+    before), else up to handled or not-handled."""
     events = []
     while True:
         event = await asyncio.wait_for(c.read_event(), 120)
@@ -230,7 +231,9 @@ async def until_done(c):
             events.append({"type": "closed"})
             return events
         events.append({"type": event.type, "text": event.data.get("text")})
-        if event.type in ("handled-stop", "handled", "not-handled"):
+        streamed = streamed or event.type == "handled-start"
+        if event.type in ("handled-stop", "not-handled") or (
+                event.type == "handled" and not streamed):
             return events
 
 
@@ -247,7 +250,7 @@ async def barge_in(host, port, first, second):
             if event.type == "handled-chunk":
                 break
         await c.write_event(Transcript(text=second).event())
-        first_end = await until_done(c)
+        first_end = await until_done(c, streamed=True)
         second_reply = await until_done(c)
     return {"first": before + first_end, "second": second_reply}
 

@@ -1,7 +1,8 @@
 //! A voice kiosk on Ember's Wyoming service (`ember serve --wyoming`), the way Home Assistant's
 //! voice pipeline uses it: each line on stdin is an utterance (what speech-to-text heard), sent
 //! as a Wyoming `transcript`; the reply comes back as `handled-start`, one `handled-chunk` per
-//! sentence and `handled-stop`, and each sentence is spoken as it arrives. A new utterance during
+//! sentence, `handled` (the whole reply again) and `handled-stop`, and each sentence is spoken
+//! as it arrives. A new utterance during
 //! a reply barges in: the service cancels the reply on the device and ends it, and the speech
 //! still queued is silenced.
 //!
@@ -164,6 +165,8 @@ fn main() -> Result<()> {
         }
     });
     let mut replying = false;
+    // Whether the reply came as `handled-chunk`s (its `handled` then repeats them).
+    let mut streamed = false;
     let mut input_open = true;
     loop {
         match heard.try_recv() {
@@ -176,6 +179,7 @@ fn main() -> Result<()> {
                 let transcript = serde_json::json!({"text": utterance.trim(), "language": "en"});
                 send_event(&mut stream, "transcript", transcript)?;
                 replying = true;
+                streamed = false;
             }
             Ok(_) => {}
             Err(mpsc::TryRecvError::Empty) => {}
@@ -189,8 +193,12 @@ fn main() -> Result<()> {
                 println!("{event}");
                 let text = event["data"]["text"].as_str().unwrap_or_default();
                 match event["type"].as_str().unwrap_or_default() {
-                    "handled-chunk" => speaker.say(text),
-                    "handled" => {
+                    "handled-chunk" => {
+                        speaker.say(text);
+                        streamed = true;
+                    }
+                    // The whole reply, for clients that do not stream.
+                    "handled" if !streamed => {
                         speaker.say(text);
                         replying = false;
                     }

@@ -1,9 +1,11 @@
 //! A Wyoming `handle` service, as Home Assistant's Wyoming integration talks to one: events
 //! over TCP, each a JSON header line (`type`, `data_length`, `payload_length`) followed by that
 //! many bytes of JSON data and of payload. `describe` is answered with `info`; a `transcript`
-//! with `handled-start`, one `handled-chunk` per sentence of the reply, and `handled-stop` (or
-//! `not-handled` when no reply can be had). A `transcript` during a reply cancels it (barge-in).
-//! Each connection is one conversation.
+//! with the streamed answer of Wyoming's specification: `handled-start`, one `handled-chunk` per
+//! sentence of the reply, `handled` with the whole reply (for clients that do not stream: Home
+//! Assistant's conversation integration reads only `handled` and `not-handled`), `handled-stop`;
+//! or `not-handled` when no reply can be had. A `transcript` during a reply cancels it
+//! (barge-in): its answer ends with what was said. Each connection is one conversation.
 
 use crate::backend::{Ask, Backend, Conversation, Piece, Reply};
 use ember_core::protocol::ChatOptions;
@@ -174,12 +176,41 @@ fn info(backend: &Backend, program: &Program) -> Value {
 }
 
 /// The reply a connection waits for: the user's message, the reply's text so far, whether
-/// `handled-start` went out.
+/// `handled-start` went out, the transcript's context (given back with the answer).
 struct Current {
     user: String,
     text: String,
     started: bool,
+    context: Option<Value>,
     reply: Reply,
+}
+
+impl Current {
+    /// Data with the transcript's context, if it had one.
+    fn with_context(&self, mut data: Value) -> Value {
+        if let Some(context) = &self.context {
+            data["context"] = context.clone();
+        }
+        data
+    }
+
+    /// Starts the streamed answer, once.
+    async fn start(&mut self, write: &mut OwnedWriteHalf) -> std::io::Result<()> {
+        if !self.started {
+            self.started = true;
+            write_event(write, "handled-start", self.with_context(json!({}))).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the streamed answer with the reply as far as it went.
+    async fn finish(mut self, write: &mut OwnedWriteHalf) -> std::io::Result<(String, String)> {
+        self.start(write).await?;
+        let handled = self.with_context(json!({"text": self.text}));
+        write_event(write, "handled", handled).await?;
+        write_event(write, "handled-stop", json!({})).await?;
+        Ok((self.user, self.text))
+    }
 }
 
 /// One client: its events in, the replies' events out, one conversation.
@@ -228,10 +259,7 @@ async fn connection(
                         if let Some(old) = current.take() {
                             // Barge-in: the old reply stops where it is.
                             old.reply.cancel();
-                            if old.started {
-                                write_event(&mut write, "handled-stop", json!({})).await?;
-                            }
-                            turns.push((old.user, old.text));
+                            turns.push(old.finish(&mut write).await?);
                         }
                         let text = event.data.get("text").and_then(Value::as_str).unwrap_or("").trim();
                         if text.is_empty() {
@@ -248,7 +276,8 @@ async fn connection(
                         };
                         match backend.submit(ask) {
                             Ok(reply) => {
-                                current = Some(Current { user: text.to_string(), text: String::new(), started: false, reply });
+                                let context = event.data.get("context").filter(|c| c.is_object()).cloned();
+                                current = Some(Current { user: text.to_string(), text: String::new(), started: false, context, reply });
                             }
                             Err(busy) => {
                                 let text = format!("I am busy; ask again in {} seconds.", busy.retry_after.as_secs().max(1));
@@ -265,27 +294,18 @@ async fn connection(
                 match piece {
                     Some(Piece::Text(text)) => now.text.push_str(&text),
                     Some(Piece::Sentence(sentence)) => {
-                        if !now.started {
-                            now.started = true;
-                            write_event(&mut write, "handled-start", json!({})).await?;
-                        }
+                        now.start(&mut write).await?;
                         write_event(&mut write, "handled-chunk", json!({"text": sentence})).await?;
                     }
                     Some(Piece::End(_)) => {
                         if let Some(done) = current.take() {
-                            if done.started {
-                                write_event(&mut write, "handled-stop", json!({})).await?;
-                            } else {
-                                // An empty reply: nothing to say, but an answer all the same.
-                                write_event(&mut write, "handled", json!({"text": done.text})).await?;
-                            }
-                            turns.push((done.user, done.text));
+                            turns.push(done.finish(&mut write).await?);
                         }
                     }
                     Some(Piece::Failed(failure)) => {
                         if let Some(failed) = current.take() {
                             if failed.started {
-                                write_event(&mut write, "handled-stop", json!({})).await?;
+                                failed.finish(&mut write).await?;
                             } else {
                                 let text = format!("I cannot answer: {failure}");
                                 write_event(&mut write, "not-handled", json!({"text": text})).await?;
