@@ -81,12 +81,47 @@ pub fn gemma3() -> PathBuf {
     .clone()
 }
 
+/// This test process's directory for the models and images it makes (`ember-tests-PID` in the
+/// temporary directory).
+fn process_dir() -> PathBuf {
+    sweep_dead_processes_dirs();
+    let dir = std::env::temp_dir().join(format!("ember-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Removes, once per process, the directories earlier test processes made and left behind
+/// (`ember-…-PID` in the temporary directory, for a PID that no longer runs): a test process
+/// has no way to remove its own at exit, and SmolLM2's image alone is 148 MB a process.
+fn sweep_dead_processes_dirs() {
+    static SWEPT: OnceLock<()> = OnceLock::new();
+    SWEPT.get_or_init(|| {
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.starts_with("ember-"))
+                .and_then(|n| n.rsplit_once('-'))
+                .and_then(|(_, pid)| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let dead = !Path::new(&format!("/proc/{pid}")).exists();
+            if dead && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    });
+}
+
 /// The tiny synthetic model (seed 42), written once per test process.
 pub fn tiny_model() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("ember-tests-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = process_dir();
         let path = dir.join("tiny.gguf");
         let path_text = path.to_str().expect("UTF-8 temp path");
         stdout_of(&ember(&["synth", "-o", path_text, "--seed", "42"]));
@@ -100,8 +135,7 @@ pub fn tiny_model() -> PathBuf {
 pub fn tiny_model_of(arch: &str) -> PathBuf {
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("ember-tests-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = process_dir();
     let path = dir.join(format!("tiny-{arch}-{call}.gguf"));
     let path_text = path.to_str().expect("UTF-8 temp path");
     stdout_of(&ember(&[
@@ -127,8 +161,7 @@ fn quantize_once(
     scheme: &str,
 ) -> (PathBuf, String) {
     cell.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("ember-tests-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = process_dir();
         let image = dir.join(name);
         let report = quantize(&gguf, &image, &["--scheme", scheme]);
         (image, report)
@@ -399,6 +432,7 @@ pub fn golden_chat_reply(prompt: &str) -> String {
 
 /// A fresh, empty directory for one test (`name`) of this test process.
 pub fn fresh_temp_dir(name: &str) -> PathBuf {
+    sweep_dead_processes_dirs();
     let dir = std::env::temp_dir().join(format!("ember-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
