@@ -296,8 +296,8 @@ fn openai_clients_against_a_device_on_a_serial_line() {
     assert!(server.alive());
 }
 
-/// A client that closes its stream mid-reply: the device's reply ends `cancelled` (its log
-/// says so), and the next request is answered.
+/// A client that closes its stream mid-reply, and one that gives up a plain request after 1 s:
+/// the device's replies end `cancelled` (its log says so), and the next request is answered.
 fn disconnect_cancels(server: &Server) {
     let out = server.openai(
         "disconnect",
@@ -305,10 +305,12 @@ fn disconnect_cancels(server: &Server) {
     );
     assert!(!out["received"].as_str().unwrap().is_empty(), "{out}");
     assert!(!out["after"]["text"].as_str().unwrap().is_empty(), "{out}");
+    assert_eq!(out["gave_up"], true, "{out}");
     let log = server.device_log();
-    assert!(
-        log.contains("reply: cancelled"),
-        "the device did not cancel the reply: {log}"
+    assert_eq!(
+        log.matches("reply: cancelled").count(),
+        2,
+        "the device did not cancel both replies: {log}"
     );
 }
 

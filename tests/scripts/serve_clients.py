@@ -4,7 +4,8 @@ what the client saw; the Rust test compares it with `ember generate --chat` and 
 recorded replies.
 
     python3 serve_clients.py openai URL PROMPT MAX_TOKENS      plain, streamed, history, bad requests
-    python3 serve_clients.py disconnect URL PROMPT             a stream closed after 3 chunks
+    python3 serve_clients.py disconnect URL PROMPT             a stream closed after 3 chunks,
+                                                               a plain request given up after 1 s
     python3 serve_clients.py conversation URL                  continued, then replayed
     python3 serve_clients.py auth URL KEY                      no key, a wrong key, the key
     python3 serve_clients.py ask URL PROMPT                    one chat
@@ -155,10 +156,20 @@ def disconnect(url, prompt):
         if len(received) >= 3:
             break
     s.close()  # closes the HTTP connection mid-stream
-    closed_at = time.time()
+    time.sleep(1.0)
+    # A plain (not streamed) request given up after 1 s.
+    body = json.dumps({"model": "ember", "max_tokens": 400,
+                       "messages": [{"role": "user", "content": prompt}]}).encode()
+    request = urllib.request.Request(url + "/chat/completions", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(request, timeout=1).read()
+        gave_up = False
+    except (TimeoutError, urllib.error.URLError):
+        gave_up = True
     time.sleep(1.0)
     after = chat(c, [{"role": "user", "content": prompt}], max_tokens=8)
-    return {"received": "".join(received), "after": after, "closed_at": closed_at}
+    return {"received": "".join(received), "after": after, "gave_up": gave_up}
 
 
 def auth(url, key):
