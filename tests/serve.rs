@@ -62,25 +62,14 @@ impl Server {
         let log = log_file(&format!("{name}-emberd"));
         let mut args = vec!["--threads", "2"];
         args.extend(device_extra);
-        let mut emberd = Command::new(binary("emberd"))
+        let mut command = Command::new(binary("emberd"));
+        command
             .args(["--model", image.to_str().expect("UTF-8 path"), "--pty"])
             .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("emberd starts");
-        let mut pty = String::new();
-        BufReader::new(emberd.stdout.take().expect("piped stdout"))
-            .read_line(&mut pty)
-            .expect("emberd prints its PTY");
-        let pty = pty.trim().to_string();
-        assert!(
-            pty.starts_with("/dev/pts/"),
-            "emberd printed {pty:?}: {}",
-            read(&log)
-        );
-        let emberd = Running(emberd);
-        Server::start(&["--port", &pty], name, &[], Some((emberd, log)))
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        let (emberd, pty) = ember_e2e::serve_on_pty(command);
+        let pty = pty.to_str().expect("UTF-8 path");
+        Server::start(&["--port", pty], name, &[], Some((emberd, log)))
     }
 
     fn start(

@@ -478,13 +478,13 @@ pub fn emberd_on_pty(image: &Path, extra: &[&str]) -> (Running, PathBuf) {
     serve_on_pty(command)
 }
 
-/// Starts `command`, an `emberd` serving a PTY, and reads the device path it prints.
+/// Starts `command`, an `emberd` serving a PTY, and reads the device path it prints. Its
+/// stderr goes where `command` says (the test's own unless set).
 pub fn serve_on_pty(mut command: Command) -> (Running, PathBuf) {
     use std::io::BufRead;
     use std::process::Stdio;
     let mut child = command
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .spawn()
         .expect("emberd starts");
     let mut line = String::new();

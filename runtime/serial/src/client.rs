@@ -215,8 +215,9 @@ impl<P: Port> Client<P> {
         Ok(client)
     }
 
-    /// Sends `0x00` + `Hello` up to `attempts` times, each waiting `timeout` for the greeting.
-    fn greet(&mut self, timeout: Duration, attempts: u32) -> Result<(), ClientError> {
+    /// Sends `0x00` + `Hello` up to `attempts` times, each waiting `timeout` for the greeting
+    /// (also to find a device again after the line failed: the greeting works in either mode).
+    pub fn greet(&mut self, timeout: Duration, attempts: u32) -> Result<(), ClientError> {
         for _ in 0..attempts {
             // A delimiter first: in line mode it tells the device a frame follows; in frame mode
             // it ends whatever partial frame the device holds.

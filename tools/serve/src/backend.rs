@@ -25,6 +25,8 @@ use tokio::sync::mpsc;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the device in this process has to load its image and answer the greeting.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a device is greeted again after a failure before the line is opened again.
+const GREETINGS: u32 = 4;
 /// How long to wait for the answer to `SetSystem` before sending it again.
 const ANSWER_WAIT: Duration = Duration::from_secs(2);
 
@@ -101,8 +103,6 @@ pub struct Busy {
 pub struct Info {
     /// The model's name (from its image).
     pub model_name: String,
-    /// The SHA-256 of the image's manifest.
-    pub model_hash: [u8; 32],
     /// Context positions the device serves.
     pub context_length: u32,
     /// Where the device is: `image PATH` or `device on PORT`.
@@ -235,7 +235,6 @@ impl Backend {
         let hello = client.hello();
         let info = Arc::new(Info {
             model_name: hello.model_name.to_string(),
-            model_hash: hello.model_hash,
             context_length: hello.context_length,
             location,
         });
@@ -402,15 +401,10 @@ impl<P: Port> Link<P> {
     /// answer. What the device holds is unknown after either.
     fn recover(&mut self) -> Result<(), Failure> {
         self.held = None;
-        let greeted = self.client.as_mut().is_some_and(|client| {
-            let hello = Request::Hello {
-                protocol_version: protocol::PROTOCOL_VERSION,
-            };
-            client.send_raw(&[ember_core::frame::DELIMITER]).is_ok()
-                && client
-                    .ask(&hello, HELLO_TIMEOUT, |e| matches!(e, Event::Hello(_)))
-                    .is_ok()
-        });
+        let greeted = self
+            .client
+            .as_mut()
+            .is_some_and(|client| client.greet(HELLO_TIMEOUT, GREETINGS).is_ok());
         if !greeted {
             let Some(reconnect) = self.reconnect.as_mut() else {
                 return Err(Failure::Unavailable(

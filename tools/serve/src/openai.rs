@@ -561,17 +561,18 @@ impl Head {
         .into_response()
     }
 
-    /// One chunk of a streamed answer.
-    fn chunk(&self, delta: Value, finish: Option<&str>, include_usage: bool) -> SseEvent {
+    /// One chunk of a streamed answer: its `choices`, and `usage` when the client asked for it
+    /// (null but in the last chunk).
+    fn chunk(&self, choices: Value, usage: Option<Value>) -> SseEvent {
         let mut chunk = json!({
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+            "choices": choices,
         });
-        if include_usage {
-            chunk["usage"] = Value::Null;
+        if let Some(usage) = usage {
+            chunk["usage"] = usage;
         }
         SseEvent::default().data(chunk.to_string())
     }
@@ -601,28 +602,25 @@ struct Stream {
 }
 
 impl Stream {
+    /// A chunk of the one choice: its `delta` and, at the end, its `finish_reason`.
+    fn choice_chunk(&self, delta: Value, finish: Option<&str>) -> SseEvent {
+        let choices =
+            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]);
+        self.head
+            .chunk(choices, self.include_usage.then_some(Value::Null))
+    }
+
     async fn next_event(&mut self) -> Option<SseEvent> {
-        let usage = self.include_usage;
         loop {
             match std::mem::replace(&mut self.stage, Stage::Text) {
                 Stage::Role => {
-                    return Some(self.head.chunk(
-                        json!({"role": "assistant", "content": ""}),
-                        None,
-                        usage,
-                    ));
+                    return Some(
+                        self.choice_chunk(json!({"role": "assistant", "content": ""}), None),
+                    );
                 }
                 Stage::Usage(ending) => {
                     self.stage = Stage::Done;
-                    let mut chunk = json!({
-                        "id": self.head.id,
-                        "object": "chat.completion.chunk",
-                        "created": self.head.created,
-                        "model": self.head.model,
-                        "choices": [],
-                    });
-                    chunk["usage"] = crate::openai::usage(&ending);
-                    return Some(SseEvent::default().data(chunk.to_string()));
+                    return Some(self.head.chunk(json!([]), Some(usage(&ending))));
                 }
                 Stage::Done => {
                     self.stage = Stage::Over;
@@ -640,17 +638,17 @@ impl Stream {
             };
             match piece {
                 Some(Piece::Text(text)) => {
-                    return Some(self.head.chunk(json!({"content": text}), None, usage));
+                    return Some(self.choice_chunk(json!({"content": text}), None));
                 }
                 Some(Piece::Sentence(_)) => {}
                 Some(Piece::End(ending)) => {
-                    self.stage = if usage {
+                    self.stage = if self.include_usage {
                         Stage::Usage(ending)
                     } else {
                         Stage::Done
                     };
                     let finish = finish_reason(ending.reason);
-                    return Some(self.head.chunk(json!({}), Some(finish), usage));
+                    return Some(self.choice_chunk(json!({}), Some(finish)));
                 }
                 failed => {
                     // An error chunk, as OpenAI sends one mid-stream; no `[DONE]` after it.
